@@ -19,6 +19,9 @@ from typing import Any
 SERVICES = ("annotation", "augmentation", "training", "sampling")
 """The four services, in start-up order."""
 
+TITLES = {"annotation": "annotation-store", "augmentation": "augmentation", "training": "generator-training", "sampling": "sampling"}
+"""What people call each service."""
+
 DEFAULT_PORTS = {"annotation": 50051, "augmentation": 50052, "training": 50053, "sampling": 50054}
 DEFAULT_METRICS_PORTS = {"annotation": 9451, "augmentation": 9452, "training": 9453, "sampling": 9454}
 
@@ -93,6 +96,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process read these same settings."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return env
 
     # ---- loading ----------------------------------------------------------
     @classmethod

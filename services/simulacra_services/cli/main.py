@@ -1,0 +1,74 @@
+"""The `simulacra` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from simulacra_services.core.config import SERVICES, TITLES, Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simulacra", description="Simulacra: synthetic training data as a service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start all four services on this machine (embedded storage and SQLite)")
+    up.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for every service to report SERVING")
+    Settings.add_arguments(up)
+
+    serve = commands.add_parser("serve", help="run one service in the foreground (what a container runs)")
+    serve.add_argument("service", choices=SERVICES)
+    Settings.add_arguments(serve)
+
+    status = commands.add_parser("status", help="print the health of each service")
+    status.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for every service to be SERVING")
+    status.add_argument("--service", action="append", choices=SERVICES, dest="only", help="check only this service (repeatable); containers use it as their health check")
+    Settings.add_arguments(status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as error:
+        print(f"simulacra: configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        from simulacra_services.cli.launcher import run_up
+
+        return run_up(settings, startup_timeout=args.startup_timeout)
+    if args.command == "serve":
+        return _serve(args.service, settings)
+    if args.command == "status":
+        return _status(settings, wait=args.wait, only=args.only or list(SERVICES))
+    raise AssertionError(args.command)
+
+
+def _serve(service: str, settings: Settings) -> int:
+    from simulacra_services.core.server import configure_logging, serve_forever
+    from simulacra_services.services import definition
+
+    configure_logging(settings)
+    asyncio.run(serve_forever(definition(service), settings))
+    return 0
+
+
+def _status(settings: Settings, *, wait: float, only: list[str]) -> int:
+    from simulacra_services.cli import health
+
+    deadline = time.monotonic() + wait
+    while True:
+        states = {name: health.check(settings.address(name), settings) for name in only}
+        if all(s == "SERVING" for s in states.values()) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    for name, state in states.items():
+        print(f"{TITLES[name]:<22} {settings.address(name):<22} {state}")
+    return 0 if all(s == "SERVING" for s in states.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The object-storage interface every backend implements, and what it returns.
+
+Calls are synchronous (the backends do blocking I/O); async services call
+them through ``asyncio.to_thread``. Every object carries the SHA-256 of its
+bytes, stored by the backend beside the data and checked on every read, so
+that silent corruption surfaces as ``DataLoss`` instead of bad training data.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from simulacra_services.core import errors
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_CONTENT_TYPE_CHARS = 255
+CHUNK_SIZE = 1024 * 1024
+"""Bytes read or written at a time when streaming."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows about one object."""
+
+    key: str
+    size: int
+    sha256: str
+    """Hex SHA-256 of the object's bytes."""
+    content_type: str
+    modified: datetime.datetime
+    """Time of the last write, in UTC."""
+
+
+class ObjectStore(abc.ABC):
+    """Keyed blobs with checksums; see ``LocalObjectStore`` and ``S3ObjectStore``.
+
+    Writes are atomic: an object is either there whole (with its checksum) or
+    not at all, and a write that fails leaves nothing behind. Writing to an
+    existing key replaces the object.
+    """
+
+    @abc.abstractmethod
+    def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
+        """Store everything ``fileobj.read()`` returns until EOF, without holding it all in memory.
+
+        An exception raised by ``fileobj`` propagates unchanged and leaves no object.
+        """
+
+    @abc.abstractmethod
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Yield the object's bytes in chunks of at most ``chunk_size``.
+
+        The checksum is verified when the last chunk has been read: a mismatch
+        raises ``DataLoss("CHECKSUM_MISMATCH")`` then, so a consumer must not
+        act on the data before the iterator is exhausted.
+        """
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Describe an object without reading it; ``NotFound`` if absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` and sorts after ``start_after``, in key order
+        (by UTF-8 bytes, as S3 does), at most ``limit`` of them."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; ``NotFound`` if absent."""
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    # ---- conveniences built on the primitives above -----------------------
+    def put(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
+        """Store ``data`` under ``key``, replacing any object there."""
+        return self.put_stream(key, io.BytesIO(data), content_type=content_type)
+
+    def get(self, key: str) -> bytes:
+        """The whole object, checksum verified; ``NotFound`` if absent."""
+        return b"".join(self.iter_chunks(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except errors.NotFound:
+            return False
+        return True
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def validate_content_type(content_type: str) -> str:
+    """A content type is stored in HTTP headers and file headers: printable ASCII, bounded."""
+    if (
+        not isinstance(content_type, str)
+        or not content_type
+        or len(content_type) > MAX_CONTENT_TYPE_CHARS
+        or not all(0x20 <= ord(c) < 0x7F for c in content_type)
+    ):
+        raise errors.InvalidArgument(
+            "INVALID_CONTENT_TYPE",
+            f"a content type must be 1 to {MAX_CONTENT_TYPE_CHARS} printable ASCII characters, such as 'image/png'",
+            {"content_type": repr(content_type)[:300]},
+        )
+    return content_type
+
+
+def validate_list_args(start_after: str, limit: int | None) -> None:
+    if not isinstance(start_after, str):
+        raise errors.InvalidArgument("INVALID_START_AFTER", "start_after must be a string", {"start_after": repr(start_after)})
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise errors.InvalidArgument("INVALID_LIST_LIMIT", "limit must be None or an integer >= 0", {"limit": repr(limit)})
+
+
+def checksum_mismatch(key: str, expected: str, actual: str) -> errors.SimulacraError:
+    return errors.DataLoss(
+        "CHECKSUM_MISMATCH",
+        f"object {key!r} is corrupt: its bytes do not match the SHA-256 stored with it",
+        {"key": key, "expected": expected, "actual": actual},
+    )
+
+
+def object_not_found(key: str) -> errors.SimulacraError:
+    return errors.NotFound("OBJECT_NOT_FOUND", f"no object with key {key!r}", {"key": key})
+
+
+def verified(key: str, chunks: Iterator[bytes], expected_sha256: str) -> Iterator[bytes]:
+    """Pass ``chunks`` through, then raise CHECKSUM_MISMATCH if they do not hash to ``expected_sha256``."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != expected_sha256:
+        raise checksum_mismatch(key, expected_sha256, digest.hexdigest())
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise errors.InvalidArgument("INVALID_CHUNK_SIZE", "chunk_size must be a positive integer", {"chunk_size": repr(chunk_size)})
