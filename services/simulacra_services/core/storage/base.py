@@ -12,11 +12,12 @@ import abc
 import datetime
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from simulacra_services.core import errors
+from simulacra_services.core.storage.keys import validate_prefix
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_CONTENT_TYPE_CHARS = 255
@@ -66,9 +67,11 @@ class ObjectStore(abc.ABC):
         """Describe an object without reading it; ``NotFound`` if absent."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
-        """Objects whose key starts with ``prefix`` and sorts after ``start_after``, in key order
-        (by UTF-8 bytes, as S3 does), at most ``limit`` of them."""
+    def _list_level(self, level_prefix: str) -> Iterable[tuple[str, bool]]:
+        """One level of the key hierarchy: every key that starts with ``level_prefix`` and has
+        no '/' after it, as ``(key, False)``, and every deeper key cut after its next '/', as
+        ``(key_prefix, True)`` (once each). ``level_prefix`` is '' or ends with '/', except
+        at the first level of a listing, where it is the caller's prefix. Any order."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -77,7 +80,49 @@ class ObjectStore(abc.ABC):
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 
-    # ---- conveniences built on the primitives above -----------------------
+    # ---- built on the primitives above ----------------------------------------
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` and sorts after ``start_after``, in key order
+        (by UTF-8 bytes, as S3 specifies), at most ``limit`` of them.
+
+        To page, pass the last key of one page as ``start_after`` of the next.
+        The store walks the hierarchy level by level and sorts each level itself,
+        because some S3 services (SeaweedFS) list depth-first by directory and
+        would put 'a/b' before 'a-c'. One level's keys are held in memory at a time.
+        """
+        validate_prefix(prefix)
+        if not isinstance(start_after, str):
+            raise errors.InvalidArgument("INVALID_START_AFTER", "start_after must be a string", {"start_after": repr(start_after)})
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise errors.InvalidArgument("INVALID_LIST_LIMIT", "limit must be None or an integer >= 0", {"limit": repr(limit)})
+        return self._list(prefix, start_after, limit)
+
+    def _list(self, prefix: str, start_after: str, limit: int | None) -> Iterator[ObjectInfo]:
+        count = 0
+        for key in self._keys_in_order(prefix, start_after):
+            if limit is not None and count >= limit:
+                return
+            try:
+                info = self.head(key)
+            except errors.NotFound:
+                continue  # deleted while we listed
+            yield info
+            count += 1
+
+    def _keys_in_order(self, level_prefix: str, start_after: str) -> Iterator[str]:
+        # A key inside a subtree 'd/' always sorts after the string 'd/' itself, and
+        # before or after any sibling exactly as 'd/' does; so sorting one level's keys
+        # and subtree prefixes together, and descending into each subtree in turn,
+        # yields every key in order.
+        for entry, is_subtree in sorted(self._list_level(level_prefix)):
+            if not is_subtree:
+                if entry > start_after:
+                    yield entry
+            elif start_after < entry or start_after.startswith(entry):
+                # otherwise start_after sorts after the whole subtree
+                yield from self._keys_in_order(entry, start_after)
+
+    # ---- conveniences ---------------------------------------------------------
     def put(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         """Store ``data`` under ``key``, replacing any object there."""
         return self.put_stream(key, io.BytesIO(data), content_type=content_type)
@@ -114,13 +159,6 @@ def validate_content_type(content_type: str) -> str:
             {"content_type": repr(content_type)[:300]},
         )
     return content_type
-
-
-def validate_list_args(start_after: str, limit: int | None) -> None:
-    if not isinstance(start_after, str):
-        raise errors.InvalidArgument("INVALID_START_AFTER", "start_after must be a string", {"start_after": repr(start_after)})
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise errors.InvalidArgument("INVALID_LIST_LIMIT", "limit must be None or an integer >= 0", {"limit": repr(limit)})
 
 
 def checksum_mismatch(key: str, expected: str, actual: str) -> errors.SimulacraError:

@@ -36,6 +36,14 @@ def validate_key(key: str) -> str:
     return key
 
 
+def is_valid_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except errors.InvalidArgument:
+        return False
+    return True
+
+
 def validate_prefix(prefix: str) -> str:
     """Return ``prefix`` unchanged if it may start a key ('' lists everything).
 

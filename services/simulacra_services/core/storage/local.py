@@ -1,0 +1,177 @@
+"""Object storage in a local directory: the embedded default.
+
+Layout: key ``a/b/c.png`` lives in file ``ROOT/a/b/c.png.simulacra-object``.
+The suffix keeps object files apart from directories, so that keys ``a`` and
+``a/b`` can coexist as they can in S3.
+
+Each file starts with a fixed-size header (magic line, then JSON with the
+SHA-256 and content type, padded with spaces to HEADER_SIZE bytes), followed
+by the object's bytes. Keeping the checksum inside the same file as the data
+means one ``os.replace`` publishes both at once: a reader never sees data
+without its checksum, nor a checksum of other data. A write goes to a
+temporary file in the target directory (same file system, so the rename is
+atomic), the header is filled in once the data is written and hashed, then
+the file is fsynced and renamed over the key.
+
+Empty directories are left in place after a delete: removing them would race
+with a writer that has just created one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO
+
+from simulacra_services.core import errors
+from simulacra_services.core.storage.base import (
+    CHUNK_SIZE,
+    DEFAULT_CONTENT_TYPE,
+    ObjectInfo,
+    ObjectStore,
+    check_chunk_size,
+    object_not_found,
+    validate_content_type,
+    verified,
+)
+from simulacra_services.core.storage.keys import OBJECT_SUFFIX, TEMP_PREFIX, is_valid_key, validate_key
+
+HEADER_SIZE = 1024
+MAGIC = b"SIMULACRA-OBJECT 1\n"
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under ``root`` (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalObjectStore({str(self.root)!r})"
+
+    def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
+        path = self._path(key)
+        validate_content_type(content_type)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "r+b") as file:
+                file.seek(HEADER_SIZE)  # the header needs the checksum, known only at the end
+                digest = hashlib.sha256()
+                while chunk := fileobj.read(CHUNK_SIZE):
+                    digest.update(chunk)
+                    file.write(chunk)
+                file.seek(0)
+                file.write(_encode_header(digest.hexdigest(), content_type))
+                file.flush()
+                os.fsync(file.fileno())
+                file.seek(0)
+                info = _info(key, file)  # from this file: another writer may replace the key at once
+            os.replace(temp_name, path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+        _fsync_directory(path.parent)  # makes the rename itself durable
+        return info
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        check_chunk_size(chunk_size)
+        path = self._path(key)
+        file = self._open(key, path)  # opened now, so that NotFound is raised by this call
+        try:
+            sha256, _ = _read_header(key, file)
+        except BaseException:
+            file.close()
+            raise
+        return verified(key, _read_chunks(file, chunk_size), sha256)
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        with self._open(key, path) as file:
+            return _info(key, file)
+
+    def _list_level(self, level_prefix: str) -> Iterator[tuple[str, bool]]:
+        directory, _, partial = level_prefix.rpartition("/")
+        path = self.root.joinpath(*directory.split("/")) if directory else self.root
+        key_prefix = directory + "/" if directory else ""
+        try:
+            with os.scandir(path) as scan:
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, is_directory in entries:
+            if not name.startswith(partial):
+                continue
+            # Anything that no valid key names (temporary files above all) is no object.
+            if is_directory and is_valid_key(key_prefix + name):
+                yield key_prefix + name + "/", True
+            elif name.endswith(OBJECT_SUFFIX) and is_valid_key(key := key_prefix + name[: -len(OBJECT_SUFFIX)]):
+                yield key, False
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise object_not_found(key) from None
+
+    # ---- helpers ------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        # A valid key has no '', '.' or '..' segments, so the path stays under root.
+        return self.root / (validate_key(key) + OBJECT_SUFFIX)
+
+    @staticmethod
+    def _open(key: str, path: Path) -> BinaryIO:
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise object_not_found(key) from None
+
+
+def _encode_header(sha256: str, content_type: str) -> bytes:
+    header = MAGIC + json.dumps({"sha256": sha256, "content_type": content_type}).encode("ascii") + b"\n"
+    assert len(header) <= HEADER_SIZE, "content types are bounded so that the header fits"
+    return header.ljust(HEADER_SIZE, b" ")
+
+
+def _read_header(key: str, file: BinaryIO) -> tuple[str, str]:
+    """(sha256, content_type) from the header; leaves ``file`` at the first data byte."""
+    raw = file.read(HEADER_SIZE)
+    try:
+        if len(raw) != HEADER_SIZE or not raw.startswith(MAGIC):
+            raise ValueError("bad magic or short header")
+        fields = json.loads(raw[len(MAGIC):])
+        return str(fields["sha256"]), str(fields["content_type"])
+    except (ValueError, KeyError, TypeError):
+        raise errors.DataLoss(
+            "OBJECT_HEADER_CORRUPT", f"object {key!r} is corrupt: its header cannot be read", {"key": key}
+        ) from None
+
+
+def _info(key: str, file: BinaryIO) -> ObjectInfo:
+    sha256, content_type = _read_header(key, file)
+    stat = os.fstat(file.fileno())
+    modified = datetime.datetime.fromtimestamp(stat.st_mtime, tz=datetime.timezone.utc)
+    return ObjectInfo(key=key, size=stat.st_size - HEADER_SIZE, sha256=sha256, content_type=content_type, modified=modified)
+
+
+def _read_chunks(file: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(chunk_size):
+            yield chunk
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
