@@ -52,7 +52,11 @@ def _serve(service: str, settings: Settings) -> int:
     from simulacra_services.services import definition
 
     configure_logging(settings)
-    asyncio.run(serve_forever(definition(service), settings))
+    try:
+        asyncio.run(serve_forever(definition(service), settings))
+    except OSError as error:  # a busy port, an unreadable TLS key: say so in one line
+        print(f"simulacra serve {service}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
