@@ -13,6 +13,7 @@ code is placed under ``simulacra_client.api`` and its imports rewritten.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -45,6 +46,9 @@ def generate(out_dir: Path) -> None:
     import grpc_tools
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # protoc finds the mypy plugins (protoc-gen-mypy, from mypy-protobuf) on PATH: put this
+    # interpreter's scripts first, so a venv's python works without activating the venv.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     files = proto_files()
     if not files:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")

@@ -55,7 +55,7 @@ class PixelMapKind(enum.Enum):
 
 
 class DType(enum.Enum):
-    """Tensor element types (``simulacra.common.v1.DType``); value = numpy name."""
+    """Tensor element types (``simulacra.common.v1.DataType``); value = numpy name."""
 
     FLOAT32 = "float32"
     UINT8 = "uint8"

@@ -21,33 +21,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _DType:
+class _DataType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
 
-class _DTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DType.ValueType], _builtins.type):
+class _DataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
-    DTYPE_UNSPECIFIED: _DType.ValueType  # 0
-    DTYPE_FLOAT32: _DType.ValueType  # 1
-    DTYPE_UINT8: _DType.ValueType  # 2
-    DTYPE_FLOAT16: _DType.ValueType  # 3
-    DTYPE_FLOAT64: _DType.ValueType  # 4
-    DTYPE_INT32: _DType.ValueType  # 5
-    DTYPE_INT64: _DType.ValueType  # 6
-    DTYPE_BOOL: _DType.ValueType  # 7
+    DATA_TYPE_UNSPECIFIED: _DataType.ValueType  # 0
+    DATA_TYPE_FLOAT32: _DataType.ValueType  # 1
+    DATA_TYPE_UINT8: _DataType.ValueType  # 2
+    DATA_TYPE_FLOAT16: _DataType.ValueType  # 3
+    DATA_TYPE_FLOAT64: _DataType.ValueType  # 4
+    DATA_TYPE_INT32: _DataType.ValueType  # 5
+    DATA_TYPE_INT64: _DataType.ValueType  # 6
+    DATA_TYPE_BOOL: _DataType.ValueType  # 7
 
-class DType(_DType, metaclass=_DTypeEnumTypeWrapper):
+class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
     """Element type of a Tensor. Values are little-endian."""
 
-DTYPE_UNSPECIFIED: DType.ValueType  # 0
-DTYPE_FLOAT32: DType.ValueType  # 1
-DTYPE_UINT8: DType.ValueType  # 2
-DTYPE_FLOAT16: DType.ValueType  # 3
-DTYPE_FLOAT64: DType.ValueType  # 4
-DTYPE_INT32: DType.ValueType  # 5
-DTYPE_INT64: DType.ValueType  # 6
-DTYPE_BOOL: DType.ValueType  # 7
-Global___DType: _TypeAlias = DType  # noqa: Y015
+DATA_TYPE_UNSPECIFIED: DataType.ValueType  # 0
+DATA_TYPE_FLOAT32: DataType.ValueType  # 1
+DATA_TYPE_UINT8: DataType.ValueType  # 2
+DATA_TYPE_FLOAT16: DataType.ValueType  # 3
+DATA_TYPE_FLOAT64: DataType.ValueType  # 4
+DATA_TYPE_INT32: DataType.ValueType  # 5
+DATA_TYPE_INT64: DataType.ValueType  # 6
+DATA_TYPE_BOOL: DataType.ValueType  # 7
+Global___DataType: _TypeAlias = DataType  # noqa: Y015
 
 class _LineageKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -106,14 +106,14 @@ class Tensor(_message.Message):
     DTYPE_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
-    dtype: Global___DType.ValueType
+    dtype: Global___DataType.ValueType
     data: _builtins.bytes
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
-        dtype: Global___DType.ValueType = ...,
+        dtype: Global___DataType.ValueType = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         data: _builtins.bytes = ...,
     ) -> None: ...
