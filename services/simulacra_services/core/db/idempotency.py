@@ -53,7 +53,8 @@ def remember_request(conn: Connection, scope: str, request_id: str, digest: str)
     values = {"scope": scope, "request_id": request_id, "response_digest": digest, "created_at": utcnow()}
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = insert(idempotency_keys).values(values).on_conflict_do_nothing(index_elements=["scope", "request_id"])
-    return conn.execute(statement).rowcount == 1
+    # Without preserve_rowcount SQLAlchemy reports no row count for INSERT.
+    return conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount == 1
 
 
 def recorded_digest(conn: Connection, scope: str, request_id: str) -> str | None:
@@ -68,7 +69,8 @@ def recorded_digest(conn: Connection, scope: str, request_id: str) -> str | None
 
 def forget_requests_before(conn: Connection, cutoff: dt.datetime) -> int:
     """Delete the records created before ``cutoff`` (aware); returns how many went."""
-    result = conn.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff))
+    statement = delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
+    result = conn.execute(statement, execution_options={"preserve_rowcount": True})
     return result.rowcount
 
 

@@ -4,11 +4,15 @@ Several processes may start at once against one database, so the upgrade
 runs under a lock: a transaction-scoped advisory lock on PostgreSQL, the
 write lock of ``BEGIN IMMEDIATE`` on SQLite. The upgrade runs inside that
 one transaction, and both databases have transactional DDL, so a failed
-migration leaves the schema as it was.
+migration leaves the schema as it was. Within one process a plain lock
+serializes callers too: Alembic keeps the running migration in module-global
+proxies (``alembic.op``, ``alembic.context``), so two threads must never run
+it at once, whatever database they target.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +30,8 @@ SCRIPT_LOCATION = "simulacra_services.core.db:migrations"
 
 # Any fixed 64-bit number; every Simulacra process agrees on it.
 _PG_MIGRATION_LOCK_KEY = 0x53494D554C4143  # "SIMULAC"
+
+_ALEMBIC_IN_PROCESS_LOCK = threading.Lock()
 
 
 class SchemaTooNewError(RuntimeError):
@@ -65,7 +71,7 @@ def migrate(engine: Engine, *, script_location: str = SCRIPT_LOCATION) -> str:
     """
     config = alembic_config(script_location)
     scripts = ScriptDirectory.from_config(config)
-    with _locked_connection(engine) as conn:
+    with _ALEMBIC_IN_PROCESS_LOCK, _locked_connection(engine) as conn:
         current = current_revision(conn)
         if current is not None and _unknown_revision(scripts, current):
             raise SchemaTooNewError(

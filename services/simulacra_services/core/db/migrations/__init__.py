@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the metadata database (shipped as package data)."""

@@ -1,0 +1,93 @@
+"""Create a migration revision: ``python -m simulacra_services.core.db.revision "add datasets"``.
+
+How a service adds or changes tables:
+
+1. Define or change them in ``simulacra_services/<service>/tables.py`` on
+   ``simulacra_services.core.db.metadata`` (portable types only: they must
+   work on SQLite and PostgreSQL).
+2. Run this module with a short message. It imports every ``tables``
+   module, migrates a scratch SQLite database to the current head, and lets
+   Alembic write the difference as ``migrations/versions/NNNN_<message>.py``.
+3. Read the generated file (autogenerate misses renames, server defaults
+   and data moves), then run ``tests/core/test_db.py``: its drift test
+   fails until the migrations produce exactly the tables in ``metadata``,
+   on SQLite and PostgreSQL.
+
+``--database-url`` compares against another database instead (e.g. a
+PostgreSQL at head); ``--empty`` writes a blank revision for data migrations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from .engine import create_engine
+from .migrate import SCRIPT_LOCATION, alembic_config, migrate
+from .schema import import_all_tables
+
+
+def next_revision_id(script_location: str = SCRIPT_LOCATION) -> str:
+    """The next sequential id ("0002" after "0001"), so file names sort in applying order."""
+    scripts = ScriptDirectory.from_config(alembic_config(script_location))
+    numbers = [int(s.revision) for s in scripts.walk_revisions() if s.revision.isdigit()]
+    return f"{max(numbers, default=0) + 1:04d}"
+
+
+def make_revision(
+    message: str,
+    *,
+    database_url: str | None = None,
+    empty: bool = False,
+    script_location: str = SCRIPT_LOCATION,
+) -> Path | None:
+    """Write a revision for the difference between the migrations and ``metadata``.
+
+    Returns the new file, or ``None`` when autogenerate found no difference
+    (no file is written then).
+    """
+    import_all_tables()
+    with tempfile.TemporaryDirectory(prefix="simulacra-revision-") as scratch:
+        url = database_url or f"sqlite:///{Path(scratch) / 'scratch.db'}"
+        engine = create_engine(url)
+        try:
+            if ScriptDirectory.from_config(alembic_config(script_location)).get_current_head() is not None:
+                migrate(engine, script_location=script_location)
+            config = alembic_config(script_location)
+            with engine.connect() as conn:
+                config.attributes["connection"] = conn
+                config.attributes["skip_empty_revision"] = not empty
+                script = command.revision(
+                    config, message=message, autogenerate=not empty, rev_id=next_revision_id(script_location)
+                )
+        finally:
+            engine.dispose()
+    if script is None or isinstance(script, list):
+        return None
+    return Path(script.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulacra_services.core.db.revision",
+        description="Autogenerate a migration from the service table modules.",
+    )
+    parser.add_argument("message", help="what the revision does, e.g. 'add datasets table'")
+    parser.add_argument("--database-url", help="compare against this database instead of a scratch SQLite one")
+    parser.add_argument("--empty", action="store_true", help="write a blank revision (for data migrations)")
+    args = parser.parse_args(argv)
+    path = make_revision(args.message, database_url=args.database_url, empty=args.empty)
+    if path is None:
+        print("no difference between the migrations and the tables; nothing written", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
