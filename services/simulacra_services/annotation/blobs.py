@@ -1,0 +1,197 @@
+"""Content-addressed blobs (images, pixel maps, import files, export results) and image checks.
+
+A blob lives at ``blobs/sha256/<first two hex>/<hex>``: the same bytes are
+stored once, whoever uploads them and however often. Writes are idempotent
+(a blob already there is not written again), so a blob written for a batch
+that is then rejected is harmless: nothing references it, and the garbage
+collection the contract promises (unreferenced blobs go after 24 hours)
+removes it. That collection is not implemented yet; when it is, a blob is
+referenced by an item row (``image_sha256``), a pixel-map annotation
+(``geometry.sha256``), an unfinished import job (any ``"sha256"`` in its
+``request`` JSON: the manifest files) or an export job (``result`` JSON,
+``"files": [{"path", "sha256", "size_bytes"}]``) while its row exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from PIL import Image, UnidentifiedImageError
+
+from simulacra_services.annotation.records import ImageInfo
+from simulacra_services.core import errors
+from simulacra_services.core.storage import ObjectStore
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_BLOB_BYTES = 1024 * 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
+
+_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
+_CHANNELS = {"L": 1, "RGB": 3}
+
+
+def check_sha256(value: str, field: str = "sha256") -> str:
+    if not SHA256_HEX.fullmatch(value):
+        raise errors.InvalidArgument(
+            "INVALID_SHA256",
+            f"{field}: {value[:80]!r} is not a lower-case hex sha256 (64 characters of 0-9 a-f)",
+            {"field": field},
+        )
+    return value
+
+
+def blob_key(sha256: str) -> str:
+    check_sha256(sha256)
+    return f"blobs/sha256/{sha256[:2]}/{sha256}"
+
+
+def _not_found(sha256: str, field: str) -> errors.SimulacraError:
+    return errors.NotFound(
+        "BLOB_NOT_FOUND",
+        f"{field}: no blob with sha256 {sha256}; upload it with UploadBlobs first",
+        {"field": field, "sha256": sha256},
+    )
+
+
+class BlobStore:
+    """Content-addressed bytes on an ``ObjectStore``. Synchronous: call through ``asyncio.to_thread``."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (once) and return its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = blob_key(sha256)
+        if not self.objects.exists(key):
+            self.objects.put(key, data)
+        return sha256
+
+    def put_file(self, fileobj: BinaryIO, sha256: str, field: str = "sha256") -> int:
+        """Store a file whose content must hash to ``sha256`` (DATA_LOSS otherwise); its size."""
+        key = blob_key(check_sha256(sha256, field))
+        if self.objects.exists(key):
+            fileobj.seek(0, io.SEEK_END)
+            return fileobj.tell()
+        digest = hashlib.sha256()
+        fileobj.seek(0)
+        for chunk in iter(lambda: fileobj.read(READ_CHUNK_BYTES), b""):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise errors.DataLoss(
+                "SHA256_MISMATCH",
+                f"{field}: the uploaded bytes hash to {digest.hexdigest()}, not to the announced {sha256}",
+                {"field": field, "expected": sha256, "actual": digest.hexdigest()},
+            )
+        fileobj.seek(0)
+        return self.objects.put_stream(key, fileobj).size
+
+    def exists(self, sha256: str) -> bool:
+        return self.objects.exists(blob_key(sha256))
+
+    def missing(self, sha256s: Iterable[str]) -> list[str]:
+        return [sha256 for sha256 in sha256s if not self.exists(sha256)]
+
+    def size(self, sha256: str, field: str = "sha256") -> int:
+        try:
+            return self.objects.head(blob_key(sha256)).size
+        except errors.NotFound:
+            raise _not_found(sha256, field) from None
+
+    def read(self, sha256: str, field: str = "sha256") -> bytes:
+        try:
+            return self.objects.get(blob_key(sha256))
+        except errors.NotFound:
+            raise _not_found(sha256, field) from None
+
+    def iter_chunks(self, sha256: str, offset: int = 0, limit: int = 0, chunk_size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        """Bytes ``[offset, offset + limit)`` (``limit`` 0: to the end) in chunks of at most ``chunk_size``.
+
+        The store verifies the whole blob's checksum once it is read to the end,
+        so the blob is always read to its end, also when ``limit`` stops early.
+        """
+        end = None if limit <= 0 else offset + limit
+        position = 0
+        buffer = b""
+        try:
+            chunks = self.objects.iter_chunks(blob_key(sha256), chunk_size)
+            for chunk in chunks:
+                start, stop = position, position + len(chunk)
+                position = stop
+                lo = max(offset, start) - start
+                hi = (min(stop, end) if end is not None else stop) - start
+                if hi > lo:
+                    buffer += chunk[lo:hi]
+                    while len(buffer) >= chunk_size:
+                        yield buffer[:chunk_size]
+                        buffer = buffer[chunk_size:]
+        except errors.NotFound:
+            raise _not_found(sha256, "sha256") from None
+        if buffer:
+            yield buffer
+
+
+def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
+    """Decode ``data`` fully and describe it; refuse anything but PNG/JPEG with 1 or 3 channels.
+
+    The pixel count is checked from the header before decoding, so a small
+    file that would expand to gigabytes (a decompression bomb) is refused
+    without being decoded.
+    """
+    if len(data) > MAX_IMAGE_BYTES:
+        raise errors.InvalidArgument(
+            "IMAGE_TOO_LARGE",
+            f"{field}: {len(data)} bytes, images are at most {MAX_IMAGE_BYTES} bytes",
+            {"field": field, "size": len(data), "limit": MAX_IMAGE_BYTES},
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning; the explicit check below is the one that counts.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise errors.InvalidArgument(
+                    "IMAGE_TOO_MANY_PIXELS",
+                    f"{field}: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels} "
+                    "(a decompression bomb is refused before decoding)",
+                    {"field": field, "width": width, "height": height, "limit": max_pixels},
+                )
+            if image.mode not in _CHANNELS:
+                raise errors.InvalidArgument(
+                    "UNSUPPORTED_IMAGE_MODE",
+                    f"{field}: pixel mode {image.mode!r}; images must be grayscale (L, 1 channel) or RGB (3 channels)",
+                    {"field": field, "mode": image.mode},
+                )
+            image.load()
+    except errors.SimulacraError:
+        raise
+    except Image.DecompressionBombError:
+        raise errors.InvalidArgument(
+            "IMAGE_TOO_MANY_PIXELS",
+            f"{field}: the image has more pixels than the limit of {max_pixels} (a decompression bomb)",
+            {"field": field, "limit": max_pixels},
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise errors.InvalidArgument(
+            "INVALID_IMAGE",
+            f"{field}: the bytes are not a decodable PNG or JPEG image ({type(error).__name__})",
+            {"field": field},
+        ) from None
+    if width <= 0 or height <= 0:
+        raise errors.InvalidArgument("INVALID_IMAGE", f"{field}: an image needs at least one pixel", {"field": field})
+    return ImageInfo(
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=width,
+        height=height,
+        format=_FORMATS[image.format or ""],
+        channels=_CHANNELS[image.mode],
+        size_bytes=len(data),
+    )

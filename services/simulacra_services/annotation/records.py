@@ -1,0 +1,159 @@
+"""What the store takes and returns: plain frozen dataclasses, no gRPC.
+
+The annotation geometry itself is ``model.Annotation``; these records add the
+item, dataset, version and job around it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from simulacra_services.annotation.model import Annotation
+
+LINEAGE_KINDS = ("real", "augmented", "synthetic")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where an item came from; ``kind`` "" means unset (a real item of unknown origin)."""
+
+    kind: str = ""
+    origin: str = ""  # real
+    source_item: str = ""  # augmented: "datasets/{dataset}/items/{item}"
+    pipeline_digest: str = ""  # augmented
+    seed: int = 0  # augmented and synthetic
+    generator: str = ""  # synthetic
+    generator_version: int = 0  # synthetic
+    sample_index: int = 0  # synthetic
+
+    def to_json(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, object]) -> Lineage:
+        return cls(**{name: value[name] for name in cls.__dataclass_fields__ if name in value})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image to upload: its encoded bytes, or the sha256 of a blob uploaded before."""
+
+    data: bytes | None = None
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: str
+    width: int
+    height: int
+    format: str  # "png" or "jpeg"
+    channels: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to create. ``item_id`` "" is generated; ``split`` "" means "train"."""
+
+    image: ImageInput
+    item_id: str = ""
+    split: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    lineage: Lineage = Lineage()
+    annotations: tuple[Annotation, ...] = ()
+    file_name: str = ""
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An item as stored, in the working state (``version`` 0) or in a committed version."""
+
+    dataset_id: str
+    item_id: str
+    version: int
+    image: ImageInfo
+    split: str
+    attributes: Mapping[str, str]
+    lineage: Lineage
+    annotations: tuple[Annotation, ...]
+    file_name: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    etag: str
+
+
+@dataclass(frozen=True)
+class ItemChanges:
+    """What UpdateItem changes; ``None`` leaves a field as it is."""
+
+    split: str | None = None
+    attributes: Mapping[str, str] | None = None
+    file_name: str | None = None
+    annotations: tuple[Annotation, ...] | None = None
+    lineage: Lineage | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    dataset_id: str
+    display_name: str
+    description: str
+    labels: Mapping[str, str]
+    create_time: dt.datetime
+    update_time: dt.datetime
+    item_count: int
+    annotation_count: int
+    category_count: int
+    latest_version: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    dataset_id: str
+    version: int
+    description: str
+    create_time: dt.datetime
+    item_count: int
+    annotation_count: int
+    content_sha256: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    item_ids: list[str]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of the jobs table; ``request``, ``result`` and ``error`` are JSON texts ("" when unset)."""
+
+    job_id: str
+    dataset_id: str
+    kind: str
+    format: str
+    state: str
+    progress_done: int
+    progress_total: int
+    progress_message: str
+    request: str
+    result: str
+    error: str
+    cancel_requested: bool
+    create_time: dt.datetime
+    update_time: dt.datetime
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing and the token of the next one ("" on the last page)."""
+
+    records: list
+    next_page_token: str

@@ -1,0 +1,484 @@
+"""The AnnotationService RPCs: each parses names, converts, calls the store in a thread, converts back.
+
+Read it as the table of contents of the service. Domain errors raised here
+or in the store become gRPC statuses with ErrorInfo in the server's
+interceptor. The import/export job RPCs are delegated to ``jobs`` (the
+``JobService`` of annotation/jobs.py) when it is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
+from simulacra_services.annotation import convert, names, queries
+from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
+from simulacra_services.annotation.records import ItemChanges, ItemRecord
+from simulacra_services.annotation.prepare import check_request_id
+from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.core import errors
+
+T = TypeVar("T")
+
+MAX_FIND_BLOBS = 10_000
+STREAM_PAGE = 64
+_UPDATE_PATHS = ("split", "attributes", "file_name", "annotations", "lineage")
+
+
+async def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def _full(view: int, default: int) -> bool:
+    return (view or default) == pb.ITEM_VIEW_FULL
+
+
+def _working_state(state: names.StateName, field: str) -> str:
+    if state.is_version:
+        raise errors.InvalidArgument(
+            "VERSION_IS_READ_ONLY",
+            f"{field}: committed versions are immutable; name the working state (datasets/{state.dataset_id}/...)",
+            {"field": field},
+        )
+    return state.dataset_id
+
+
+def _version_arg(state: names.StateName) -> str | None:
+    return state.version
+
+
+class AnnotationServicer(api_grpc.AnnotationServiceServicer):
+    def __init__(self, store: AnnotationStore, jobs: Any | None = None) -> None:
+        self.store = store
+        self.jobs = jobs
+
+    # ---- datasets ------------------------------------------------------------
+    async def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.aio.ServicerContext) -> api.CreateDatasetResponse:
+        record = await _run(
+            self.store.create_dataset,
+            request.dataset_id,
+            display_name=request.dataset.display_name,
+            description=request.dataset.description,
+            labels=dict(request.dataset.labels),
+            categories=[convert.category_from_proto(c) for c in request.categories],
+        )
+        return api.CreateDatasetResponse(dataset=convert.dataset_to_proto(record))
+
+    async def GetDataset(self, request: api.GetDatasetRequest, context: grpc.aio.ServicerContext) -> api.GetDatasetResponse:
+        record = await _run(self.store.get_dataset, names.parse_dataset(request.name))
+        return api.GetDatasetResponse(dataset=convert.dataset_to_proto(record))
+
+    async def ListDatasets(self, request: api.ListDatasetsRequest, context: grpc.aio.ServicerContext) -> api.ListDatasetsResponse:
+        page = await _run(
+            self.store.list_datasets,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filter=request.filter,
+            order_by=request.order_by,
+        )
+        return api.ListDatasetsResponse(
+            datasets=[convert.dataset_to_proto(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    async def DeleteDataset(self, request: api.DeleteDatasetRequest, context: grpc.aio.ServicerContext) -> api.DeleteDatasetResponse:
+        await _run(self.store.delete_dataset, names.parse_dataset(request.name), force=request.force)
+        return api.DeleteDatasetResponse()
+
+    # ---- categories ----------------------------------------------------------
+    async def CreateCategory(self, request: api.CreateCategoryRequest, context: grpc.aio.ServicerContext) -> api.CreateCategoryResponse:
+        dataset_id = names.parse_dataset(request.parent, "parent")
+        category = await _run(self.store.create_category, dataset_id, convert.category_from_proto(request.category))
+        return api.CreateCategoryResponse(category=convert.category_to_proto(dataset_id, category))
+
+    async def GetCategory(self, request: api.GetCategoryRequest, context: grpc.aio.ServicerContext) -> api.GetCategoryResponse:
+        name = names.parse_category(request.name)
+        category = await _run(self.store.get_category, name.state.dataset_id, name.category_id, _version_arg(name.state))
+        return api.GetCategoryResponse(category=convert.category_to_proto(name.state.dataset_id, category))
+
+    async def ListCategories(self, request: api.ListCategoriesRequest, context: grpc.aio.ServicerContext) -> api.ListCategoriesResponse:
+        state = names.parse_state(request.parent)
+        page = await _run(
+            self.store.list_categories_page, state.dataset_id, _version_arg(state), page_size=request.page_size, page_token=request.page_token
+        )
+        return api.ListCategoriesResponse(
+            categories=[convert.category_to_proto(state.dataset_id, c) for c in page.records], next_page_token=page.next_page_token
+        )
+
+    async def DeleteCategory(self, request: api.DeleteCategoryRequest, context: grpc.aio.ServicerContext) -> api.DeleteCategoryResponse:
+        name = names.parse_category(request.name)
+        await _run(self.store.delete_category, _working_state(name.state, "name"), name.category_id)
+        return api.DeleteCategoryResponse()
+
+    # ---- items ---------------------------------------------------------------
+    async def UploadItems(
+        self, request_iterator: AsyncIterator[api.UploadItemsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.UploadItemsResponse]:
+        parent = ""
+        async for request in request_iterator:
+            try:
+                dataset_id = names.parse_dataset(request.parent, "parent")
+                if parent and request.parent != parent:
+                    raise errors.InvalidArgument(
+                        "PARENT_CHANGED",
+                        f"parent: every message of an upload stream names the same dataset ({parent!r}, then {request.parent!r})",
+                        {"field": "parent"},
+                    )
+                parent = request.parent
+                check_request_id(request.request_id)
+                digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+                new_items = []
+                for index, upload in enumerate(request.items):
+                    try:
+                        new_items.append(convert.new_item_from_proto(upload, f"items[{index}]"))
+                    except errors.SimulacraError as error:
+                        error.metadata.setdefault("item_index", str(index))
+                        raise
+                result = await _run(
+                    self.store.write_batch,
+                    dataset_id,
+                    new_items,
+                    request_id=request.request_id,
+                    payload_digest=digest,
+                    policy=convert.box_bounds_policy(request.box_bounds_policy),
+                )
+            except errors.SimulacraError as error:
+                error.metadata.setdefault("request_id", request.request_id)
+                raise
+            yield api.UploadItemsResponse(
+                request_id=request.request_id,
+                item_names=[names.item_name(dataset_id, item_id) for item_id in result.item_ids],
+                replayed=result.replayed,
+            )
+
+    async def _with_images(self, records: list[ItemRecord]) -> list[pb.Item]:
+        """Items with image bytes and pixel-map data (read in parallel: the object store may be remote)."""
+        loaded = await _run(self.store.read_full, records)
+        return [convert.item_to_proto(r, data) for r, data in loaded]
+
+    async def GetItem(self, request: api.GetItemRequest, context: grpc.aio.ServicerContext) -> api.GetItemResponse:
+        name = names.parse_item(request.name)
+        full = _full(request.view, pb.ITEM_VIEW_FULL)
+        record = await _run(self.store.get_item, name.state.dataset_id, name.item_id, version=_version_arg(name.state), full=False)
+        (item,) = await self._with_images([record]) if full else [convert.item_to_proto(record)]
+        return api.GetItemResponse(item=item)
+
+    async def ListItems(self, request: api.ListItemsRequest, context: grpc.aio.ServicerContext) -> api.ListItemsResponse:
+        state = names.parse_state(request.parent)
+        full = _full(request.view, pb.ITEM_VIEW_BASIC)
+        page = await _run(
+            self.store.list_items,
+            state.dataset_id,
+            _version_arg(state),
+            filter=request.filter,
+            order_by=request.order_by,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        items = await self._with_images(page.records) if full else [convert.item_to_proto(r) for r in page.records]
+        return api.ListItemsResponse(items=items, next_page_token=page.next_page_token)
+
+    async def UpdateItem(self, request: api.UpdateItemRequest, context: grpc.aio.ServicerContext) -> api.UpdateItemResponse:
+        name = names.parse_item(request.item.name, "item.name")
+        dataset_id = _working_state(name.state, "item.name")
+        paths = list(request.update_mask.paths) or list(_UPDATE_PATHS)
+        for index, path in enumerate(paths):
+            if path not in _UPDATE_PATHS:
+                raise errors.InvalidArgument(
+                    "INVALID_UPDATE_MASK",
+                    f"update_mask.paths[{index}]: {path!r} cannot be updated; choose among {', '.join(_UPDATE_PATHS)}",
+                    {"field": f"update_mask.paths[{index}]", "path": path},
+                )
+        item = request.item
+        changes = ItemChanges(
+            split=item.split if "split" in paths else None,
+            attributes=dict(item.attributes) if "attributes" in paths else None,
+            file_name=item.file_name if "file_name" in paths else None,
+            annotations=convert.annotations_from_proto(item.annotations, "item.annotations") if "annotations" in paths else None,
+            lineage=convert.lineage_from_proto(item.lineage) if "lineage" in paths else None,
+        )
+        record = await _run(
+            self.store.update_item,
+            dataset_id,
+            name.item_id,
+            changes,
+            etag=item.etag,
+            policy=convert.box_bounds_policy(request.box_bounds_policy),
+        )
+        return api.UpdateItemResponse(item=convert.item_to_proto(record))
+
+    async def DeleteItem(self, request: api.DeleteItemRequest, context: grpc.aio.ServicerContext) -> api.DeleteItemResponse:
+        name = names.parse_item(request.name)
+        await _run(self.store.delete_item, _working_state(name.state, "name"), name.item_id)
+        return api.DeleteItemResponse()
+
+    async def StreamItems(
+        self, request: api.StreamItemsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.StreamItemsResponse]:
+        state = names.parse_version(request.parent, "parent")
+        shard_index, shard_count = request.shard_index, request.shard_count
+        if shard_count < 0 or not (0 <= shard_index < max(shard_count, 1)):
+            raise errors.InvalidArgument(
+                "INVALID_SHARD",
+                f"shard_index must lie in [0, shard_count) (shard_count 0 or 1: no sharding), got {shard_index} of {shard_count}",
+                {"field": "shard_index", "shard_index": shard_index, "shard_count": shard_count},
+            )
+        full = _full(request.view, pb.ITEM_VIEW_FULL)
+        dataset = await _run(self.store.get_dataset, state.dataset_id)
+        query = queries.query_digest(
+            rpc="StreamItems", dataset=state.dataset_id, created=dataset.create_time, filter=request.filter,
+            shard=[shard_index, shard_count if shard_count > 1 else 0],
+        )
+        after = ""
+        if request.start_cursor:
+            document = queries.decode_token(
+                request.start_cursor, query, [queries.is_str], field="start_cursor", reason="INVALID_CURSOR"
+            )
+            version = document.get("ver")
+            if not queries.is_int(version) or (state.version != "latest" and int(state.version or 0) != version):
+                raise queries.bad_token("start_cursor", "INVALID_CURSOR", "made for a different version")
+            after = document["k"][0]
+        else:
+            version = (await _run(self.store.resolve_version, state.dataset_id, state.version or "latest")).version
+
+        def load(after_id: str) -> asyncio.Future[list[api.StreamItemsResponse]]:
+            return asyncio.ensure_future(
+                _run(self._stream_page, state.dataset_id, version, request.filter, after_id, shard_index, shard_count, full, query)
+            )
+
+        pending = load(after)
+        try:
+            while True:
+                page = await pending
+                if len(page) == STREAM_PAGE:  # read the next page while this one is sent
+                    pending = load(page[-1].item.name.rsplit("/", 1)[1])
+                for response in page:
+                    yield response
+                if len(page) < STREAM_PAGE:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+
+    def _stream_page(
+        self, dataset_id: str, version: int, filter: str, after: str, shard_index: int, shard_count: int, full: bool, query: str
+    ) -> list[api.StreamItemsResponse]:
+        """One page of the stream, read and converted in a worker thread (off the event loop)."""
+        records = self.store.item_page(
+            dataset_id, version, filter=filter, after_item_id=after, shard_index=shard_index, shard_count=shard_count, limit=STREAM_PAGE
+        )
+        loaded = self.store.read_full(records) if full else [(r, None) for r in records]
+        return [
+            api.StreamItemsResponse(
+                item=convert.item_to_proto(record, image), cursor=queries.encode_cursor(query, record.item_id, version)
+            )
+            for record, image in loaded
+        ]
+
+    # ---- versions ------------------------------------------------------------
+    async def CommitVersion(self, request: api.CommitVersionRequest, context: grpc.aio.ServicerContext) -> api.CommitVersionResponse:
+        record, created = await _run(self.store.commit_version, names.parse_dataset(request.parent, "parent"), request.description)
+        return api.CommitVersionResponse(version=convert.version_to_proto(record), created=created)
+
+    async def GetVersion(self, request: api.GetVersionRequest, context: grpc.aio.ServicerContext) -> api.GetVersionResponse:
+        state = names.parse_version(request.name)
+        record = await _run(self.store.resolve_version, state.dataset_id, state.version or "latest")
+        return api.GetVersionResponse(version=convert.version_to_proto(record))
+
+    async def ListVersions(self, request: api.ListVersionsRequest, context: grpc.aio.ServicerContext) -> api.ListVersionsResponse:
+        page = await _run(
+            self.store.list_versions, names.parse_dataset(request.parent, "parent"), page_size=request.page_size, page_token=request.page_token
+        )
+        return api.ListVersionsResponse(
+            versions=[convert.version_to_proto(r) for r in page.records], next_page_token=page.next_page_token
+        )
+
+    # ---- statistics ----------------------------------------------------------
+    async def GetStatistics(self, request: api.GetStatisticsRequest, context: grpc.aio.ServicerContext) -> api.GetStatisticsResponse:
+        state = names.parse_state(request.parent)
+        stats = await _run(self.store.statistics, state.dataset_id, _version_arg(state), filter=request.filter)
+        return api.GetStatisticsResponse(statistics=convert.statistics_to_proto(stats))
+
+    # ---- blobs ---------------------------------------------------------------
+    async def FindMissingBlobs(
+        self, request: api.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> api.FindMissingBlobsResponse:
+        if len(request.sha256s) > MAX_FIND_BLOBS:
+            raise errors.InvalidArgument(
+                "TOO_MANY_BLOBS",
+                f"sha256s: {len(request.sha256s)} digests, at most {MAX_FIND_BLOBS} per request",
+                {"field": "sha256s", "limit": MAX_FIND_BLOBS},
+            )
+        wanted = [check_sha256(s, f"sha256s[{i}]") for i, s in enumerate(request.sha256s)]
+        missing = await _run(self.store.blobs.missing, wanted)
+        return api.FindMissingBlobsResponse(missing_sha256s=missing)
+
+    async def UploadBlobs(
+        self, request_iterator: AsyncIterator[api.UploadBlobsRequest], context: grpc.aio.ServicerContext
+    ) -> api.UploadBlobsResponse:
+        done: list[pb.BlobReference] = []
+        upload: _BlobUpload | None = None
+        try:
+            async for chunk in request_iterator:
+                if upload is None:
+                    upload = _BlobUpload.start(chunk, len(done))
+                    upload.known = await _run(self.store.blobs.exists, upload.sha256)
+                upload.add(chunk)
+                if upload.complete:
+                    size = await _run(upload.finish, self.store)
+                    done.append(pb.BlobReference(sha256=upload.sha256, size_bytes=size))
+                    upload = None
+            if upload is not None:
+                raise errors.InvalidArgument(
+                    "INCOMPLETE_BLOB",
+                    f"the stream ended after {upload.received} of the {upload.size} bytes of blob {upload.sha256}; "
+                    "nothing of it was stored: upload it again",
+                    {"sha256": upload.sha256, "received": upload.received, "size_bytes": upload.size},
+                )
+        finally:
+            if upload is not None:
+                upload.close()
+        return api.UploadBlobsResponse(blobs=done)
+
+    async def ReadBlob(self, request: api.ReadBlobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api.ReadBlobResponse]:
+        sha256 = check_sha256(request.sha256)
+        if request.offset < 0 or request.limit < 0:
+            raise errors.InvalidArgument(
+                "INVALID_RANGE", "offset and limit must be >= 0", {"field": "offset" if request.offset < 0 else "limit"}
+            )
+        size = await _run(self.store.blobs.size, sha256)
+        if request.offset > size:
+            raise errors.OutOfRange(
+                "OFFSET_BEYOND_END", f"offset {request.offset} lies beyond the blob's {size} bytes", {"size_bytes": size, "offset": request.offset}
+            )
+        chunks = self.store.blobs.iter_chunks(sha256, request.offset, request.limit, READ_CHUNK_BYTES)
+        offset = request.offset
+        sent = False
+        try:
+            while True:
+                data = await _run(next, chunks, None)
+                if data is None:
+                    break
+                yield api.ReadBlobResponse(offset=offset, data=data, size_bytes=size)
+                offset += len(data)
+                sent = True
+        finally:
+            chunks.close()
+        if not sent:
+            yield api.ReadBlobResponse(offset=offset, data=b"", size_bytes=size)
+
+    # ---- import and export jobs (annotation/jobs.py) ---------------------------
+    def _jobs(self, method: str) -> Any:
+        if self.jobs is None:
+            raise errors.Unimplemented(
+                "NOT_YET_IMPLEMENTED",
+                f"annotation-store does not run import/export jobs in this build ({method})",
+                {"method": method},
+            )
+        return self.jobs
+
+    async def CreateImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("CreateImportJob").CreateImportJob(request, context)
+
+    async def GetImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("GetImportJob").GetImportJob(request, context)
+
+    async def ListImportJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("ListImportJobs").ListImportJobs(request, context)
+
+    async def CancelImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("CancelImportJob").CancelImportJob(request, context)
+
+    async def WatchImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._jobs("WatchImportJob").WatchImportJob(request, context):
+            yield response
+
+    async def CreateExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("CreateExportJob").CreateExportJob(request, context)
+
+    async def GetExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("GetExportJob").GetExportJob(request, context)
+
+    async def ListExportJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("ListExportJobs").ListExportJobs(request, context)
+
+    async def CancelExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._jobs("CancelExportJob").CancelExportJob(request, context)
+
+    async def WatchExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._jobs("WatchExportJob").WatchExportJob(request, context):
+            yield response
+
+
+class _BlobUpload:
+    """One blob arriving in chunks: offsets checked, bytes hashed and spooled, stored when complete."""
+
+    def __init__(self, sha256: str, size: int) -> None:
+        self.sha256 = sha256
+        self.size = size
+        self.received = 0
+        self.known = False
+        self.digest = hashlib.sha256()
+        self.file = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+
+    @classmethod
+    def start(cls, chunk: api.UploadBlobsRequest, index: int) -> _BlobUpload:
+        field = f"blobs[{index}]"
+        if chunk.offset != 0:
+            raise errors.InvalidArgument(
+                "INVALID_CHUNK", f"{field}: a blob's first chunk has offset 0, got {chunk.offset}", {"field": f"{field}.offset"}
+            )
+        check_sha256(chunk.sha256, f"{field}.sha256")
+        if not 0 <= chunk.size_bytes <= MAX_BLOB_BYTES:
+            raise errors.InvalidArgument(
+                "BLOB_TOO_LARGE",
+                f"{field}.size_bytes: {chunk.size_bytes}; blobs hold 0 to {MAX_BLOB_BYTES} bytes",
+                {"field": f"{field}.size_bytes", "limit": MAX_BLOB_BYTES},
+            )
+        return cls(chunk.sha256, chunk.size_bytes)
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.size
+
+    def add(self, chunk: api.UploadBlobsRequest) -> None:
+        if (chunk.sha256 and chunk.sha256 != self.sha256) or chunk.offset != self.received:
+            raise errors.InvalidArgument(
+                "INVALID_CHUNK",
+                f"expected the chunk of blob {self.sha256} at offset {self.received}, got {chunk.sha256 or self.sha256} at {chunk.offset}",
+                {"sha256": self.sha256, "expected_offset": self.received, "offset": chunk.offset},
+            )
+        if len(chunk.data) > READ_CHUNK_BYTES or self.received + len(chunk.data) > self.size:
+            raise errors.InvalidArgument(
+                "INVALID_CHUNK",
+                f"chunks hold at most {READ_CHUNK_BYTES} bytes and may not run past size_bytes {self.size}",
+                {"sha256": self.sha256, "limit": READ_CHUNK_BYTES},
+            )
+        self.received += len(chunk.data)
+        if not self.known:
+            self.digest.update(chunk.data)
+            self.file.write(chunk.data)
+
+    def finish(self, store: AnnotationStore) -> int:
+        try:
+            if self.known:
+                return self.size
+            if self.digest.hexdigest() != self.sha256:
+                raise errors.DataLoss(
+                    "SHA256_MISMATCH",
+                    f"blob {self.sha256}: the uploaded bytes hash to {self.digest.hexdigest()}; nothing was stored",
+                    {"sha256": self.sha256, "actual": self.digest.hexdigest()},
+                )
+            return store.blobs.put_file(self.file, self.sha256)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,91 @@
+"""The store API the import/export jobs build on, on SQLite and PostgreSQL (no gRPC in between)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulacra_services.annotation.model import Annotation, Category, ClassLabel
+from simulacra_services.annotation.records import ImageInput, NewItem
+from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.core import db, errors
+from simulacra_services.core.storage import LocalObjectStore
+
+from .conftest import png
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[AnnotationStore]:
+    engine = db.create_engine(database_url)
+    db.migrate(engine)
+    store = AnnotationStore(engine, LocalObjectStore(tmp_path / "objects"))
+    try:
+        yield store
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def _item(item_id: str, category_id: int = 0, seed: int = 0, file_name: str = "") -> NewItem:
+    annotations = (Annotation(ClassLabel(), category_id=category_id),) if category_id else ()
+    return NewItem(image=ImageInput(data=png(8, 8, seed=seed)), item_id=item_id, annotations=annotations, file_name=file_name)
+
+
+def test_prepare_against_categories_created_just_before_commit(store: AnnotationStore) -> None:
+    store.create_dataset("imp")
+    new = Category(5, "five")
+    prepared = store.prepare_items("imp", [_item("a", 5)], extra_categories=[new])
+    with pytest.raises(errors.InvalidArgument) as caught:  # not created yet: the commit looks again
+        store.commit_items("imp", prepared)
+    assert caught.value.reason == "UNKNOWN_CATEGORY"
+    assert store.ensure_categories("imp", [new]) == 1
+    assert store.ensure_categories("imp", [new]) == 0
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        store.ensure_categories("imp", [Category(5, "renamed")])
+    assert caught.value.reason == "CATEGORY_CONFLICT"
+    assert store.commit_items("imp", prepared).item_ids == ["a"]
+    assert store.get_item("imp", "a").annotations[0].category_id == 5
+
+
+def test_delete_items_undoes_committed_chunks_in_one_transaction(store: AnnotationStore) -> None:
+    store.create_dataset("undo", categories=[Category(1, "one")])
+    store.write_batch("undo", [_item("keep", 1, seed=1, file_name="k.png")])
+    store.commit_version("undo")
+    store.write_batch("undo", [_item(f"x{i}", 1, seed=i + 10) for i in range(5)])
+    assert store.delete_items("undo", ["x0", "x1", "x2", "x3", "x4", "never-there"]) == 5
+    dataset = store.get_dataset("undo")
+    assert (dataset.item_count, dataset.annotation_count) == (1, 1)
+    assert [r.item_id for r in store.iter_items("undo")] == ["keep"]
+    assert store.live_files("undo") == {("k.png", store.get_item("undo", "keep").image.sha256)}
+    assert store.delete_items("undo", ["x0"]) == 0
+
+
+def test_iter_items_reads_a_version_in_order_and_by_shard(store: AnnotationStore) -> None:
+    store.create_dataset("it")
+    store.write_batch("it", [_item(f"i{n:02d}", seed=n) for n in range(30)])
+    store.commit_version("it")
+    store.delete_items("it", ["i03"])
+    everything = [r.item_id for r in store.iter_items("it", "latest", page_size=7)]
+    assert everything == [f"i{n:02d}" for n in range(30)]
+    shards = [[r.item_id for r in store.iter_items("it", 1, shard_index=k, shard_count=4)] for k in range(4)]
+    assert sorted(sum(shards, [])) == everything
+    assert store.count_items("it", 1, 'file_name = ""') == 30 and store.count_items("it") == 29
+
+
+def test_jobs_are_idempotent_by_request_id_and_cancellable(store: AnnotationStore) -> None:
+    store.create_dataset("jobs")
+    job, created = store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="d1")
+    again, created_again = store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="d1")
+    assert created and not created_again and again.job_id == job.job_id
+    with pytest.raises(errors.AlreadyExists) as caught:
+        store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="other")
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert store.request_job_cancel("jobs", "import", job.job_id).state == "JOB_STATE_CANCELLING"
+    done = store.update_job(job.job_id, state="JOB_STATE_CANCELLED", end_time=db.utcnow())
+    assert store.request_job_cancel("jobs", "import", job.job_id) == done
+    assert store.unfinished_jobs() == []
+    with pytest.raises(errors.NotFound) as caught:
+        store.get_job("jobs", "export", job.job_id)
+    assert caught.value.reason == "JOB_NOT_FOUND"
