@@ -1,3 +1,7 @@
 """Simulacra client SDK: typed stubs (``simulacra_client.api``) and a friendly client."""
 
 __version__ = "0.1.0"
+
+from simulacra_client.annotation import AnnotationClient  # noqa: E402  (after __version__, which submodules may read)
+
+__all__ = ["AnnotationClient", "__version__"]

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 
+from simulacra_services.cli import datasets as datasets_cli
 from simulacra_services.core.config import SERVICES, TITLES, Settings
 
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for every service to be SERVING")
     status.add_argument("--service", action="append", choices=SERVICES, dest="only", help="check only this service (repeatable); containers use it as their health check")
     Settings.add_arguments(status)
+
+    datasets = commands.add_parser("datasets", help="create, import, export, commit and inspect datasets of a running annotation-store")
+    datasets_cli.add_commands(datasets, Settings.add_arguments)
     return parser
 
 
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.service, settings)
     if args.command == "status":
         return _status(settings, wait=args.wait, only=args.only or list(SERVICES))
+    if args.command == "datasets":
+        return datasets_cli.run(args, settings)
     raise AssertionError(args.command)
 
 
