@@ -20,7 +20,7 @@ def test_configuration_page_holds_the_generated_table() -> None:
 def test_readme_opens_with_two_runnable_commands_and_ci_runs_the_test_one() -> None:
     readme = (ROOT / "README.md").read_text()
     first_block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL).group(1)
-    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines() if line.split("#")[0].strip()]
     assert commands == [".ci/demo", ".ci/test"]
     for command in commands:
         assert os.access(ROOT / command, os.X_OK), f"{command} is not executable"
