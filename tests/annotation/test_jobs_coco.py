@@ -17,7 +17,7 @@ from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import SimulacraRpcError
 
 from .conftest import Annotations
-from .jobs_support import sdk, write_coco
+from .jobs_support import KEYPOINTS, sdk, write_coco
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"), pytest.mark.timeout(180)]
 
@@ -213,3 +213,35 @@ async def test_export_takes_a_filter_and_can_leave_the_images_out(annotation: An
     assert [image["file_name"] for image in document["images"]] == ["b/000013.png"]
     assert (bad_filter.value.code, bad_filter.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FILTER")
     assert (no_version.value.code, no_version.value.reason) == (grpc.StatusCode.NOT_FOUND, "VERSION_NOT_FOUND")
+
+
+async def test_a_category_differing_only_in_flip_pairs_fails_the_import_with_category_conflict(annotation: Annotations, tmp_path: Path) -> None:
+    annotations_path, images_dir, _ = write_coco(tmp_path)
+    # The COCO file's person derives flip pairs (1, 2), (3, 4) from its left_/right_ keypoint names; this one has none.
+    person = pb.Category(
+        category_id=3, display_name="person", supercategory="person", keypoint_names=KEYPOINTS,
+        skeleton=[pb.KeypointPair(first=a, second=b) for a, b in ((0, 1), (0, 2), (1, 3), (2, 4))],
+    )
+    car = pb.Category(category_id=1, display_name="car", supercategory="vehicle")
+    with sdk(annotation) as client:
+        await asyncio.to_thread(client.create_dataset, "flips", categories=[car, person])
+        with pytest.raises(JobFailedError) as caught:  # no category is missing: the planner alone must see it
+            await asyncio.to_thread(client.import_coco, "flips", annotations_path, images_dir)
+        dataset = await asyncio.to_thread(client.get_dataset, "flips")
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_CONFLICT")
+    assert caught.value.metadata["category_id"] == "3"
+    assert (dataset.item_count, dataset.category_count) == (0, 2)
+
+
+async def test_an_export_lists_the_images_sorted_by_coco_id(annotation: Annotations, tmp_path: Path) -> None:
+    document = json.loads(write_coco(tmp_path / "in")[0].read_text())
+    document["images"].reverse()  # ids 13, 12, 11 in the file
+    annotations_path, images_dir, _ = write_coco(tmp_path / "in", document)
+    with sdk(annotation) as client:
+        await asyncio.to_thread(client.create_dataset, "order")
+        await asyncio.to_thread(client.import_coco, "order", annotations_path, images_dir)
+        await asyncio.to_thread(client.commit, "order")
+        await asyncio.to_thread(client.export_coco, "order@1", tmp_path / "out", skip_images=True)
+    exported = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [image["id"] for image in exported["images"]] == [11, 12, 13]
+    assert exported["images"] == sorted(document["images"], key=lambda image: image["id"])

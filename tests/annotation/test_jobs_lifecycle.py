@@ -29,7 +29,7 @@ from simulacra_services.core.config import Settings
 from simulacra_services.core.server import METRICS_OFF, ServiceServer
 from simulacra_services.core.storage import open_object_store
 
-from .conftest import Annotations, rpc_error
+from .conftest import Annotations, item_upload, png, rpc_error
 from .jobs_support import annotation, job_service, recorded_job_services, sdk  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
@@ -165,6 +165,50 @@ async def test_cancel_while_writing_removes_the_chunks_already_written(annotatio
     assert caught.value.job.state == common_pb2.JOB_STATE_CANCELLED
     after = await dataset_of(annotation, "cancel-write")
     assert (after.item_count, after.category_count) == (0, 0)
+
+
+# ---- committing while an import is unfinished ------------------------------------------------
+
+
+async def test_commit_is_refused_while_an_import_writes_and_works_once_it_has_ended(
+    annotation: Annotations, job_service: jobs_module.JobService, gates: list[Gate]
+) -> None:
+    job_service.chunk_size = 50
+    gate = gate_at(gates, job_service, "write", 1)
+    await annotation.create_dataset("commit-during")
+    created = await create_mnist_job(annotation, "commit-during", 200)
+    await gate.wait_reached()
+    assert (await dataset_of(annotation, "commit-during")).item_count == 50  # one chunk of four written
+    with pytest.raises(grpc.RpcError) as caught:
+        await annotation.stub.CommitVersion(api.CommitVersionRequest(parent="datasets/commit-during"))
+    error = rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IMPORT_IN_PROGRESS")
+    assert (error.metadata["dataset"], error.metadata["job"]) == ("datasets/commit-during", created.name)
+    assert (await dataset_of(annotation, "commit-during")).latest_version == 0
+    gate.release.set()
+    assert (await watch(annotation, created.name))[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+    committed = await annotation.stub.CommitVersion(api.CommitVersionRequest(parent="datasets/commit-during"))
+    assert committed.created and (committed.version.version, committed.version.item_count) == (1, 200)
+
+
+async def test_a_commit_after_a_cancelled_import_makes_no_new_version(
+    annotation: Annotations, job_service: jobs_module.JobService, gates: list[Gate]
+) -> None:
+    job_service.chunk_size = 50
+    dataset = await annotation.create_dataset("undone")
+    await annotation.upload(dataset.name, [[item_upload("kept", image=png(seed=3))]])
+    first = await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+    assert first.created and first.version.version == 1
+    gate = gate_at(gates, job_service, "write", 1)
+    created = await create_mnist_job(annotation, "undone", 200)
+    await gate.wait_reached()  # 10 categories and 50 items written, each write a new sequence number
+    await annotation.stub.CancelImportJob(api.CancelImportJobRequest(name=created.name))
+    gate.release.set()
+    assert (await watch(annotation, created.name))[-1].state == common_pb2.JOB_STATE_CANCELLED
+    again = await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+    assert not again.created and again.version == first.version
+    after = await dataset_of(annotation, "undone")
+    assert (after.latest_version, after.item_count, after.category_count) == (1, 1, 0)
 
 
 async def test_a_queued_job_is_cancelled_at_once(annotation: Annotations, job_service: jobs_module.JobService, gates: list[Gate]) -> None:

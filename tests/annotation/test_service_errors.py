@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import struct
 import zlib
 
+from pathlib import Path
+
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
+from simulacra_client.annotation import AnnotationClient, JobFailedError
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.channel import open_aio_channel
+from simulacra_services.annotation.service import DEFINITION
+from simulacra_services.core.config import Settings
+from simulacra_services.core.server import METRICS_OFF, ServiceServer
 
 from .conftest import Annotations, item_upload, png, rpc_error
 
@@ -67,6 +77,11 @@ BAD_ITEMS = [
         dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[H, W + 1], data=b"\0" * 4 * H * (W + 1))))), INVALID, "PIXEL_MAP_SIZE_MISMATCH", "items[0].annotations[0].pixel_map.tensor.shape"),
     ("no kind", _one(pb.Annotation(category_id=1)), INVALID, "MISSING_ANNOTATION_KIND", "items[0].annotations[0]"),
     ("duplicate annotation id", item_upload("bad", annotations=[pb.Annotation(id="x", category_id=1, class_label=pb.ClassLabel())] * 2), INVALID, "DUPLICATE_ANNOTATION_ID", "items[0].annotations[1].id"),
+    ("duplicate instance kind", item_upload("bad", annotations=[
+        pb.Annotation(category_id=1, instance_id="p1", box=pb.Box(x=0, y=0, w=4, h=4)),
+        pb.Annotation(category_id=1, instance_id="p1", polygon=pb.Polygon(parts=[pb.PolygonPart(coordinates=[0, 0, 4, 0, 4, 4])])),
+        pb.Annotation(category_id=1, instance_id="p1", box=pb.Box(x=1, y=1, w=2, h=2)),
+    ]), INVALID, "DUPLICATE_INSTANCE_KIND", "items[0].annotations[2].instance_id"),
     ("corrupt image", item_upload("bad", image=b"\x89PNG\r\n\x1a\n" + b"garbage" * 20), INVALID, "INVALID_IMAGE", "items[0].image.data"),
     ("truncated image", item_upload("bad", image=png(64, 64, seed=1)[:300]), INVALID, "INVALID_IMAGE", "items[0].image.data"),
     ("gif", item_upload("bad", image=_encoded("L", "GIF")), INVALID, "INVALID_IMAGE", "items[0].image.data"),
@@ -183,3 +198,36 @@ async def test_writes_to_a_version_and_bad_requests_are_refused(annotation: Anno
     assert rpc_error(caught.value).reason == "PARENT_CHANGED"
     sha = hashlib.sha256(png(seed=3)).hexdigest()
     assert [i.image.sha256 for i in await annotation.list_all(dataset.name) if i.name.endswith("/p")] == [sha]
+
+
+async def test_the_pixel_limit_is_the_servers_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="SIMULACRA_MAX_IMAGE_PIXELS"):
+        Settings.from_env({"SIMULACRA_MAX_IMAGE_PIXELS": "0"})
+    settings = Settings(data_dir=str(tmp_path / "data"), log_level="WARNING", max_image_pixels=150)
+    server = ServiceServer(DEFINITION, settings, port=0, metrics_port=METRICS_OFF)
+    await server.start()
+    channel = open_aio_channel(server.address)
+    try:
+        service = Annotations(api_grpc.AnnotationServiceStub(channel), channel, server, "local-sqlite")
+        dataset = await service.create_dataset()
+        with pytest.raises(grpc.RpcError) as caught:  # 16 x 12 = 192 pixels: within the default, above this server's 150
+            await service.upload(dataset.name, [[item_upload("fine", image=png(10, 12)), item_upload("large", image=png(16, 12))]])
+        error = rpc_error(caught.value)
+        assert (error.code, error.reason) == (INVALID, "IMAGE_TOO_MANY_PIXELS")
+        assert (error.metadata["field"], error.metadata["limit"]) == ("items[1].image.data", "150")
+        assert await service.list_all(dataset.name) == []
+        (ack,) = await service.upload(dataset.name, [[item_upload("fine", image=png(10, 12)), item_upload("square", image=png(12, 12, seed=1))]])
+        assert sorted(ack.item_names) == [f"{dataset.name}/items/fine", f"{dataset.name}/items/square"]
+        # Imports check their images against the same limit: MNIST digits have 28 x 28 = 784 pixels.
+        client = AnnotationClient(server.address, timeout=60)
+        try:
+            digits = np.zeros((2, 28, 28), np.uint8)
+            with pytest.raises(JobFailedError) as failed:
+                await asyncio.to_thread(client.import_mnist, dataset.name, digits, [3, 4])
+        finally:
+            client.close()
+        assert (failed.value.reason, failed.value.metadata["limit"]) == ("IMAGE_TOO_MANY_PIXELS", "150")
+        assert len(await service.list_all(dataset.name)) == 2
+    finally:
+        await channel.close()
+        await server.stop(1.0)

@@ -109,3 +109,36 @@ async def test_statistics_of_an_empty_dataset(annotation: Annotations) -> None:
     assert (stats.item_count, stats.annotation_count, stats.imbalance_ratio) == (0, 0, 1.0)
     assert list(stats.empty_category_ids) == [5]
     assert stats.annotations_per_item.count == 0 and stats.box_size.count == 0
+
+
+def _piece(category_id: int, instance_id: str = "", **kind: object) -> pb.Annotation:
+    return pb.Annotation(category_id=category_id, instance_id=instance_id, **kind)
+
+
+async def test_class_balance_counts_objects_not_annotations(annotation: Annotations) -> None:
+    """COCO-like items: a person's box, mask and keypoints (one instance id) are one person."""
+    person = pb.Category(category_id=1, display_name="person", keypoint_names=["nose", "left_eye", "right_eye"])
+    dataset = await annotation.create_dataset(
+        categories=[person, pb.Category(category_id=2, display_name="car"), pb.Category(category_id=3, display_name="tree")]
+    )
+    box = {"box": pb.Box(x=1, y=1, w=8, h=6)}
+    mask = {"mask": pb.Mask(height=12, width=16, uncompressed=pb.RleCounts(counts=[12 * 16]))}
+    keypoints = {"keypoints": pb.Keypoints(points=[pb.Keypoint(x=2, y=2, visibility=2)] * 3)}
+    polygon = {"polygon": pb.Polygon(parts=[pb.PolygonPart(coordinates=[1, 1, 9, 1, 9, 7])])}
+    street = [
+        _piece(1, "1", **box), _piece(1, "1", **mask), _piece(1, "1", **keypoints),  # person 1: three pieces
+        _piece(1, "2", **box), _piece(1, "2", **keypoints),  # person 2: two pieces
+        _piece(2, "3", **box), _piece(2, "3", **polygon),  # car 3: box and polygon
+        _piece(2, **box),  # a car without instance id: an object of its own
+    ]
+    parking = [
+        _piece(1, "1", **box), _piece(1, "1", **polygon),  # instance ids are per item: another person 1
+        _piece(2, "4", **box), _piece(2, "4", class_label=pb.ClassLabel()),  # a class label is always its own object
+        _piece(2, class_label=pb.ClassLabel()),
+    ]
+    await annotation.upload(dataset.name, [[item_upload("street", annotations=street), item_upload("parking", image=png(seed=2), annotations=parking)]])
+    stats = (await annotation.stub.GetStatistics(api.GetStatisticsRequest(parent=dataset.name))).statistics
+    counts = [(c.display_name, c.object_count, c.annotation_count, c.item_count) for c in stats.categories]
+    assert counts == [("person", 3, 7, 2), ("car", 5, 6, 2), ("tree", 0, 0, 0)]
+    assert stats.imbalance_ratio == pytest.approx(5 / 3)  # objects; annotations would say 7 / 6
+    assert list(stats.empty_category_ids) == [3]

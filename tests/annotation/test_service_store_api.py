@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from simulacra_services.annotation import importers, validation
 from simulacra_services.annotation.model import Annotation, Category, ClassLabel
 from simulacra_services.annotation.records import ImageInput, NewItem
 from simulacra_services.annotation.store import AnnotationStore
@@ -89,3 +90,55 @@ def test_jobs_are_idempotent_by_request_id_and_cancellable(store: AnnotationStor
     with pytest.raises(errors.NotFound) as caught:
         store.get_job("jobs", "export", job.job_id)
     assert caught.value.reason == "JOB_NOT_FOUND"
+
+
+def test_commit_is_refused_while_an_import_job_is_unfinished(store: AnnotationStore) -> None:
+    store.create_dataset("busy", categories=[Category(1, "one")])
+    store.write_batch("busy", [_item("a", 1)])
+    job, _ = store.create_job("busy", kind="import", format="mnist", request="{}")  # QUEUED from its creation
+    store.create_job("busy", kind="export", format="COCO", request="{}")  # exports read versions: no obstacle
+    for state in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
+        store.update_job(job.job_id, state=state)
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            store.commit_version("busy")
+        assert caught.value.reason == "IMPORT_IN_PROGRESS", state
+        assert caught.value.metadata == {"dataset": "datasets/busy", "job": f"datasets/busy/importJobs/{job.job_id}"}
+    assert store.get_dataset("busy").latest_version == 0
+    for state in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_SUCCEEDED"):
+        store.update_job(job.job_id, state=state)
+        assert store.commit_version("busy", f"after {state}")[0].version == 1
+
+
+def test_a_commit_of_the_latest_versions_content_creates_no_version(store: AnnotationStore) -> None:
+    store.create_dataset("same", categories=[Category(1, "one")])
+    store.write_batch("same", [_item("a", 1)])
+    first, created = store.commit_version("same")
+    assert created and first.version == 1
+    # What an import that fails while writing does and undoes: a category and items, removed again.
+    assert store.ensure_categories("same", [Category(2, "two")]) == 1
+    store.write_batch("same", [_item("b", 2, seed=1), _item("c", 1, seed=2)])
+    store.delete_items("same", ["b", "c"])
+    store.delete_category("same", 2)
+    again, created = store.commit_version("same", "no change")
+    assert not created and again == first
+    store.write_batch("same", [_item("d", 1, seed=3)])
+    second, created = store.commit_version("same")
+    assert created and second.version == 2 and second.content_sha256 != first.content_sha256
+
+
+def test_a_flip_pair_difference_is_a_category_conflict_for_the_planner_and_the_store(store: AnnotationStore) -> None:
+    schema = {"keypoint_names": ("left_eye", "right_eye", "nose"), "skeleton": ((0, 2), (1, 2))}
+    held = Category(1, "face", "head", flip_pairs=((0, 1),), **schema)
+    unflipped = Category(1, "face", "head", **schema)
+    store.create_dataset("flip", categories=[held])
+    existing = store.list_categories("flip")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        importers.check_categories([unflipped], existing)
+    assert (caught.value.reason, caught.value.metadata["field"]) == ("CATEGORY_CONFLICT", "categories[0]")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        store.ensure_categories("flip", [unflipped])
+    assert caught.value.reason == "CATEGORY_CONFLICT"
+    # Equal schemas agree, whether read back from the database (lists in JSON) or built here.
+    assert importers.check_categories([held], existing) == []
+    assert store.ensure_categories("flip", [held]) == 0
+    assert validation.categories_agree(existing[0], held) and not validation.categories_agree(held, unflipped)

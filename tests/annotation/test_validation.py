@@ -203,6 +203,23 @@ def test_duplicate_annotation_ids() -> None:
     assert caught.value.metadata["field"] == "annotations[1].id"
 
 
+def test_an_instance_holds_at_most_one_annotation_of_each_kind() -> None:
+    box = Box(1, 1, 10, 10)
+    pieces = [
+        Annotation(box, category_id=1, instance_id="7"),
+        Annotation(Polygon(((1.0, 1.0, 9.0, 1.0, 9.0, 9.0),)), category_id=1, instance_id="7"),
+        Annotation(box, category_id=1, instance_id="8"),  # another object
+        Annotation(box, category_id=1),  # no instance: never grouped
+        Annotation(box, category_id=1),
+    ]
+    assert len(validate_annotations(pieces, IMAGE, CATEGORIES)) == 5
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_annotations([*pieces, Annotation(Box(2, 2, 5, 5), category_id=1, instance_id="7")], IMAGE, CATEGORIES, path="items[3].annotations")
+    assert caught.value.reason == "DUPLICATE_INSTANCE_KIND"
+    assert caught.value.metadata == {"field": "items[3].annotations[5].instance_id", "instance_id": "7", "kind": "box"}
+    assert "items[3].annotations[0]" in caught.value.message
+
+
 def test_annotation_count_limit() -> None:
     annotations = [Annotation(ClassLabel(), category_id=1)] * 4
     with pytest.raises(errors.InvalidArgument) as caught:

@@ -71,10 +71,12 @@ async def test_create_import_commit_stats_export_list(server: ServiceServer, tmp
 
     stats = ok(await simulacra(server, "stats", "street@1"))
     assert stats.startswith("datasets/street/versions/1: 3 items, 14 annotations")
+    assert "CLASS   ID  OBJECTS  ANNOTATIONS  ITEMS  SHARE" in stats
     rows = {line.split()[0]: line.split() for line in stats.splitlines() if line.startswith(("car ", "person "))}
-    assert rows["car"][1:5] == ["1", "9", "3", "64.3%"] and rows["car"][5] == "█" * 30
-    assert rows["person"][1:5] == ["3", "5", "1", "35.7%"] and rows["person"][5] == "█" * 17
-    assert "imbalance ratio (largest / smallest class): 1.80" in stats
+    # Objects, not annotations: 5 cars (9 annotations), 2 persons (5: box, polygon and keypoints of one, box and keypoints of the other).
+    assert rows["car"][1:6] == ["1", "5", "9", "3", "71.4%"] and rows["car"][6] == "█" * 30
+    assert rows["person"][1:6] == ["3", "2", "5", "1", "28.6%"] and rows["person"][6] == "█" * 12
+    assert "imbalance ratio (objects of the largest / smallest class): 2.50" in stats
     assert "annotations per item: mean 4.67, min 3, max 7 (n = 3)" in stats
     assert "box size, sqrt(w*h) in pixels: mean 46.04, min 24.5, max 70.0 (n = 7)" in stats
     assert "COCO size classes: small 3, medium 4, large 0" in stats
@@ -113,8 +115,8 @@ async def test_import_mnist_loads_the_5000_digits(server: ServiceServer) -> None
     stats = ok(await simulacra(server, "stats", "mnist"))  # the working state
     assert stats.startswith("datasets/mnist: 5000 items, 5000 annotations")
     for digit in range(10):
-        assert any(line.split()[:3] == [str(digit), str(digit + 1), "500"] for line in stats.splitlines())
-    assert "imbalance ratio (largest / smallest class): 1.00" in stats
+        assert any(line.split()[:4] == [str(digit), str(digit + 1), "500", "500"] for line in stats.splitlines())
+    assert "imbalance ratio (objects of the largest / smallest class): 1.00" in stats
     again = ok(await simulacra(server, "import-mnist", "mnist", "--limit", "100"))
     assert "imported 0 items (0 annotations, 0 new categories, 100 already present)" in again
 

@@ -29,6 +29,7 @@ from simulacra_services.core.storage import ObjectStore
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# The default of the server's limit (setting max_image_pixels, SIMULACRA_MAX_IMAGE_PIXELS).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MAX_BLOB_BYTES = 1024 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
@@ -143,7 +144,9 @@ def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = M
 
     The pixel count is checked from the header before decoding, so a small
     file that would expand to gigabytes (a decompression bomb) is refused
-    without being decoded.
+    without being decoded. ``max_pixels`` is the server's setting; Pillow
+    itself refuses images above twice its own ``Image.MAX_IMAGE_PIXELS``
+    (about 179 million pixels) whatever the setting says.
     """
     if len(data) > MAX_IMAGE_BYTES:
         raise errors.InvalidArgument(

@@ -397,7 +397,11 @@ def statistics_to_proto(stats: Statistics) -> pb.DatasetStatistics:
         annotation_count=stats.annotation_count,
         categories=[
             pb.CategoryCount(
-                category_id=c.category_id, display_name=c.display_name, annotation_count=c.annotation_count, item_count=c.item_count
+                category_id=c.category_id,
+                display_name=c.display_name,
+                annotation_count=c.annotation_count,
+                item_count=c.item_count,
+                object_count=c.object_count,
             )
             for c in stats.categories
         ],

@@ -11,8 +11,9 @@ Layouts:
 
 - COCO: ``annotations.json`` + ``images/{file_name}``. COCO image ids are the
   items' ``coco_image_id`` attributes when every exported item has a distinct
-  positive one (an imported COCO file keeps its ids, and its image order),
-  else 1..N in item order.
+  positive one (an imported COCO file keeps its ids), and the images are then
+  sorted by that id (not the file's original order, which is not stored);
+  else they are numbered 1..N in item id order.
   Annotations are merged per instance as ``coco.to_coco`` describes; kinds
   COCO cannot hold are counted as skipped.
 - YOLO: ``data.yaml`` (class names; categories sorted by id are classes
@@ -102,7 +103,7 @@ class CocoExporter:
     def finish(self, put_blob: BlobWriter) -> ExportOutput:
         ids = [candidate for candidate, _, _ in self._images]
         keep = all(i is not None for i in ids) and len(set(ids)) == len(ids)
-        if keep:  # the COCO file's own order (items come in item id order)
+        if keep:  # sorted by COCO image id (items arrive in item id order)
             self._images.sort(key=lambda entry: entry[0] or 0)
         images = [
             coco.CocoImage(

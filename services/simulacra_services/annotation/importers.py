@@ -153,7 +153,9 @@ def check_categories(wanted: Sequence[Category], existing: Sequence[Category], *
     """The categories of ``wanted`` the dataset lacks; CATEGORY_CONFLICT when one disagrees.
 
     A category agrees when the dataset has the same id with the same name,
-    supercategory and keypoint schema; a name held by another id disagrees.
+    supercategory, keypoint names, skeleton and flip pairs
+    (``validation.categories_agree``, the rule ``store.ensure_categories``
+    applies too); a name held by another id disagrees.
     """
     by_id = {c.category_id: c for c in existing}
     by_name = {c.display_name: c for c in existing}
@@ -164,13 +166,7 @@ def check_categories(wanted: Sequence[Category], existing: Sequence[Category], *
         if present is None and named is None:
             missing.append(category)
             continue
-        differs = present is None or (
-            present.display_name,
-            present.supercategory,
-            tuple(present.keypoint_names),
-            tuple(map(tuple, present.skeleton)),
-        ) != (category.display_name, category.supercategory, tuple(category.keypoint_names), tuple(map(tuple, category.skeleton)))
-        if differs:
+        if present is None or not validation.categories_agree(present, category):
             held = present or named
             assert held is not None
             raise errors.FailedPrecondition(
@@ -463,7 +459,9 @@ def _prepare_all(
 
 def _prepare_chunk(store: Any, chunk: Sequence[PlannedItem], known: dict[int, Category], policy: BoxBoundsPolicy) -> list[PreparedItem]:
     try:
-        prepared = prepare([p.item for p in chunk], known, store.blobs, policy=policy, path="item", first_index=0)
+        prepared = prepare(
+            [p.item for p in chunk], known, store.blobs, policy=policy, path="item", first_index=0, max_image_pixels=store.max_image_pixels
+        )
     except errors.SimulacraError as error:
         offset = error.metadata.get("item_index", "")
         if not (offset.isdigit() and int(offset) < len(chunk)):
@@ -523,12 +521,17 @@ def _write(store: Any, context: JobContext, plan: ImportPlan, prepared: list[Pre
 
 
 def _undo(store: Any, dataset_id: str, item_ids: Sequence[str], categories: Sequence[Category]) -> None:
-    """Remove what a stopped import wrote (best effort: what cannot be removed is logged)."""
-    for item_id in item_ids:
+    """Remove what a stopped import wrote (best effort: what cannot be removed is logged).
+
+    Runs before the job leaves RUNNING/CANCELLING (the caller re-raises into
+    the job runner, which then records the end state), so a CommitVersion
+    refused meanwhile (IMPORT_IN_PROGRESS) never sees a half-undone import.
+    """
+    if item_ids:
         try:
-            store.delete_item(dataset_id, item_id)
+            store.delete_items(dataset_id, item_ids)  # one transaction
         except errors.SimulacraError as error:
-            _log.warning("could not remove item %s of a stopped import: %s", item_id, error.message)
+            _log.warning("could not remove the %d items of a stopped import: %s", len(item_ids), error.message)
     for category in categories:
         try:
             store.delete_category(dataset_id, category.category_id)

@@ -24,6 +24,7 @@ from simulacra_services.core import errors
 from simulacra_services.core.db import transaction, utcnow
 
 TERMINAL_JOB_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+UNFINISHED_JOB_STATES = ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING")
 _JOB_FIELDS = {
     "state", "progress_done", "progress_total", "progress_message", "result", "error",
     "cancel_requested", "start_time", "end_time",

@@ -26,7 +26,11 @@ Life of a job:
    request id ``{job}-{chunk}`` (a retried chunk is never written twice).
    A cancel or failure during the write removes the chunks already written
    and the categories the job created, so a job that does not succeed leaves
-   the working state as it found it.
+   the working state as it found it. The job's row is QUEUED from its
+   creation and leaves RUNNING/CANCELLING only after that undo, and
+   ``store.commit_version`` refuses to commit while a row of an import of
+   the dataset is in one of those states (IMPORT_IN_PROGRESS): no version
+   ever holds part of an import.
 4. It ends SUCCEEDED (with its result), CANCELLED, or FAILED with a
    ``JobError`` (code, stable reason, message, metadata naming file, record
    and field); an unexpected exception becomes INTERNAL with an error id

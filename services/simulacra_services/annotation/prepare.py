@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from simulacra_services.annotation import codec, validation
-from simulacra_services.annotation.blobs import BlobStore, check_sha256, inspect_image
+from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore, check_sha256, inspect_image
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
 from simulacra_services.annotation.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
 from simulacra_services.core import errors
@@ -143,10 +143,12 @@ def _check_stored_pixel_map(
         )
 
 
-def resolve_image(image: ImageInput, blobs: BlobStore, field: str) -> tuple[ImageInfo, bytes | None]:
+def resolve_image(
+    image: ImageInput, blobs: BlobStore, field: str, *, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[ImageInfo, bytes | None]:
     """Decode and check the image; the bytes to store (None when already a stored blob)."""
     if image.data:
-        info = inspect_image(image.data, f"{field}.data")
+        info = inspect_image(image.data, f"{field}.data", max_pixels=max_pixels)
         if image.sha256 and image.sha256 != info.sha256:
             raise errors.DataLoss(
                 "SHA256_MISMATCH",
@@ -161,7 +163,7 @@ def resolve_image(image: ImageInput, blobs: BlobStore, field: str) -> tuple[Imag
         data = blobs.read(image.sha256, f"{field}.sha256")
     except errors.NotFound as error:
         raise errors.FailedPrecondition(error.reason, error.message, error.metadata) from None
-    return inspect_image(data, f"{field}.sha256"), None
+    return inspect_image(data, f"{field}.sha256", max_pixels=max_pixels), None
 
 
 def prepare(
@@ -172,8 +174,11 @@ def prepare(
     policy: BoxBoundsPolicy,
     path: str = "items",
     first_index: int = 0,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[PreparedItem]:
-    """Check every item, then store the blobs; raise on the first problem (naming item and field)."""
+    """Check every item, then store the blobs; raise on the first problem (naming item and field).
+
+    ``max_image_pixels``: the server's image size limit (IMAGE_TOO_MANY_PIXELS above it)."""
     prepared: list[PreparedItem] = []
     pending_blobs: dict[str, bytes] = {}
     seen_ids: dict[str, int] = {}
@@ -196,7 +201,7 @@ def prepare(
             if item.file_name:
                 validation.validate_relative_path(item.file_name, f"{field}.file_name")
             lineage = check_lineage(item.lineage, f"{field}.lineage")
-            image, data = resolve_image(item.image, blobs, f"{field}.image")
+            image, data = resolve_image(item.image, blobs, f"{field}.image", max_pixels=max_image_pixels)
             if data is not None:
                 pending_blobs[image.sha256] = data
             annotations = check_annotations(

@@ -39,7 +39,7 @@ async def register(server: grpc.aio.Server, settings: Settings) -> CloseHook:
     store: AnnotationStore | None = None
     try:
         await asyncio.to_thread(db.migrate, engine)
-        store = AnnotationStore(engine, objects)
+        store = AnnotationStore(engine, objects, max_image_pixels=settings.max_image_pixels)
         jobs = _job_service(store)
         if jobs is not None and hasattr(jobs, "start"):
             await jobs.start()

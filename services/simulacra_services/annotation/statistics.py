@@ -2,6 +2,13 @@
 
 Counts come from SQL aggregates over the state's item rows (and their
 annotations); only box sizes need the boxes themselves, read as numbers.
+
+Class balance counts objects, not annotations: a COCO person with a box, a
+mask and keypoints is three annotations sharing one ``instance_id``, but one
+person. Per category, the annotations of one item that share a non-empty
+instance id are one object, and every other annotation (no instance id, or a
+class label, which names the whole image) is an object of its own. The
+imbalance ratio is the largest object count over the smallest non-zero one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class CategoryCount:
     display_name: str
     annotation_count: int
     item_count: int
+    # Objects (instances) of the category: see the module docstring.
+    object_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,11 @@ class Statistics:
     annotation_kinds: tuple[tuple[str, int], ...] = ()
     # (lineage kind, item count), real / augmented / synthetic with items only.
     lineage_kinds: tuple[tuple[str, int], ...] = ()
+
+
+# Annotations that are a piece of a named instance (one object per distinct item row and instance id).
+_GROUPED = sa.and_(annotations.c.instance_id != "", annotations.c.kind != AnnotationKind.CLASS_LABEL.value)
+_INSTANCE_KEY = sa.cast(annotations.c.item_row, sa.String) + ":" + annotations.c.instance_id
 
 
 def annotation_count_edges(maximum: int) -> list[float]:
@@ -111,9 +125,15 @@ def compute_statistics(conn: Connection, state_items: sa.Subquery, categories: S
 
     in_state = annotations.c.item_row.in_(row_ids)
     per_category = {
-        int(category_id): (int(count), int(items))
-        for category_id, count, items in conn.execute(
-            sa.select(annotations.c.category_id, sa.func.count(), sa.func.count(sa.distinct(annotations.c.item_row)))
+        int(category_id): (int(count), int(items), int(grouped) + int(single or 0))
+        for category_id, count, items, grouped, single in conn.execute(
+            sa.select(
+                annotations.c.category_id,
+                sa.func.count(),
+                sa.func.count(sa.distinct(annotations.c.item_row)),
+                sa.func.count(sa.distinct(sa.case((_GROUPED, _INSTANCE_KEY), else_=None))),
+                sa.func.sum(sa.case((_GROUPED, 0), else_=1)),
+            )
             .where(in_state)
             .group_by(annotations.c.category_id)
         )
@@ -122,9 +142,9 @@ def compute_statistics(conn: Connection, state_items: sa.Subquery, categories: S
     boxes = conn.execute(sa.select(annotations.c.geometry).where(in_state, annotations.c.kind == "box")).scalars().all()
 
     category_counts = tuple(
-        CategoryCount(c.category_id, c.display_name, *per_category.get(c.category_id, (0, 0))) for c in categories
+        CategoryCount(c.category_id, c.display_name, *per_category.get(c.category_id, (0, 0, 0))) for c in categories
     )
-    nonzero = [c.annotation_count for c in category_counts if c.annotation_count > 0]
+    nonzero = [c.object_count for c in category_counts if c.object_count > 0]
     imbalance = max(nonzero) / min(nonzero) if len(nonzero) >= 2 else 1.0
     sizes = [(math.sqrt(float(b["w"]) * float(b["h"])), 1) for b in boxes]
     areas = [float(b["w"]) * float(b["h"]) for b in boxes]

@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from simulacra_services.annotation import codec, queries, validation
 from simulacra_services.annotation import filters as filter_syntax
-from simulacra_services.annotation.blobs import BlobStore
-from simulacra_services.annotation.job_table import JobTable
+from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore
+from simulacra_services.annotation.job_table import UNFINISHED_JOB_STATES, JobTable
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, PixelMap
 from simulacra_services.annotation.prepare import (
     MAX_ITEMS_PER_BATCH,
@@ -109,9 +109,13 @@ def _dataset_not_found(dataset_id: str) -> errors.SimulacraError:
 class AnnotationStore(JobTable):
     """Datasets and everything in them, on a migrated database and an object store."""
 
-    def __init__(self, engine: Engine, objects: ObjectStore, *, read_threads: int = 8) -> None:
+    def __init__(
+        self, engine: Engine, objects: ObjectStore, *, read_threads: int = 8, max_image_pixels: int = MAX_IMAGE_PIXELS
+    ) -> None:
         self.engine = engine
         self.blobs = BlobStore(objects)
+        # The server's image size limit (setting max_image_pixels): every image written is checked against it.
+        self.max_image_pixels = max_image_pixels
         self._read_threads = read_threads
         self._readers = ThreadPoolExecutor(read_threads, thread_name_prefix="annotation-blob-read")
 
@@ -375,7 +379,8 @@ class AnnotationStore(JobTable):
         """Create the categories of ``wanted`` the dataset lacks (by id); those it has must agree.
 
         Returns how many were created. For imports: CATEGORY_CONFLICT names
-        the first category whose id or name clashes with a different one.
+        the first category whose id or name clashes with a different one
+        (``validation.categories_agree``, the import planner's rule too).
         """
         validation.validate_categories(wanted, "categories")
         with transaction(self.engine) as conn:
@@ -385,7 +390,7 @@ class AnnotationStore(JobTable):
             missing = []
             for index, category in enumerate(wanted):
                 existing = live.get(category.category_id)
-                clash = existing is not None and existing != category
+                clash = existing is not None and not validation.categories_agree(existing, category)
                 clash = clash or (existing is None and category.display_name in names)
                 if clash:
                     raise errors.FailedPrecondition(
@@ -453,7 +458,9 @@ class AnnotationStore(JobTable):
             dataset = self._dataset_row(conn, dataset_id)
             known = {c.category_id: c for c in self._categories(conn, dataset.id, None)}
         known.update({c.category_id: c for c in extra_categories})
-        return prepare(new_items, known, self.blobs, policy=policy, path=path, first_index=first_index)
+        return prepare(
+            new_items, known, self.blobs, policy=policy, path=path, first_index=first_index, max_image_pixels=self.max_image_pixels
+        )
 
     def replayed_batch(self, dataset_id: str, request_id: str, payload_digest: str, scope: str = "upload") -> BatchResult | None:
         """The result of an earlier batch with this request id, if any (REQUEST_ID_REUSED on a different payload)."""
@@ -854,15 +861,31 @@ class AnnotationStore(JobTable):
     # versions
     # ------------------------------------------------------------------
     def commit_version(self, dataset_id: str, description: str = "") -> tuple[VersionRecord, bool]:
-        """Freeze the working state as the next version; ``(latest, False)`` when nothing changed."""
+        """Freeze the working state as the next version; ``(latest, False)`` when its content is the latest's.
+
+        Refused (FAILED_PRECONDITION, IMPORT_IN_PROGRESS) while an import job
+        of the dataset is unfinished: an import writes its chunks in separate
+        transactions and removes them again if it stops, so a version made in
+        between would freeze a partial import. The job row exists (QUEUED)
+        from its creation and leaves the unfinished states only after the
+        job's undo, and the check runs under this transaction's dataset lock,
+        which every chunk write and every job creation also takes: no import
+        can write or start between the check and the version row.
+        """
         _check_text(description, "description", MAX_DESCRIPTION, multiline=True)
         with transaction(self.engine) as conn:
             dataset = self._dataset_row(conn, dataset_id, lock=True)
+            self._check_no_import_running(conn, dataset)
+            latest = None
             if dataset.latest_version:
                 latest = self._version_row(conn, dataset, dataset.latest_version)
                 if latest.seq == dataset.seq:
                     return version_of(dataset_id, latest), False
             digest = self._content_digest(conn, dataset.id, dataset.seq)
+            if latest is not None and latest.content_sha256 == digest:
+                # Written and undone again (an import that failed or was cancelled, an edit
+                # reverted): the same content is the same version.
+                return version_of(dataset_id, latest), False
             number = dataset.latest_version + 1
             values = {
                 "dataset": dataset.id, "version": number, "seq": dataset.seq, "description": description,
@@ -873,6 +896,23 @@ class AnnotationStore(JobTable):
             conn.execute(sa.update(datasets).where(datasets.c.id == dataset.id).values(latest_version=number))
             row = conn.execute(sa.select(versions).where(versions.c.dataset == dataset.id, versions.c.version == number)).one()
             return version_of(dataset_id, row), True
+
+    @staticmethod
+    def _check_no_import_running(conn: Connection, dataset: Row[Any]) -> None:
+        running = conn.execute(
+            sa.select(jobs.c.job_id)
+            .where(jobs.c.dataset == dataset.id, jobs.c.kind == "import", jobs.c.state.in_(UNFINISHED_JOB_STATES))
+            .order_by(jobs.c.create_time, jobs.c.job_id)
+            .limit(1)
+        ).scalar()
+        if running is not None:
+            job = f"datasets/{dataset.dataset_id}/importJobs/{running}"
+            raise errors.FailedPrecondition(
+                "IMPORT_IN_PROGRESS",
+                f"dataset {dataset.dataset_id!r} has an unfinished import ({job}); a version made now could hold part "
+                "of it: commit once the job has ended (WatchImportJob), or cancel it",
+                {"dataset": f"datasets/{dataset.dataset_id}", "job": job},
+            )
 
     def _content_digest(self, conn: Connection, dataset_pk: int, seq: int) -> str:
         """sha256 over the state's categories and (item id, item content digest) pairs, in order."""

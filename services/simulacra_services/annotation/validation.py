@@ -22,7 +22,10 @@ Decisions:
 - Category id 0 ("none") is allowed for pixel maps only; semantic maps must
   hold only 0 (background) and ids of existing categories.
 
-Reasons: TOO_MANY_ANNOTATIONS, INVALID_ANNOTATION_ID, DUPLICATE_ANNOTATION_ID,
+- Annotations of one item that share a non-empty ``instance_id`` are pieces
+  of one object, at most one of each kind (DUPLICATE_INSTANCE_KIND).
+
+Reasons: TOO_MANY_ANNOTATIONS, INVALID_ANNOTATION_ID, DUPLICATE_ANNOTATION_ID, DUPLICATE_INSTANCE_KIND,
 MISSING_CATEGORY, UNKNOWN_CATEGORY, NON_FINITE_NUMBER, INVALID_SCORE,
 INVALID_AREA, INVALID_BOX_SIZE, BOX_OUT_OF_BOUNDS, INVALID_ROTATED_BOX,
 INVALID_POLYGON, TOO_MANY_POINTS, RLE_SIZE_MISMATCH, INVALID_RLE,
@@ -136,6 +139,7 @@ def validate_annotations(
             limit=limits.max_annotations_per_item,
         )
     seen: dict[str, int] = {}
+    instance_kinds: dict[tuple[str, AnnotationKind], int] = {}
     checked = []
     for index, annotation in enumerate(annotations):
         field = f"{path}[{index}]"
@@ -149,6 +153,20 @@ def validate_annotations(
                 )
             seen[annotation.id] = index
         checked.append(validate_annotation(annotation, image, categories, policy=policy, limits=limits, path=field))
+        if annotation.instance_id:
+            # One object has at most one box, one mask, ... : COCO export merges an instance's
+            # pieces into one annotation and would silently keep only one of two of a kind.
+            key = (annotation.instance_id, annotation.kind)
+            if key in instance_kinds:
+                raise _invalid(
+                    "DUPLICATE_INSTANCE_KIND",
+                    f"{field}.instance_id",
+                    f"instance {annotation.instance_id!r} already has a {annotation.kind.value} annotation "
+                    f"({path}[{instance_kinds[key]}]); an instance holds at most one annotation of each kind",
+                    instance_id=annotation.instance_id,
+                    kind=annotation.kind.value,
+                )
+            instance_kinds[key] = index
     return checked
 
 
@@ -521,6 +539,28 @@ def validate_category(category: Category, path: str = "category", limits: Limits
     flipped = [index for pair in category.flip_pairs for index in pair]
     if len(flipped) != len(set(flipped)):
         raise _invalid("INVALID_CATEGORY", f"{path}.flip_pairs", "each keypoint may belong to at most one flip pair")
+
+
+def category_schema(category: Category) -> tuple[object, ...]:
+    """What annotations of a category depend on: its name, supercategory and keypoint schema.
+
+    Two categories with the same id agree when their schemas are equal. The
+    import planner and ``store.ensure_categories`` both decide CATEGORY_CONFLICT
+    with this one function, so a difference (a flip pair, say) is a conflict
+    wherever it is found. Lists and tuples compare alike (rows hold JSON lists).
+    """
+    return (
+        category.display_name,
+        category.supercategory,
+        tuple(category.keypoint_names),
+        tuple((int(a), int(b)) for a, b in category.skeleton),
+        tuple((int(a), int(b)) for a, b in category.flip_pairs),
+    )
+
+
+def categories_agree(first: Category, second: Category) -> bool:
+    """The same id and the same schema (see ``category_schema``)."""
+    return first.category_id == second.category_id and category_schema(first) == category_schema(second)
 
 
 def validate_categories(categories: Iterable[Category], path: str = "categories", limits: Limits = DEFAULT_LIMITS) -> None:

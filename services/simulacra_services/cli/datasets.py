@@ -340,25 +340,27 @@ def format_statistics(name: str, statistics: Any, *, glyph: str = "█") -> str:
     s = statistics
     print(f"{name}: {s.item_count} items, {s.annotation_count} annotations", file=buffer)
     print(file=buffer)
-    largest = max((c.annotation_count for c in s.categories), default=0)
-    total = sum(c.annotation_count for c in s.categories)
+    # Shares, bars and the ratio compare objects (a person with box, mask and keypoints is one).
+    largest = max((c.object_count for c in s.categories), default=0)
+    total = sum(c.object_count for c in s.categories)
     rows = [
         (
             c.display_name,
             str(c.category_id),
+            str(c.object_count),
             str(c.annotation_count),
             str(c.item_count),
-            f"{100 * c.annotation_count / total:.1f}%" if total else "-",
-            _bar(c.annotation_count, largest, glyph),
+            f"{100 * c.object_count / total:.1f}%" if total else "-",
+            _bar(c.object_count, largest, glyph),
         )
         for c in s.categories
     ]
     if rows:
-        _table(("CLASS", "ID", "ANNOTATIONS", "ITEMS", "SHARE", ""), rows, buffer, right=(1, 2, 3, 4))
+        _table(("CLASS", "ID", "OBJECTS", "ANNOTATIONS", "ITEMS", "SHARE", ""), rows, buffer, right=(1, 2, 3, 4, 5))
     else:
         print("no categories", file=buffer)
     print(file=buffer)
-    print(f"imbalance ratio (largest / smallest class): {s.imbalance_ratio:.2f}", file=buffer)
+    print(f"imbalance ratio (objects of the largest / smallest class): {s.imbalance_ratio:.2f}", file=buffer)
     if s.empty_category_ids:
         print(f"classes without annotations (ids): {', '.join(map(str, s.empty_category_ids))}", file=buffer)
     _histogram("annotations per item", s.annotations_per_item, buffer, glyph, integer=True)
