@@ -1,17 +1,22 @@
-"""StreamItems (interrupted and resumed, sharded) and the blob RPCs."""
+"""StreamItems (batched responses, interrupted and resumed, sharded) and the blob RPCs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
 import grpc
+import numpy as np
 import pytest
 
+from simulacra_client.annotation import StreamedItem, split_stream_cursor
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_services.annotation.servicer import STREAM_DEFAULT_ITEMS, STREAM_MAX_ITEMS, STREAM_RESPONSE_BYTES, stream_items_per_response
 
 from .conftest import Annotations, item_upload, png, rpc_error
+from .jobs_support import sdk
 
 COUNT = 150
 
@@ -39,34 +44,156 @@ async def _take(call: grpc.aio.UnaryStreamCall, count: int | None) -> list[api.S
     return got
 
 
-async def test_an_interrupted_stream_resumes_and_yields_every_item_once(annotation: Annotations) -> None:
+def _ids(responses: list[api.StreamItemsResponse]) -> list[str]:
+    return [item.name.rsplit("/", 1)[1] for r in responses for item in r.items]
+
+
+async def test_responses_carry_batches_of_the_default_or_requested_size(annotation: Annotations) -> None:
+    parent, images = await _committed(annotation)
+    version = f"{parent}/versions/1"
+    default = await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=version)), None)
+    assert [len(r.items) for r in default] == [STREAM_DEFAULT_ITEMS, STREAM_DEFAULT_ITEMS, COUNT - 2 * STREAM_DEFAULT_ITEMS]
+    assert _ids(default) == sorted(images)
+    assert all(item.image.data == images[item.name.rsplit("/", 1)[1]] for r in default for item in r.items)
+    for asked, sizes in ((1, [1] * COUNT), (40, [40, 40, 40, 30]), (STREAM_MAX_ITEMS * 5, [COUNT])):
+        responses = await _take(
+            annotation.stub.StreamItems(api.StreamItemsRequest(parent=version, view=pb.ITEM_VIEW_BASIC, max_items_per_response=asked)), None
+        )
+        assert [len(r.items) for r in responses] == sizes
+        assert _ids(responses) == sorted(images)
+    # A filtered stream packs full batches of matching items.
+    train = await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=version, filter='split = "train"', max_items_per_response=30)), None)
+    assert [len(r.items) for r in train] == [30, 30, 30, 10]
+    assert _ids(train) == sorted(item_id for i, item_id in enumerate(images) if i % 3)
+
+
+async def test_bad_max_items_per_response_is_rejected(annotation: Annotations) -> None:
+    parent, _ = await _committed(annotation)
+    for bad in (-1, -(2**31)):
+        with pytest.raises(grpc.RpcError) as caught:
+            await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{parent}/versions/1", max_items_per_response=bad)), None)
+        error = rpc_error(caught.value)
+        assert (error.code, error.reason, error.metadata["field"]) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MAX_ITEMS_PER_RESPONSE", "max_items_per_response"
+        )
+        assert "max_items_per_response" in error.message
+
+
+def test_max_items_per_response_defaults_and_clamps() -> None:
+    assert stream_items_per_response(0) == STREAM_DEFAULT_ITEMS
+    assert stream_items_per_response(7) == 7
+    assert stream_items_per_response(STREAM_MAX_ITEMS) == STREAM_MAX_ITEMS
+    assert stream_items_per_response(STREAM_MAX_ITEMS + 1) == stream_items_per_response(2**31 - 1) == STREAM_MAX_ITEMS
+
+
+async def test_large_images_split_responses_by_bytes(annotation: Annotations) -> None:
+    dataset = await annotation.create_dataset()
+    # Random pixels do not compress: each PNG is a little over 3 * side**2 bytes.
+    sides = {"a": 300, "b": 300, "c": 300, "d": 300, "e": 620, "f": 40, "g": 40}
+    images = {item_id: png(side, side, seed=i) for i, (item_id, side) in enumerate(sides.items())}
+    await annotation.upload(dataset.name, [[item_upload(item_id, image=data) for item_id, data in images.items()]])
+    await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+    responses = await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{dataset.name}/versions/1")), None)
+    # a-c fit in 1 MiB, d would not join them; e is alone above the limit; f and g are small.
+    assert [_ids([r]) for r in responses] == [["a", "b", "c"], ["d"], ["e"], ["f", "g"]]
+    assert len(images["e"]) > STREAM_RESPONSE_BYTES
+    for response in responses:
+        assert len(response.items) == 1 or sum(len(i.image.data) for i in response.items) <= STREAM_RESPONSE_BYTES
+        assert all(i.image.data == images[i.name.rsplit("/", 1)[1]] for i in response.items)
+    # Without image bytes, size does not split responses.
+    basic = await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{dataset.name}/versions/1", view=pb.ITEM_VIEW_BASIC)), None)
+    assert [len(r.items) for r in basic] == [len(sides)]
+
+
+async def test_large_annotations_split_responses_by_encoded_size(annotation: Annotations) -> None:
+    dataset = await annotation.create_dataset(categories=[pb.Category(category_id=1, display_name="outline")])
+    rng = np.random.default_rng(3)
+
+    def outline() -> pb.Annotation:  # 10,000 points of 8-byte doubles: about 160 kB per item
+        points = rng.uniform(0, 12, size=20_000).tolist()
+        return pb.Annotation(category_id=1, polygon=pb.Polygon(parts=[pb.PolygonPart(coordinates=points)]))
+
+    item_ids = [f"p{i}" for i in range(9)]
+    await annotation.upload(dataset.name, [[item_upload(item_id, image=png(seed=i), annotations=[outline()]) for i, item_id in enumerate(item_ids)]])
+    await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+    for view in (pb.ITEM_VIEW_BASIC, pb.ITEM_VIEW_FULL):
+        responses = await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{dataset.name}/versions/1", view=view)), None)
+        assert _ids(responses) == item_ids and len(responses) > 1
+        sizes = [[item.ByteSize() for item in r.items] for r in responses]
+        assert all(sum(s) <= STREAM_RESPONSE_BYTES for s in sizes)
+        # Each response is as full as the limit allows: the next item would not have fitted.
+        assert all(sum(s) + following[0] > STREAM_RESPONSE_BYTES for s, following in zip(sizes, sizes[1:]))
+
+
+async def test_an_interrupted_stream_resumes_between_responses_and_yields_every_item_once(annotation: Annotations) -> None:
     parent, images = await _committed(annotation)
     version = f"{parent}/versions/latest"
     received: list[api.StreamItemsResponse] = []
     cursor = ""
-    for stop_after in (37, 1, 64, None):  # three interruptions, then to the end
-        call = annotation.stub.StreamItems(api.StreamItemsRequest(parent=version, start_cursor=cursor))
+    # Three interruptions (with different batch sizes after each resume), then to the end.
+    for stop_after, batch in ((2, 16), (1, 7), (1, 0), (None, 25)):
+        call = annotation.stub.StreamItems(api.StreamItemsRequest(parent=version, start_cursor=cursor, max_items_per_response=batch))
         part = await _take(call, stop_after)
+        assert all(len(r.items) == (batch or STREAM_DEFAULT_ITEMS) for r in part[:-1])
         received.extend(part)
         cursor = part[-1].cursor
-    ids = [r.item.name.rsplit("/", 1)[1] for r in received]
+    ids = _ids(received)
     assert ids == sorted(images)
-    assert all(r.item.image.data == images[i] and r.item.version == 1 for r, i in zip(received, ids))
-    assert len({r.cursor for r in received}) == COUNT
+    assert all(item.image.data == images[i] and item.version == 1 for item, i in zip((it for r in received for it in r.items), ids))
+    assert len({r.cursor for r in received}) == len(received)
+
+
+async def test_a_stream_cancelled_mid_response_resumes_from_any_item_through_the_sdk(annotation: Annotations) -> None:
+    parent, images = await _committed(annotation)
+    dataset_id = parent.split("/")[1]
+    order = sorted(images)
+
+    def read(start_cursor: str, count: int | None, batch: int) -> list[StreamedItem]:
+        with sdk(annotation) as client:
+            out = []
+            for streamed in client.stream_items(f"{dataset_id}@1", start_cursor=start_cursor, max_items_per_response=batch):
+                out.append(streamed)
+                if len(out) == count:
+                    break  # closing the generator cancels the call, between or inside responses
+            return out
+
+    received: list[StreamedItem] = []
+    cursor = ""
+    for count, batch in ((5, 16), (16, 16), (11, 7), (1, 0), (None, 40)):
+        part = await asyncio.to_thread(read, cursor, count, batch)
+        received.extend(part)
+        cursor = part[-1].cursor
+    assert [s.item.name.rsplit("/", 1)[1] for s in received] == order
+    assert all(s.item.image.data == images[i] for s, i in zip(received, order))
+    # Every cursor resumes right after its own item, whatever batch size the resumed stream uses.
+    for index in (0, 4, 15, 16, 63, 64, 100, COUNT - 2):
+        rest = await asyncio.to_thread(read, received[index].cursor, 3, 9)
+        assert [s.item.name for s in rest] == [s.item.name for s in received[index + 1 : index + 4]]
+    assert await asyncio.to_thread(read, received[-1].cursor, None, 0) == []
+
+
+def test_sdk_cursors_name_a_server_cursor_and_a_skip() -> None:
+    assert split_stream_cursor("") == ("", 0)
+    assert split_stream_cursor("abc.123") == ("abc.123", 0)
+    assert split_stream_cursor("abc.123+7") == ("abc.123", 7)
+    assert split_stream_cursor("+3") == ("", 3)
+    for bad in ("abc+0", "abc+x", "abc+1001", "abc+", "abc+-2", "abc+\u0663"):
+        with pytest.raises(ValueError, match="not a cursor of stream_items"):
+            split_stream_cursor(bad)
 
 
 async def test_a_cursor_pins_the_version_it_started_on(annotation: Annotations) -> None:
     parent, images = await _committed(annotation)
-    call = annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{parent}/versions/latest", view=pb.ITEM_VIEW_BASIC))
-    first = await _take(call, 10)
+    call = annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{parent}/versions/latest", view=pb.ITEM_VIEW_BASIC, max_items_per_response=10))
+    first = await _take(call, 1)
     await annotation.stub.DeleteItem(api.DeleteItemRequest(name=f"{parent}/items/s100"))
     await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=parent))
     rest = await _take(
         annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{parent}/versions/latest", view=pb.ITEM_VIEW_BASIC, start_cursor=first[-1].cursor)),
         None,
     )
-    assert [r.item.name.rsplit("/", 1)[1] for r in first + rest] == sorted(images)
-    assert {r.item.version for r in rest} == {1} and all(r.item.image.data == b"" for r in rest)
+    assert _ids(first + rest) == sorted(images)
+    assert {i.version for r in rest for i in r.items} == {1} and all(i.image.data == b"" for r in rest for i in r.items)
     with pytest.raises(grpc.RpcError) as caught:
         await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=f"{parent}/versions/2", start_cursor=first[-1].cursor)), None)
     assert rpc_error(caught.value).reason == "INVALID_CURSOR"
@@ -79,11 +206,12 @@ async def test_shards_partition_a_filtered_stream(annotation: Annotations) -> No
     for index in range(3):
         responses = await _take(
             annotation.stub.StreamItems(
-                api.StreamItemsRequest(parent=version, filter='split = "train"', shard_index=index, shard_count=3, view=pb.ITEM_VIEW_BASIC)
+                api.StreamItemsRequest(parent=version, filter='split = "train"', shard_index=index, shard_count=3, view=pb.ITEM_VIEW_BASIC, max_items_per_response=8)
             ),
             None,
         )
-        shards.append([r.item.name.rsplit("/", 1)[1] for r in responses])
+        assert all(len(r.items) == 8 for r in responses[:-1])
+        shards.append(_ids(responses))
     expected = sorted(item_id for i, item_id in enumerate(images) if i % 3)
     assert sorted(sum(shards, [])) == expected
     assert all(shards) and sum(len(s) for s in shards) == len(set(sum(shards, [])))

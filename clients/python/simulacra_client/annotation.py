@@ -46,6 +46,7 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "ProgressEvent",
+    "StreamedItem",
     "dataset_name",
     "version_name",
     "read_name",
@@ -109,6 +110,40 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+# ---------------------------------------------------------------------------
+# Streamed items and their cursors
+# ---------------------------------------------------------------------------
+
+MAX_STREAM_SKIP = 1000
+"""The most items a StreamItems response carries, hence the largest skip of a cursor of ``stream_items``."""
+
+
+@dataclass(frozen=True)
+class StreamedItem:
+    """An item of ``AnnotationClient.stream_items`` and the cursor that continues after it.
+
+    The server gives one cursor per response (after its last item). The last
+    item of a response carries that cursor as is; an earlier one carries
+    ``RESPONSE_CURSOR+N`` (the cursor before its response, "" at the start, and
+    its 1-based place in the response): ``stream_items`` resumes from it by
+    reading from RESPONSE_CURSOR and dropping N items, which is exact since a
+    version's items never change order. Pass it back to ``stream_items`` only.
+    """
+
+    item: pb.Item
+    cursor: str
+
+
+def split_stream_cursor(cursor: str) -> tuple[str, int]:
+    """``(server cursor, items to skip after it)`` of a cursor from ``stream_items`` (or of a server cursor)."""
+    base, plus, skip = cursor.rpartition("+")
+    if not plus:
+        return cursor, 0
+    if not (skip.isdigit() and skip.isascii() and 1 <= int(skip) <= MAX_STREAM_SKIP):
+        raise ValueError(f"{cursor[:80]!r} is not a cursor of stream_items (SERVER_CURSOR+N, N in 1..{MAX_STREAM_SKIP})")
+    return base, int(skip)
 BlobSource = Union[str, os.PathLike, bytes]
 
 
@@ -263,7 +298,8 @@ class AnnotationClient:
     # ---- versions, statistics, items -----------------------------------------
     def commit(self, dataset: str, *, description: str = "") -> rpc.CommitVersionResponse:
         """Freeze the working state; the response has ``version`` and ``created``
-        (False when nothing changed since the latest version, which is returned)."""
+        (False when the content equals the latest version's, which is returned).
+        FAILED_PRECONDITION ``IMPORT_IN_PROGRESS`` while an import job of the dataset is unfinished."""
         return self._call("CommitVersion", rpc.CommitVersionRequest(parent=dataset_name(dataset), description=description))
 
     def get_version(self, reference: str) -> pb.DatasetVersion:
@@ -292,30 +328,41 @@ class AnnotationClient:
         view: int = pb.ITEM_VIEW_FULL,
         shard_index: int = 0,
         shard_count: int = 0,
+        max_items_per_response: int = 0,
         resume_attempts: int = 3,
-    ) -> Iterator[rpc.StreamItemsResponse]:
-        """Every item of a committed version, each with its cursor.
+    ) -> Iterator[StreamedItem]:
+        """Every item of a committed version, one at a time, each with the cursor that continues after it.
 
-        When the connection breaks (UNAVAILABLE) the stream is reopened from the
-        last cursor received, up to ``resume_attempts`` times in a row, so no
-        item is lost or repeated.
+        The server sends several items per response (up to ``max_items_per_response``,
+        0 = its default); this yields them one by one. When the connection breaks
+        (UNAVAILABLE) the stream is reopened from the last cursor received, up to
+        ``resume_attempts`` times in a row, so no item is lost or repeated.
         """
-        cursor, failures = start_cursor, 0
+        cursor, skip = split_stream_cursor(start_cursor)
+        failures = 0
         parent = version_name(reference)
         while True:
             request = rpc.StreamItemsRequest(
-                parent=parent, filter=filter, view=view, start_cursor=cursor, shard_index=shard_index, shard_count=shard_count
+                parent=parent, filter=filter, view=view, start_cursor=cursor, shard_index=shard_index,
+                shard_count=shard_count, max_items_per_response=max_items_per_response,
             )
+            call = self.stub.StreamItems(request)
             try:
-                for response in self.stub.StreamItems(request):
-                    cursor, failures = response.cursor, 0
-                    yield response
+                for response in call:
+                    failures = 0
+                    items, last = response.items, len(response.items) - 1
+                    for index in range(min(skip, len(items)), len(items)):
+                        yield StreamedItem(items[index], response.cursor if index == last else f"{cursor}+{index + 1}")
+                    skip = max(0, skip - len(items))
+                    cursor = response.cursor
                 return
             except grpc.RpcError as error:
                 if error.code() is not grpc.StatusCode.UNAVAILABLE or failures >= resume_attempts:
                     raise from_rpc_error(error) from None
                 failures += 1
                 time.sleep(min(0.2 * 2**failures, 2.0))
+            finally:
+                call.cancel()  # a no-op when the stream ended; frees the server when the caller stops early
 
     def upload_items(
         self,

@@ -9,18 +9,22 @@ interceptor. The import/export job RPCs are delegated to ``jobs`` (the
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
+import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
 from simulacra_services.annotation import convert, names, queries
 from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
+from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import ItemChanges, ItemRecord
 from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.store import AnnotationStore
@@ -29,7 +33,11 @@ from simulacra_services.core import errors
 T = TypeVar("T")
 
 MAX_FIND_BLOBS = 10_000
-STREAM_PAGE = 64
+STREAM_DEFAULT_ITEMS = 64
+STREAM_MAX_ITEMS = 1000
+STREAM_RESPONSE_BYTES = 1024 * 1024
+"""A StreamItems response stops at about this many bytes of encoded items (a larger item travels alone)."""
+_STREAM_READ_ROWS = 256
 _UPDATE_PATHS = ("split", "attributes", "file_name", "annotations", "lineage")
 
 
@@ -53,6 +61,92 @@ def _working_state(state: names.StateName, field: str) -> str:
 
 def _version_arg(state: names.StateName) -> str | None:
     return state.version
+
+
+def stream_items_per_response(requested: int) -> int:
+    """``max_items_per_response`` of a StreamItems request: 0 = default, above the maximum = the maximum."""
+    if requested < 0:
+        raise errors.InvalidArgument(
+            "INVALID_MAX_ITEMS_PER_RESPONSE",
+            f"max_items_per_response must be >= 0 (0: the server default, {STREAM_DEFAULT_ITEMS}), got {requested}",
+            {"field": "max_items_per_response", "value": requested},
+        )
+    return STREAM_DEFAULT_ITEMS if requested == 0 else min(requested, STREAM_MAX_ITEMS)
+
+
+def _payload_bytes(record: ItemRecord) -> int:
+    """Image and pixel-map bytes the item will carry, known from its metadata before any blob is read."""
+    size = record.image.size_bytes
+    for annotation in record.annotations:
+        geometry = annotation.geometry
+        if isinstance(geometry, PixelMap):
+            size += math.prod(geometry.shape) * np.dtype(geometry.dtype.value).itemsize
+    return size
+
+
+class _StreamReader:
+    """Reads a StreamItems stream one response at a time, each call in a worker thread (never two at once).
+
+    Rows are read from the database a few hundred at a time and kept until sent;
+    a response takes the next rows up to the item and byte limits, then reads
+    only their blobs, so memory stays near two responses whatever the images.
+    The cursor is encoded once per response, for its last item.
+    """
+
+    def __init__(
+        self, store: AnnotationStore, dataset_id: str, version: int, filter: str, shard_index: int, shard_count: int,
+        full: bool, query: str, items_per_response: int, after: str,
+    ) -> None:
+        self.store, self.dataset_id, self.version, self.filter = store, dataset_id, version, filter
+        self.shard_index, self.shard_count, self.full, self.query = shard_index, shard_count, full, query
+        self.items_per_response = items_per_response
+        self.read_rows = max(items_per_response, _STREAM_READ_ROWS)
+        self.buffered: collections.deque[ItemRecord] = collections.deque()
+        self.last_read = after  # item_id of the last row read from the database
+        self.exhausted = False
+
+    def _fill(self) -> None:
+        """Top the buffer up to a full response when the database has more rows."""
+        if self.exhausted or len(self.buffered) >= self.items_per_response:
+            return
+        rows = self.store.item_page(
+            self.dataset_id, self.version, filter=self.filter, after_item_id=self.last_read,
+            shard_index=self.shard_index, shard_count=self.shard_count, limit=self.read_rows,
+        )
+        self.buffered.extend(rows)
+        self.exhausted = len(rows) < self.read_rows
+        if rows:
+            self.last_read = rows[-1].item_id
+
+    def next_response(self) -> api.StreamItemsResponse | None:
+        """The next response, or None at the end of the stream."""
+        self._fill()
+        if not self.buffered:
+            return None
+        # Plan by what the metadata tells before reading: the item limit, and the image and
+        # pixel-map bytes, so that only the blobs of this response are read.
+        records = [self.buffered.popleft()]
+        planned = _payload_bytes(records[0]) if self.full else 0
+        while self.buffered and len(records) < self.items_per_response:
+            more = _payload_bytes(self.buffered[0]) if self.full else 0
+            if planned + more > STREAM_RESPONSE_BYTES:
+                break
+            planned += more
+            records.append(self.buffered.popleft())
+        loaded = self.store.read_full(records) if self.full else [(record, None) for record in records]
+        # Then by the encoded size, which large annotations (polygons, RLE masks) can swell:
+        # items past the limit go back to the buffer for the next response.
+        response = api.StreamItemsResponse()
+        size = 0
+        for index, (record, image) in enumerate(loaded):
+            item = convert.item_to_proto(record, image)
+            size += item.ByteSize()
+            if index and size > STREAM_RESPONSE_BYTES:
+                self.buffered.extendleft(reversed(records[index:]))
+                break
+            response.items.append(item)
+        response.cursor = queries.encode_cursor(self.query, records[len(response.items) - 1].item_id, self.version)
+        return response
 
 
 class AnnotationServicer(api_grpc.AnnotationServiceServicer):
@@ -230,6 +324,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                 f"shard_index must lie in [0, shard_count) (shard_count 0 or 1: no sharding), got {shard_index} of {shard_count}",
                 {"field": "shard_index", "shard_index": shard_index, "shard_count": shard_count},
             )
+        items_per_response = stream_items_per_response(request.max_items_per_response)
         full = _full(request.view, pb.ITEM_VIEW_FULL)
         dataset = await _run(self.store.get_dataset, state.dataset_id)
         query = queries.query_digest(
@@ -247,40 +342,17 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             after = document["k"][0]
         else:
             version = (await _run(self.store.resolve_version, state.dataset_id, state.version or "latest")).version
-
-        def load(after_id: str) -> asyncio.Future[list[api.StreamItemsResponse]]:
-            return asyncio.ensure_future(
-                _run(self._stream_page, state.dataset_id, version, request.filter, after_id, shard_index, shard_count, full, query)
-            )
-
-        pending = load(after)
+        reader = _StreamReader(
+            self.store, state.dataset_id, version, request.filter, shard_index, shard_count, full, query, items_per_response, after
+        )
+        pending = asyncio.ensure_future(_run(reader.next_response))
         try:
-            while True:
-                page = await pending
-                if len(page) == STREAM_PAGE:  # read the next page while this one is sent
-                    pending = load(page[-1].item.name.rsplit("/", 1)[1])
-                for response in page:
-                    yield response
-                if len(page) < STREAM_PAGE:
-                    return
+            while (response := await pending) is not None:
+                pending = asyncio.ensure_future(_run(reader.next_response))  # read the next one while this one is sent
+                yield response
         finally:
             if not pending.done():
                 pending.cancel()
-
-    def _stream_page(
-        self, dataset_id: str, version: int, filter: str, after: str, shard_index: int, shard_count: int, full: bool, query: str
-    ) -> list[api.StreamItemsResponse]:
-        """One page of the stream, read and converted in a worker thread (off the event loop)."""
-        records = self.store.item_page(
-            dataset_id, version, filter=filter, after_item_id=after, shard_index=shard_index, shard_count=shard_count, limit=STREAM_PAGE
-        )
-        loaded = self.store.read_full(records) if full else [(r, None) for r in records]
-        return [
-            api.StreamItemsResponse(
-                item=convert.item_to_proto(record, image), cursor=queries.encode_cursor(query, record.item_id, version)
-            )
-            for record, image in loaded
-        ]
 
     # ---- versions ------------------------------------------------------------
     async def CommitVersion(self, request: api.CommitVersionRequest, context: grpc.aio.ServicerContext) -> api.CommitVersionResponse:

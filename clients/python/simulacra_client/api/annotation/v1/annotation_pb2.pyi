@@ -1286,12 +1286,18 @@ class CategoryCount(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ANNOTATION_COUNT_FIELD_NUMBER: _builtins.int
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    OBJECT_COUNT_FIELD_NUMBER: _builtins.int
     category_id: _builtins.int
     display_name: _builtins.str
     annotation_count: _builtins.int
     """Annotations of this category."""
     item_count: _builtins.int
     """Items with at least one annotation of this category."""
+    object_count: _builtins.int
+    """Objects of this category: in one item, the annotations that share a
+    non-empty instance_id (a box, mask and keypoints of one person) are one
+    object; every other annotation, and every class label, is one object.
+    """
     def __init__(
         self,
         *,
@@ -1299,10 +1305,11 @@ class CategoryCount(_message.Message):
         display_name: _builtins.str = ...,
         annotation_count: _builtins.int = ...,
         item_count: _builtins.int = ...,
+        object_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_count", b"annotation_count", "category_id", b"category_id", "display_name", b"display_name", "item_count", b"item_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_count", b"annotation_count", "category_id", b"category_id", "display_name", b"display_name", "item_count", b"item_count", "object_count", b"object_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1459,9 +1466,9 @@ class DatasetStatistics(_message.Message):
     item_count: _builtins.int
     annotation_count: _builtins.int
     imbalance_ratio: _builtins.float
-    """Largest annotation_count of a category / smallest non-zero one
-    (1 when fewer than two categories have annotations). Categories with
-    no annotation at all are listed in empty_category_ids instead.
+    """Largest object_count of a category / smallest non-zero one (1 when
+    fewer than two categories have objects). Categories with no annotation
+    at all are listed in empty_category_ids instead.
     """
     small_box_count: _builtins.int
     """Boxes by COCO size class: area < 32^2, < 96^2, the rest."""

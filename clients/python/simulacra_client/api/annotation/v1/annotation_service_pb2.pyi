@@ -748,6 +748,7 @@ class StreamItemsRequest(_message.Message):
     START_CURSOR_FIELD_NUMBER: _builtins.int
     SHARD_INDEX_FIELD_NUMBER: _builtins.int
     SHARD_COUNT_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"datasets/{dataset}/versions/{version}" ({version} may be `latest`,
     resolved once at the start and recorded in the cursor). Streams read
@@ -768,6 +769,12 @@ class StreamItemsRequest(_message.Message):
     shard_count 0 or 1 means no sharding.
     """
     shard_count: _builtins.int
+    max_items_per_response: _builtins.int
+    """The most items one response carries: 0 means the server default (64);
+    values above 1000 are treated as 1000; negative values are rejected
+    (INVALID_ARGUMENT, INVALID_MAX_ITEMS_PER_RESPONSE). The server may send
+    fewer: see StreamItemsResponse.
+    """
     def __init__(
         self,
         *,
@@ -777,10 +784,11 @@ class StreamItemsRequest(_message.Message):
         start_cursor: _builtins.str = ...,
         shard_index: _builtins.int = ...,
         shard_count: _builtins.int = ...,
+        max_items_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "parent", b"parent", "shard_count", b"shard_count", "shard_index", b"shard_index", "start_cursor", b"start_cursor", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "max_items_per_response", b"max_items_per_response", "parent", b"parent", "shard_count", b"shard_count", "shard_index", b"shard_index", "start_cursor", b"start_cursor", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -788,25 +796,33 @@ Global___StreamItemsRequest: _TypeAlias = StreamItemsRequest  # noqa: Y015
 
 @_typing.final
 class StreamItemsResponse(_message.Message):
-    """One item; items come in item_id order."""
+    """A run of consecutive items of the stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ITEM_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """Opaque; restarting with start_cursor = this value continues after this item."""
+    """Opaque; restarting with start_cursor = this value continues after the
+    last item of `items`.
+    """
     @_builtins.property
-    def item(self) -> _annotation_pb2.Item: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_annotation_pb2.Item]:
+        """At least one item, in item_id order, continuing where the previous
+        response stopped. The server packs items until max_items_per_response
+        items or about 1 MiB of encoded items (image bytes, pixel maps and
+        annotations), whichever comes first; a single larger item travels alone.
+        """
+
     def __init__(
         self,
         *,
-        item: _annotation_pb2.Item | None = ...,
+        items: _abc.Iterable[_annotation_pb2.Item] | None = ...,
         cursor: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -848,8 +864,9 @@ class CommitVersionResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """False when the working state had not changed since the latest version:
-    that version is returned and no new one is made (so retries are safe).
+    """False when the working state has the latest version's content (the same
+    content_sha256, e.g. nothing changed, or an import was undone): that
+    version is returned and no new one is made (so retries are safe).
     """
     @_builtins.property
     def version(self) -> _annotation_pb2.DatasetVersion: ...

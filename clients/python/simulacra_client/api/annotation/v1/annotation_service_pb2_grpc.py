@@ -303,9 +303,10 @@ class AnnotationServiceServicer:
 
     def StreamItems(self, request, context):
         """Streams every item of a committed version (image bytes included by
-        default) in a stable order, for training and augmentation. Each response
-        carries a cursor; a broken stream restarted with start_cursor = the last
-        cursor received yields every remaining item exactly once.
+        default) in item_id order, for training and augmentation, several items
+        per response. Each response carries a cursor; a broken stream restarted
+        with start_cursor = the last cursor received yields every remaining item
+        exactly once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,7 +314,9 @@ class AnnotationServiceServicer:
 
     def CommitVersion(self, request, context):
         """---- versions ------------------------------------------------------------
-        Freezes the working state into the next immutable version.
+        Freezes the working state into the next immutable version. Refused with
+        FAILED_PRECONDITION, IMPORT_IN_PROGRESS while an import job of the
+        dataset is queued, running or cancelling (its writes are not final yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -99,13 +99,16 @@ class AnnotationServiceStub:
     """Removes an item from the working state; committed versions keep it."""
     StreamItems: _grpc.UnaryStreamMultiCallable[_annotation_service_pb2.StreamItemsRequest, _annotation_service_pb2.StreamItemsResponse]
     """Streams every item of a committed version (image bytes included by
-    default) in a stable order, for training and augmentation. Each response
-    carries a cursor; a broken stream restarted with start_cursor = the last
-    cursor received yields every remaining item exactly once.
+    default) in item_id order, for training and augmentation, several items
+    per response. Each response carries a cursor; a broken stream restarted
+    with start_cursor = the last cursor received yields every remaining item
+    exactly once.
     """
     CommitVersion: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.CommitVersionRequest, _annotation_service_pb2.CommitVersionResponse]
     """---- versions ------------------------------------------------------------
-    Freezes the working state into the next immutable version.
+    Freezes the working state into the next immutable version. Refused with
+    FAILED_PRECONDITION, IMPORT_IN_PROGRESS while an import job of the
+    dataset is queued, running or cancelling (its writes are not final yet).
     """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.GetVersionRequest, _annotation_service_pb2.GetVersionResponse]
     ListVersions: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.ListVersionsRequest, _annotation_service_pb2.ListVersionsResponse]
@@ -201,13 +204,16 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     """Removes an item from the working state; committed versions keep it."""
     StreamItems: _aio.UnaryStreamMultiCallable[_annotation_service_pb2.StreamItemsRequest, _annotation_service_pb2.StreamItemsResponse]  # type: ignore[assignment]
     """Streams every item of a committed version (image bytes included by
-    default) in a stable order, for training and augmentation. Each response
-    carries a cursor; a broken stream restarted with start_cursor = the last
-    cursor received yields every remaining item exactly once.
+    default) in item_id order, for training and augmentation, several items
+    per response. Each response carries a cursor; a broken stream restarted
+    with start_cursor = the last cursor received yields every remaining item
+    exactly once.
     """
     CommitVersion: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.CommitVersionRequest, _annotation_service_pb2.CommitVersionResponse]  # type: ignore[assignment]
     """---- versions ------------------------------------------------------------
-    Freezes the working state into the next immutable version.
+    Freezes the working state into the next immutable version. Refused with
+    FAILED_PRECONDITION, IMPORT_IN_PROGRESS while an import job of the
+    dataset is queued, running or cancelling (its writes are not final yet).
     """
     GetVersion: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.GetVersionRequest, _annotation_service_pb2.GetVersionResponse]  # type: ignore[assignment]
     ListVersions: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.ListVersionsRequest, _annotation_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
@@ -384,9 +390,10 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_annotation_service_pb2.StreamItemsResponse], _abc.AsyncIterator[_annotation_service_pb2.StreamItemsResponse]]:
         """Streams every item of a committed version (image bytes included by
-        default) in a stable order, for training and augmentation. Each response
-        carries a cursor; a broken stream restarted with start_cursor = the last
-        cursor received yields every remaining item exactly once.
+        default) in item_id order, for training and augmentation, several items
+        per response. Each response carries a cursor; a broken stream restarted
+        with start_cursor = the last cursor received yields every remaining item
+        exactly once.
         """
 
     @_abc_1.abstractmethod
@@ -396,7 +403,9 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_annotation_service_pb2.CommitVersionResponse, _abc.Awaitable[_annotation_service_pb2.CommitVersionResponse]]:
         """---- versions ------------------------------------------------------------
-        Freezes the working state into the next immutable version.
+        Freezes the working state into the next immutable version. Refused with
+        FAILED_PRECONDITION, IMPORT_IN_PROGRESS while an import job of the
+        dataset is queued, running or cancelling (its writes are not final yet).
         """
 
     @_abc_1.abstractmethod
