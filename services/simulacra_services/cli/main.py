@@ -30,7 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="create, import, export, commit and inspect datasets of a running annotation-store")
     datasets_cli.add_commands(datasets, Settings.add_arguments)
+    _compact_usage(parser)
     return parser
+
+
+def _compact_usage(parser: argparse.ArgumentParser) -> None:
+    """Usage lines name the command's own arguments; the ~30 configuration flags are
+    listed once, in the help's configuration group, instead of in every usage line."""
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public walk of subparsers
+        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        for sub in action.choices.values():
+            if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):  # noqa: SLF001
+                _compact_usage(sub)
+                continue
+            settings_flags = {a.dest for a in sub._actions if a.dest in Settings.__dataclass_fields__}  # noqa: SLF001
+            own = [a for a in sub._actions if a.dest not in settings_flags and a.dest != "help"]  # noqa: SLF001
+            formatter = sub._get_formatter()  # noqa: SLF001
+            formatter.add_usage(None, own, [], prefix="")
+            usage = formatter.format_help().strip()
+            sub.usage = f"{usage} [configuration flags]" if settings_flags else usage
 
 
 def main(argv: list[str] | None = None) -> int:
