@@ -33,7 +33,10 @@ import json
 import os
 import platform
 import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from simulacra_client.annotation import AnnotationClient
+from simulacra_client.channel import open_channel, wait_for_ready_health
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.common.v1 import common_pb2
@@ -127,6 +131,49 @@ class InProcessService:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+class SubprocessService:
+    """An annotation-store as deployed: `simulacra serve annotation` in its own process,
+    so the service and the bench's client do not share one interpreter lock."""
+
+    def __init__(self, settings: Settings) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.settings = settings.replace(annotation_port=port, annotation_metrics_port=0)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.settings.address("annotation")
+
+    def __enter__(self) -> SubprocessService:
+        log = Path(self.settings.data_dir) / "annotation-service.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "simulacra_services.cli.main", "serve", "annotation"],
+                env={**os.environ, **self.settings.to_env()}, stdout=out, stderr=subprocess.STDOUT,
+            )
+        channel = open_channel(self.address)
+        try:
+            wait_for_ready_health(channel, timeout=60)
+        except Exception:
+            self.__exit__()
+            raise SystemExit(f"the annotation-store did not start; see {log}") from None
+        finally:
+            channel.close()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 @contextlib.contextmanager
@@ -482,7 +529,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             def fresh_objects() -> ObjectStore:
                 return open_object_store(base.replace(storage_backend="local", storage_dir=str(workdir / f"put-{uuid.uuid4().hex[:8]}")))
 
-        service = stack.enter_context(InProcessService(settings))
+        service = stack.enter_context(SubprocessService(settings) if args.server == "process" else InProcessService(settings))
         client = stack.enter_context(AnnotationClient(service.address, timeout=600))
         # The bench's own handles on the same storage and database: the baselines.
         objects = open_object_store(settings)
@@ -492,14 +539,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         store = AnnotationStore(engine, objects)
         stack.callback(store.close)
 
-        say(f"annotation-store at {service.address}, {args.backend} storage + SQLite, data in {workdir}")
+        say(f"annotation-store at {service.address} (server in {'its own process' if args.server == 'process' else 'this process'}), {args.backend} storage + SQLite, data in {workdir}")
         say(f"plan: {dataclasses.asdict(plan)}")
         load = os.getloadavg()[0]
         if load > 0.5 * (os.cpu_count() or 1):
             say(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: other work is running and will skew the figures")
         results: dict[str, Any] = {
-            "command": "python bench/annotation_store.py" + (" --quick" if args.quick else "") + (f" --backend {args.backend}" if args.backend != "local" else ""),
+            "command": "python bench/annotation_store.py" + (" --quick" if args.quick else "") + (f" --backend {args.backend}" if args.backend != "local" else "") + (" --server thread" if args.server == "thread" else ""),
             "backend": f"{args.backend} + sqlite",
+            "server": args.server,
             "quick": args.quick,
             "plan": dataclasses.asdict(plan),
             "machine": {
@@ -527,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller run: 1000 digits, 2000 x 5 listing dataset, fewer repeats")
     parser.add_argument("--backend", choices=("local", "s3"), default="local", help="object storage of the service (database: SQLite)")
+    parser.add_argument("--server", choices=("process", "thread"), default="process", help="run the service in its own process (as deployed; default) or in a thread of this process")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help=f"where to write the figures (default {DEFAULT_JSON.relative_to(ROOT)}; '' for none)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args(argv)

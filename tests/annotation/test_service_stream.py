@@ -9,14 +9,21 @@ import os
 import grpc
 import numpy as np
 import pytest
+import sqlalchemy as sa
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from simulacra_client.annotation import StreamedItem, split_stream_cursor
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_client.api.common.v1 import common_pb2
+from simulacra_services.annotation import tables
 from simulacra_services.annotation.servicer import STREAM_DEFAULT_ITEMS, STREAM_MAX_ITEMS, STREAM_RESPONSE_BYTES, stream_items_per_response
+
+from simulacra_services.core import db
 
 from .conftest import Annotations, item_upload, png, rpc_error
 from .jobs_support import sdk
+from .test_service_items import CATEGORIES, H, W, every_kind
 
 COUNT = 150
 
@@ -237,6 +244,92 @@ async def test_streams_read_committed_versions_only(annotation: Annotations) -> 
         with pytest.raises(grpc.RpcError) as caught:
             await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=parent)), None)
         assert rpc_error(caught.value).reason == reason
+
+
+def _encodings(annotation: Annotations, dataset_name: str) -> dict[str, bytes | None]:
+    """``encoded_item`` of every live row of a dataset, read straight from the service's database."""
+    engine = db.create_engine(annotation.server.settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            dataset_pk = conn.execute(sa.select(tables.datasets.c.id).where(tables.datasets.c.dataset_id == dataset_name.split("/")[1])).scalar_one()
+            rows = conn.execute(
+                sa.select(tables.items.c.item_id, tables.items.c.encoded_item).where(tables.items.c.dataset == dataset_pk, tables.items.c.removed_seq.is_(None))
+            )
+            return {row.item_id: row.encoded_item for row in rows}
+    finally:
+        engine.dispose()
+
+
+def _set_encoding(annotation: Annotations, item_ids: list[str], value: bytes | None) -> None:
+    engine = db.create_engine(annotation.server.settings.resolved_database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(tables.items).where(tables.items.c.item_id.in_(item_ids)).values(encoded_item=value))
+    finally:
+        engine.dispose()
+
+
+async def _streamed_and_read_one_by_one(annotation: Annotations, version: str, view: int) -> tuple[list[pb.Item], list[pb.Item]]:
+    """The items of a stream (a few per response), and the same items read with GetItem (converted from decoded rows)."""
+    streamed = [
+        item for r in await _take(annotation.stub.StreamItems(api.StreamItemsRequest(parent=version, view=view, max_items_per_response=5)), None)
+        for item in r.items
+    ]
+    read = []
+    for item in streamed:
+        name = f"{version}/items/{item.name.rsplit('/', 1)[1]}"
+        read.append((await annotation.stub.GetItem(api.GetItemRequest(name=name, view=view))).item)
+    return streamed, read
+
+
+async def test_items_sent_from_their_stored_encoding_equal_converted_items(annotation: Annotations) -> None:
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    kinds = every_kind()
+    plain = [a for a in kinds if not a.HasField("pixel_map")]
+    lineages = [
+        common_pb2.Lineage(real=common_pb2.RealSource(origin="camera-7")),
+        common_pb2.Lineage(augmented=common_pb2.AugmentedSource(source_item="datasets/o/items/x", pipeline_digest="cd" * 32, seed=2**64 - 1)),
+        common_pb2.Lineage(synthetic=common_pb2.SyntheticSource(generator="gan", generator_version=3, seed=9, sample_index=2**40)),
+    ]
+    uploads = [
+        item_upload("a-all", image=png(W, H, seed=1), annotations=plain, split="val", attributes={"weather": "fog", "t": ""},
+                    file_name="dir/a b.png", lineage=lineages[1]),
+        item_upload("b-bare", image=png(W, H, seed=2)),
+        item_upload("c-pixel-maps", image=png(W, H, seed=3), annotations=kinds, lineage=lineages[2]),
+        *(
+            item_upload(f"d-{i:02d}", image=png(W, H, seed=10 + i), annotations=[kind], lineage=lineages[i % 3], attributes={"i": str(i)})
+            for i, kind in enumerate(plain)
+        ),
+    ]
+    await annotation.upload(dataset.name, [uploads])
+    await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+    # Rows written by updates: one with its annotations copied, one with new annotations.
+    for item_id, change, paths in (
+        ("d-00", pb.Item(split="test"), ["split"]),
+        ("d-01", pb.Item(annotations=[pb.Annotation(category_id=7, score=0.5, box=pb.Box(x=1, y=2, w=3, h=4))]), ["annotations"]),
+    ):
+        change.name = f"{dataset.name}/items/{item_id}"
+        await annotation.stub.UpdateItem(api.UpdateItemRequest(item=change, update_mask=FieldMask(paths=paths)))
+    await annotation.stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
+
+    # Every row was written with its encoding, except the item with pixel maps (its FULL reads inline their data).
+    encodings = _encodings(annotation, dataset.name)
+    assert {item_id for item_id, value in encodings.items() if value is None} == {"c-pixel-maps"}
+    for version in (f"{dataset.name}/versions/1", f"{dataset.name}/versions/2"):
+        for view in (pb.ITEM_VIEW_FULL, pb.ITEM_VIEW_BASIC):
+            streamed, read = await _streamed_and_read_one_by_one(annotation, version, view)
+            assert len(streamed) == len(uploads) and streamed == read
+            assert all(item.image.data for item in streamed) == (view == pb.ITEM_VIEW_FULL)
+    assert [a.WhichOneof("kind") for a in streamed[0].annotations] == [a.WhichOneof("kind") for a in plain]
+
+    # Rows without an encoding (written before the column existed) or with one of another format
+    # are decoded and converted: the same items, in responses that mix both kinds of rows.
+    version = f"{dataset.name}/versions/2"
+    before, _ = await _streamed_and_read_one_by_one(annotation, version, pb.ITEM_VIEW_FULL)
+    _set_encoding(annotation, ["a-all", "d-03"], None)
+    _set_encoding(annotation, ["d-04"], b"\xff" + b"not an item")
+    after, read = await _streamed_and_read_one_by_one(annotation, version, pb.ITEM_VIEW_FULL)
+    assert after == before == read
 
 
 def _chunks(data: bytes, sha256: str, size: int = 1024 * 1024) -> list[api.UploadBlobsRequest]:

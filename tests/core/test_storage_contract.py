@@ -398,3 +398,7 @@ def test_unreachable_s3_is_unavailable() -> None:
         open_object_store(settings)
     assert caught.value.reason == "STORAGE_UNAVAILABLE"
     assert endpoint in caught.value.message
+
+
+def test_only_network_backends_ask_for_parallel_reads(store: ObjectStore) -> None:
+    assert store.prefers_parallel_reads is isinstance(store, S3ObjectStore)

@@ -13,12 +13,13 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from simulacra_services.annotation import codec
+from simulacra_services.annotation import codec, convert
 from simulacra_services.annotation.model import Annotation, Category
 from simulacra_services.annotation.prepare import PreparedItem
 from simulacra_services.annotation.records import DatasetRecord, ImageInfo, ItemRecord, JobRecord, Lineage, VersionRecord
@@ -150,7 +151,7 @@ ANNOTATION_COLUMNS = [
 
 
 ITEM_COLUMNS = [
-    *(c for c in items.columns if c.name not in ("attributes", "lineage")),
+    *(c for c in items.columns if c.name not in ("attributes", "lineage", "encoded_item")),
     sa.type_coerce(items.c.attributes, sa.Text).label("attributes"),
     sa.type_coerce(items.c.lineage, sa.Text).label("lineage"),
 ]
@@ -201,6 +202,29 @@ def item_of(dataset_id: str, version: int, row: Row[Any], annotations_: tuple[An
         update_time=row.update_time,
         etag=row_etag(row),
     )
+
+
+def encoded_item(dataset_id: str, item: Mapping[str, Any], annotations_: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """The ``encoded_item`` of a row about to be written, from its row and annotation rows.
+
+    The record is decoded from the rows by the functions that decode them when
+    read back (``item_of``, ``annotation_of``), so the encoding is the message
+    a read of the stored row gives.
+    """
+    annotations_of_item = tuple(annotation_of(SimpleNamespace(**row)) for row in annotations_)  # type: ignore[arg-type]
+    return convert.encode_item(item_of(dataset_id, 0, SimpleNamespace(**item), annotations_of_item))  # type: ignore[arg-type]
+
+
+class EncodedItem(NamedTuple):
+    """An item of a stream that is sent from its stored encoding (see ``convert.merge_encoded_item``).
+
+    A tuple, not a dataclass: streams make one per item, and a tuple is made fastest.
+    """
+
+    item_id: str
+    image_sha256: str
+    image_size: int
+    encoded: bytes
 
 
 def job_of(row: Row[Any]) -> JobRecord:

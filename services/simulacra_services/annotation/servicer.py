@@ -27,6 +27,7 @@ from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
 from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import ItemChanges, ItemRecord
 from simulacra_services.annotation.prepare import check_request_id
+from simulacra_services.annotation.row_codec import EncodedItem
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import errors
 
@@ -74,8 +75,10 @@ def stream_items_per_response(requested: int) -> int:
     return STREAM_DEFAULT_ITEMS if requested == 0 else min(requested, STREAM_MAX_ITEMS)
 
 
-def _payload_bytes(record: ItemRecord) -> int:
+def _payload_bytes(record: EncodedItem | ItemRecord) -> int:
     """Image and pixel-map bytes the item will carry, known from its metadata before any blob is read."""
+    if isinstance(record, EncodedItem):
+        return record.image_size  # never has pixel maps
     size = record.image.size_bytes
     for annotation in record.annotations:
         geometry = annotation.geometry
@@ -90,7 +93,9 @@ class _StreamReader:
     Rows are read from the database a few hundred at a time and kept until sent;
     a response takes the next rows up to the item and byte limits, then reads
     only their blobs, so memory stays near two responses whatever the images.
-    The cursor is encoded once per response, for its last item.
+    Most items come with their stored encoding and are sent from it; the
+    others are decoded and converted. The cursor is encoded once per
+    response, for its last item.
     """
 
     def __init__(
@@ -101,7 +106,7 @@ class _StreamReader:
         self.shard_index, self.shard_count, self.full, self.query = shard_index, shard_count, full, query
         self.items_per_response = items_per_response
         self.read_rows = max(items_per_response, _STREAM_READ_ROWS)
-        self.buffered: collections.deque[ItemRecord] = collections.deque()
+        self.buffered: collections.deque[EncodedItem | ItemRecord] = collections.deque()
         self.last_read = after  # item_id of the last row read from the database
         self.exhausted = False
 
@@ -109,7 +114,7 @@ class _StreamReader:
         """Top the buffer up to a full response when the database has more rows."""
         if self.exhausted or len(self.buffered) >= self.items_per_response:
             return
-        rows = self.store.item_page(
+        rows = self.store.stream_page(
             self.dataset_id, self.version, filter=self.filter, after_item_id=self.last_read,
             shard_index=self.shard_index, shard_count=self.shard_count, limit=self.read_rows,
         )
@@ -133,18 +138,23 @@ class _StreamReader:
                 break
             planned += more
             records.append(self.buffered.popleft())
-        loaded = self.store.read_full(records) if self.full else [(record, None) for record in records]
+        loaded = self.store.read_stream_entries(records) if self.full else [(record, None) for record in records]
         # Then by the encoded size, which large annotations (polygons, RLE masks) can swell:
         # items past the limit go back to the buffer for the next response.
         response = api.StreamItemsResponse()
         size = 0
         for index, (record, image) in enumerate(loaded):
-            item = convert.item_to_proto(record, image)
+            if isinstance(record, EncodedItem):
+                item = response.items.add()
+                convert.merge_encoded_item(item, record.encoded, self.version, image)
+            else:
+                item = convert.item_to_proto(record, image)
+                response.items.append(item)  # a copy: item is not response.items[-1]
             size += item.ByteSize()
             if index and size > STREAM_RESPONSE_BYTES:
+                del response.items[-1]
                 self.buffered.extendleft(reversed(records[index:]))
                 break
-            response.items.append(item)
         response.cursor = queries.encode_cursor(self.query, records[len(response.items) - 1].item_id, self.version)
         return response
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from simulacra_services.annotation import codec, queries, validation
+from simulacra_services.annotation import codec, convert, queries, validation
 from simulacra_services.annotation import filters as filter_syntax
 from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore
 from simulacra_services.annotation.job_table import UNFINISHED_JOB_STATES, JobTable
@@ -48,12 +48,14 @@ from simulacra_services.annotation.records import (
 from simulacra_services.annotation.row_codec import (
     ANNOTATION_COLUMNS,
     ITEM_COLUMNS,
+    EncodedItem,
     annotation_of,
     annotation_rows,
     category_json,
     category_of,
     category_row,
     dataset_of,
+    encoded_item,
     item_of,
     item_row,
     row_etag,
@@ -70,6 +72,9 @@ MAX_DISPLAY_NAME = 256
 MAX_DESCRIPTION = 4096
 MAX_CATEGORIES_PER_CREATE = 10_000
 _CHUNK = 500  # rows per IN (...) list
+# The row id, then the fields of an EncodedItem in their order.
+_STREAM_COLUMNS = (items.c.id, items.c.item_id, items.c.image_sha256, items.c.size_bytes, items.c.encoded_item)
+T = TypeVar("T")
 
 DATASET_FILTER_FIELDS = {
     "display_name": filter_syntax.FieldSpec(filter_syntax.FieldType.STRING),
@@ -116,8 +121,8 @@ class AnnotationStore(JobTable):
         self.blobs = BlobStore(objects)
         # The server's image size limit (setting max_image_pixels): every image written is checked against it.
         self.max_image_pixels = max_image_pixels
-        self._read_threads = read_threads
-        self._readers = ThreadPoolExecutor(read_threads, thread_name_prefix="annotation-blob-read")
+        self._read_threads = read_threads if objects.prefers_parallel_reads else 1
+        self._readers = ThreadPoolExecutor(self._read_threads, thread_name_prefix="annotation-blob-read")
 
     # ------------------------------------------------------------------
     # internal helpers
@@ -524,10 +529,15 @@ class AnnotationStore(JobTable):
             self._check_new_ids(conn, dataset, prepared)
             seq = self._bump(conn, dataset.id)
             item_rows = [item_row(dataset.id, item, seq, now, now) for item in prepared]
+            rows_per_item = [annotation_rows(dataset.id, 0, item.annotations) for item in prepared]
+            for row, rows_of_item in zip(item_rows, rows_per_item):
+                row["encoded_item"] = encoded_item(dataset_id, row, rows_of_item)
             pks = self._insert_items(conn, item_rows)
-            new_annotations = [
-                row for pk, item in zip(pks, prepared) for row in annotation_rows(dataset.id, pk, item.annotations)
-            ]
+            new_annotations = []
+            for pk, rows_of_item in zip(pks, rows_per_item):
+                for row in rows_of_item:
+                    row["item_row"] = pk
+                new_annotations.extend(rows_of_item)
             if new_annotations:
                 conn.execute(annotations.insert(), new_annotations)
             conn.execute(
@@ -632,6 +642,8 @@ class AnnotationStore(JobTable):
                 old.create_time,
                 now,
             )
+            rows = annotation_rows(dataset.id, 0, new_annotations)
+            row["encoded_item"] = encoded_item(dataset_id, row, rows)
             (pk,) = self._insert_items(conn, [row])
             if changes.annotations is None:
                 columns = [c.name for c in annotations.columns if c.name not in ("id", "item_row")]
@@ -640,7 +652,8 @@ class AnnotationStore(JobTable):
                 )
                 conn.execute(sa.insert(annotations).from_select(["item_row", *columns], copy))
             else:
-                rows = annotation_rows(dataset.id, pk, new_annotations)
+                for annotation_row in rows:
+                    annotation_row["item_row"] = pk
                 if rows:
                     conn.execute(annotations.insert(), rows)
                 conn.execute(
@@ -740,21 +753,30 @@ class AnnotationStore(JobTable):
 
     def read_full(self, records: Sequence[ItemRecord]) -> list[tuple[ItemRecord, bytes]]:
         """Each record with its pixel-map data and its image bytes, read in parallel (S3 round trips overlap)."""
+        return self._read_each(lambda record: (self.with_pixel_data(record), self.read_image(record)), records)
 
-        def one(record: ItemRecord) -> tuple[ItemRecord, bytes]:
-            return self.with_pixel_data(record), self.read_image(record)
+    def read_stream_entries(self, entries: Sequence[EncodedItem | ItemRecord]) -> list[tuple[EncodedItem | ItemRecord, bytes]]:
+        """``read_full`` for the entries of ``stream_page``: an encoded item needs its image bytes only."""
 
-        def chunk(part: Sequence[ItemRecord]) -> list[tuple[ItemRecord, bytes]]:
-            return [one(r) for r in part]
+        def one(entry: EncodedItem | ItemRecord) -> tuple[EncodedItem | ItemRecord, bytes]:
+            if isinstance(entry, EncodedItem):
+                return entry, self.blobs.read(entry.image_sha256)
+            return self.with_pixel_data(entry), self.read_image(entry)
+
+        return self._read_each(one, entries)
+
+    def _read_each(self, read: Callable[[T], tuple[T, bytes]], entries: Sequence[T]) -> list[tuple[T, bytes]]:
+        def chunk(part: Sequence[T]) -> list[tuple[T, bytes]]:
+            return [read(entry) for entry in part]
 
         # A few sequential runs side by side: enough to overlap S3 round trips, few enough
-        # that thread hand-offs do not cost more than the reads of small local files.
-        runs = min(self._read_threads, max(1, len(records) // 8))
+        # that thread hand-offs do not cost more than the reads of small files.
+        runs = min(self._read_threads, max(1, len(entries) // 8))
         if runs == 1:
-            return chunk(records)
-        parts = [records[i::runs] for i in range(runs)]
+            return chunk(entries)
+        parts = [entries[i::runs] for i in range(runs)]
         loaded = list(self._readers.map(chunk, parts))
-        out: list[tuple[ItemRecord, bytes]] = [None] * len(records)  # type: ignore[list-item]
+        out: list[tuple[T, bytes]] = [None] * len(entries)  # type: ignore[list-item]
         for i, part in enumerate(loaded):
             out[i::runs] = part
         return out
@@ -764,11 +786,13 @@ class AnnotationStore(JobTable):
         self._readers.shutdown(wait=True, cancel_futures=True)
 
     def _item_query(
-        self, conn: Connection, dataset_id: str, version: str | int | None, filter: str
+        self, conn: Connection, dataset_id: str, version: str | int | None, filter: str, columns: Sequence[Any] = ITEM_COLUMNS
     ) -> tuple[Row[Any], int | None, int, sa.Select[Any]]:
         dataset, seq, number = self._state(conn, dataset_id, version)
-        condition = queries.item_filter(filter, dataset.id, self._categories(conn, dataset.id, seq))
-        statement = sa.select(*ITEM_COLUMNS).where(items.c.dataset == dataset.id, queries.visible(items, seq), condition)
+        # Only a filter can name categories: an unfiltered read (every page of a stream) skips that query.
+        categories = self._categories(conn, dataset.id, seq) if filter.strip() else ()
+        condition = queries.item_filter(filter, dataset.id, categories)
+        statement = sa.select(*columns).where(items.c.dataset == dataset.id, queries.visible(items, seq), condition)
         return dataset, seq, number, statement
 
     def list_items(
@@ -851,6 +875,36 @@ class AnnotationStore(JobTable):
                 statement = statement.where(items.c.shard_hash % shard_count == shard_index)
             rows = conn.execute(statement.order_by(items.c.item_id).limit(limit)).all()
             return self._records(conn, dataset_id, number, rows)
+
+    def stream_page(
+        self,
+        dataset_id: str,
+        version: str | int | None,
+        *,
+        filter: str = "",
+        after_item_id: str = "",
+        shard_index: int = 0,
+        shard_count: int = 0,
+        limit: int = 256,
+    ) -> list[EncodedItem | ItemRecord]:
+        """``item_page`` for streams: the items whose rows hold a current encoding come as ``EncodedItem``
+        (nothing decoded), the others (pixel maps, rows older than the encoding) as records."""
+        with self.engine.connect() as conn:
+            _, _, number, statement = self._item_query(conn, dataset_id, version, filter, _STREAM_COLUMNS)
+            if after_item_id:
+                statement = statement.where(items.c.item_id > after_item_id)
+            if shard_count > 1:
+                statement = statement.where(items.c.shard_hash % shard_count == shard_index)
+            rows = conn.execute(statement.order_by(items.c.item_id).limit(limit)).all()
+            usable = convert.is_current_encoding
+            others = [row.id for row in rows if not usable(row.encoded_item)]
+            if not others:
+                return [EncodedItem(*row[1:]) for row in rows]
+            records: dict[int, ItemRecord] = {}
+            for chunk in _chunks(others):
+                full_rows = conn.execute(sa.select(*ITEM_COLUMNS).where(items.c.id.in_(chunk))).all()
+                records.update(zip((row.id for row in full_rows), self._records(conn, dataset_id, number, full_rows)))
+        return [records[row.id] if row.id in records else EncodedItem(*row[1:]) for row in rows]
 
     def count_items(self, dataset_id: str, version: str | int | None = None, filter: str = "") -> int:
         with self.engine.connect() as conn:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -102,6 +103,11 @@ items = Table(
     # When the item was first uploaded (kept across edits) and when this row was written.
     Column("create_time", UtcDateTime(), nullable=False),
     Column("update_time", UtcDateTime(), nullable=False),
+    # The row as a serialized simulacra.annotation.v1.Item without `version` and image bytes,
+    # written with the row (rows never change) so that a stream sends it without decoding
+    # the annotations and encoding them again; see convert.encode_item for the format byte.
+    # NULL where an item cannot be sent so (pixel maps, whose data FULL reads inline).
+    Column("encoded_item", LargeBinary, nullable=True),
     # Reads of one state walk items in item_id order and test visibility per row.
     Index("ix_annotation_items_dataset_item", "dataset", "item_id", "added_seq"),
     # At most one live row per item id.

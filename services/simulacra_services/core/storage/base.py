@@ -46,6 +46,11 @@ class ObjectStore(abc.ABC):
     existing key replaces the object.
     """
 
+    #: Whether reading many objects from several threads is faster than one after another:
+    #: true where a read waits on the network (S3 round trips overlap), false for local files,
+    #: which one thread reads faster than thread hand-offs cost.
+    prefers_parallel_reads: bool = False
+
     @abc.abstractmethod
     def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         """Store everything ``fileobj.read()`` returns until EOF, without holding it all in memory.

@@ -53,6 +53,8 @@ _ACCESS_DENIED = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId",
 class S3ObjectStore(ObjectStore):
     """Objects in one bucket of an S3 service; the bucket is created if missing."""
 
+    prefers_parallel_reads = True
+
     def __init__(
         self,
         endpoint: str,
