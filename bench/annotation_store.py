@@ -79,6 +79,7 @@ class Plan:
     """Sizes of one run."""
 
     mnist_items: int
+    photo_items: int  # (b2): larger images, where per-item overhead weighs less
     stream_repeats: int
     list_items: int
     boxes_per_item: int
@@ -86,8 +87,8 @@ class Plan:
     list_repeats: int
 
 
-FULL = Plan(mnist_items=5000, stream_repeats=5, list_items=20_000, boxes_per_item=5, list_pages_per_query=60, list_repeats=3)
-QUICK = Plan(mnist_items=1000, stream_repeats=3, list_items=2_000, boxes_per_item=5, list_pages_per_query=20, list_repeats=2)
+FULL = Plan(mnist_items=5000, photo_items=2000, stream_repeats=5, list_items=20_000, boxes_per_item=5, list_pages_per_query=60, list_repeats=3)
+QUICK = Plan(mnist_items=1000, photo_items=200, stream_repeats=3, list_items=2_000, boxes_per_item=5, list_pages_per_query=20, list_repeats=2)
 
 
 # ---------------------------------------------------------------------------
@@ -309,18 +310,18 @@ def timed(run: Callable[[], tuple[int, int]]) -> dict[str, float]:
     return {"items": items, "bytes": size, "seconds": seconds}
 
 
-def bench_stream(client: AnnotationClient, plan: Plan, objects: ObjectStore, store: AnnotationStore) -> dict[str, Any]:
-    keys = [blob_key(r.image.sha256) for r in store.iter_items("mnist", 1)]
-    parent = "datasets/mnist/versions/1"
+def bench_stream(client: AnnotationClient, plan: Plan, objects: ObjectStore, store: AnnotationStore, dataset: str = "mnist") -> dict[str, Any]:
+    keys = [blob_key(r.image.sha256) for r in store.iter_items(dataset, 1)]
+    parent = f"datasets/{dataset}/versions/1"
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "stream": [], "stream_batch_1": [], "sdk_stream": []}
     for _ in range(plan.stream_repeats):  # interleaved, so that drift of the machine hits each alike
         runs["plain"].append(timed(lambda: plain_read_once(objects, keys)))
         runs["stream"].append(timed(lambda: stream_once(client, parent, 0)))
-        runs["sdk_stream"].append(timed(lambda: sdk_stream_once(client, "mnist@1")))
+        runs["sdk_stream"].append(timed(lambda: sdk_stream_once(client, f"{dataset}@1")))
     # One item per response, the contract's old shape, for comparison (fewer runs: it is slow).
     for _ in range(max(1, plan.stream_repeats // 2)):
         runs["stream_batch_1"].append(timed(lambda: stream_once(client, parent, 1)))
-    out: dict[str, Any] = {"items": len(keys)}
+    out: dict[str, Any] = {"dataset": dataset, "items": len(keys), "mean_image_bytes": sum(len(objects.get(k)) for k in keys) / len(keys)}
     for name, samples in runs.items():
         assert all(s["items"] == len(keys) for s in samples), f"{name} read {samples[0]['items']} items, expected {len(keys)}"
         seconds = median([s["seconds"] for s in samples])
@@ -335,6 +336,25 @@ def bench_stream(client: AnnotationClient, plan: Plan, objects: ObjectStore, sto
     out["ratio_sdk_stream_to_plain"] = out["sdk_stream"]["items_per_s"] / plain
     out["ratio_batch_1_to_plain"] = out["stream_batch_1"]["items_per_s"] / plain
     return out
+
+
+def photo_items(plan: Plan) -> Iterator[tuple[str, pb.Item]]:
+    """Distinct 96x96 RGB photographs-sized PNGs (tens of KB): 3x3 tiles of real MNIST digits,
+    coloured and grained differently per item, so every image is its own blob."""
+    digits = load_mnist_digits()[0]
+    rng = np.random.default_rng(11)
+    for index in range(plan.photo_items):
+        tiles = digits[rng.integers(0, len(digits), 9)].reshape(3, 3, 28, 28).transpose(0, 2, 1, 3).reshape(84, 84)
+        gray = np.pad(tiles, 6).astype(np.float32)
+        colour = gray[..., None] * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 12, (96, 96, 3))
+        image = np.clip(colour, 0, 255).astype(np.uint8)
+        yield f"photo-{index:06d}", pb.Item(image=pb.Image(data=png_bytes(image)), split="train")
+
+
+def build_photo_dataset(client: AnnotationClient, plan: Plan) -> None:
+    client.create_dataset("photos")
+    client.upload_items("photos", photo_items(plan), batch_size=64, max_in_flight=2)
+    client.commit("photos")
 
 
 # ---------------------------------------------------------------------------
@@ -452,8 +472,8 @@ def print_import(a: dict[str, Any]) -> None:
     say(f"    (commit of the version afterwards: {a['commit_seconds'] * 1000:.0f} ms)")
 
 
-def print_stream(b: dict[str, Any]) -> None:
-    say(f"\n(b) reading the {b['items']} items of mnist@1, median of {b['plain']['runs']} runs")
+def print_stream(b: dict[str, Any], section: str = "(b)") -> None:
+    say(f"\n{section} reading the {b['items']} items of {b['dataset']}@1 (mean image {b['mean_image_bytes'] / 1000:.1f} kB), median of {b['plain']['runs']} runs")
     for name, label in (
         ("plain", "baseline ObjectStore.get per blob"),
         ("stream", "StreamItems (stub, default batches)"),
@@ -486,11 +506,13 @@ def print_list(c: dict[str, Any], built: dict[str, Any]) -> None:
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    a, b, c = results["import"], results["stream"], results["list"]["all"]
+    a, b, c, p = results["import"], results["stream"], results["list"]["all"], results["stream_photos"]
     rows = [
         ("import MNIST (items/s)", f"{a['import_items_per_s']:.0f}", f"{a['put_items_per_s']:.0f}", f"{a['ratio_import_to_put']:.2f}", ""),
         ("stream version (items/s)", f"{b['stream']['items_per_s']:.0f}", f"{b['plain']['items_per_s']:.0f}", f"{b['ratio_stream_to_plain']:.2f}", ">= 0.8"),
         ("stream version (MB/s)", f"{b['stream']['mb_per_s']:.2f}", f"{b['plain']['mb_per_s']:.2f}", f"{b['ratio_stream_to_plain']:.2f}", ""),
+        ("stream photos (items/s)", f"{p['stream']['items_per_s']:.0f}", f"{p['plain']['items_per_s']:.0f}", f"{p['ratio_stream_to_plain']:.2f}", ">= 0.8"),
+        ("stream photos (MB/s)", f"{p['stream']['mb_per_s']:.1f}", f"{p['plain']['mb_per_s']:.1f}", f"{p['ratio_stream_to_plain']:.2f}", ""),
         ("filtered list p50 (ms)", f"{c['grpc_p50_ms']:.1f}", f"{c['direct_p50_ms']:.1f}", f"{c['ratio_grpc_to_direct_p50']:.2f}", "< 20 ms"),
         ("filtered list p99 (ms)", f"{c['grpc_p99_ms']:.1f}", f"{c['direct_p99_ms']:.1f}", f"{c['grpc_p99_ms'] / c['direct_p99_ms']:.2f}", ""),
     ]
@@ -562,6 +584,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say("\nstreaming ...")
         results["stream"] = bench_stream(client, plan, objects, store)
         print_stream(results["stream"])
+        say(f"\nbuilding the photographs dataset ({plan.photo_items} distinct 96x96 RGB PNGs) ...")
+        build_photo_dataset(client, plan)
+        results["stream_photos"] = bench_stream(client, plan, objects, store, dataset="photos")
+        print_stream(results["stream_photos"], section="(b2)")
         say(f"\nbuilding the listing dataset ({plan.list_items} items x {plan.boxes_per_item} boxes) ...")
         built = build_list_dataset(client, plan)
         results["list_dataset"] = built
