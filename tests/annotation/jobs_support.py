@@ -30,6 +30,7 @@ from simulacra_client.annotation import AnnotationClient
 
 from simulacra_services.annotation import jobs as jobs_module
 from simulacra_services.annotation import rle
+from simulacra_services.annotation import service as service_module
 
 from .conftest import Annotations
 
@@ -38,7 +39,7 @@ KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
 
 @pytest.fixture
 def recorded_job_services(monkeypatch: pytest.MonkeyPatch) -> list[jobs_module.JobService]:
-    """Every JobService the service builds while the test runs (service.py builds it by name)."""
+    """Every JobService the service builds while the test runs."""
     created: list[jobs_module.JobService] = []
     original = jobs_module.JobService
 
@@ -47,7 +48,7 @@ def recorded_job_services(monkeypatch: pytest.MonkeyPatch) -> list[jobs_module.J
             super().__init__(*args, **kwargs)
             created.append(self)
 
-    monkeypatch.setattr(jobs_module, "JobService", Recorded)
+    monkeypatch.setattr(service_module, "JobService", Recorded)
     return created
 
 

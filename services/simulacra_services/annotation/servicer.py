@@ -2,8 +2,8 @@
 
 Read it as the table of contents of the service. Domain errors raised here
 or in the store become gRPC statuses with ErrorInfo in the server's
-interceptor. The import/export job RPCs are delegated to ``jobs`` (the
-``JobService`` of annotation/jobs.py) when it is there.
+interceptor. The import/export job RPCs are delegated to the ``JobService``
+of annotation/jobs.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -30,6 +30,9 @@ from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.row_codec import EncodedItem
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import errors
+
+if TYPE_CHECKING:
+    from simulacra_services.annotation.jobs import JobService
 
 T = TypeVar("T")
 
@@ -160,7 +163,7 @@ class _StreamReader:
 
 
 class AnnotationServicer(api_grpc.AnnotationServiceServicer):
-    def __init__(self, store: AnnotationStore, jobs: Any | None = None) -> None:
+    def __init__(self, store: AnnotationStore, jobs: JobService) -> None:
         self.store = store
         self.jobs = jobs
 
@@ -457,45 +460,36 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             yield api.ReadBlobResponse(offset=offset, data=b"", size_bytes=size)
 
     # ---- import and export jobs (annotation/jobs.py) ---------------------------
-    def _jobs(self, method: str) -> Any:
-        if self.jobs is None:
-            raise errors.Unimplemented(
-                "NOT_YET_IMPLEMENTED",
-                f"annotation-store does not run import/export jobs in this build ({method})",
-                {"method": method},
-            )
-        return self.jobs
-
     async def CreateImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("CreateImportJob").CreateImportJob(request, context)
+        return await self.jobs.CreateImportJob(request, context)
 
     async def GetImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("GetImportJob").GetImportJob(request, context)
+        return await self.jobs.GetImportJob(request, context)
 
     async def ListImportJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("ListImportJobs").ListImportJobs(request, context)
+        return await self.jobs.ListImportJobs(request, context)
 
     async def CancelImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("CancelImportJob").CancelImportJob(request, context)
+        return await self.jobs.CancelImportJob(request, context)
 
     async def WatchImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._jobs("WatchImportJob").WatchImportJob(request, context):
+        async for response in self.jobs.WatchImportJob(request, context):
             yield response
 
     async def CreateExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("CreateExportJob").CreateExportJob(request, context)
+        return await self.jobs.CreateExportJob(request, context)
 
     async def GetExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("GetExportJob").GetExportJob(request, context)
+        return await self.jobs.GetExportJob(request, context)
 
     async def ListExportJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("ListExportJobs").ListExportJobs(request, context)
+        return await self.jobs.ListExportJobs(request, context)
 
     async def CancelExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._jobs("CancelExportJob").CancelExportJob(request, context)
+        return await self.jobs.CancelExportJob(request, context)
 
     async def WatchExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in self._jobs("WatchExportJob").WatchExportJob(request, context):
+        async for response in self.jobs.WatchExportJob(request, context):
             yield response
 
 
