@@ -868,13 +868,20 @@ class AnnotationStore(JobTable):
     ) -> list[ItemRecord]:
         """Up to ``limit`` items after ``after_item_id`` in item_id order (pixel data not loaded)."""
         with self.engine.connect() as conn:
-            _, _, number, statement = self._item_query(conn, dataset_id, version, filter)
-            if after_item_id:
-                statement = statement.where(items.c.item_id > after_item_id)
-            if shard_count > 1:
-                statement = statement.where(items.c.shard_hash % shard_count == shard_index)
-            rows = conn.execute(statement.order_by(items.c.item_id).limit(limit)).all()
+            number, rows = self._page_rows(conn, dataset_id, version, filter, after_item_id, shard_index, shard_count, limit, ITEM_COLUMNS)
             return self._records(conn, dataset_id, number, rows)
+
+    def _page_rows(
+        self, conn: Connection, dataset_id: str, version: str | int | None, filter: str,
+        after_item_id: str, shard_index: int, shard_count: int, limit: int, columns: Sequence[Any],
+    ) -> tuple[int, list[Row[Any]]]:
+        """The version number read and up to ``limit`` rows after ``after_item_id`` of a shard, in item_id order."""
+        _, _, number, statement = self._item_query(conn, dataset_id, version, filter, columns)
+        if after_item_id:
+            statement = statement.where(items.c.item_id > after_item_id)
+        if shard_count > 1:
+            statement = statement.where(items.c.shard_hash % shard_count == shard_index)
+        return number, conn.execute(statement.order_by(items.c.item_id).limit(limit)).all()
 
     def stream_page(
         self,
@@ -890,12 +897,7 @@ class AnnotationStore(JobTable):
         """``item_page`` for streams: the items whose rows hold a current encoding come as ``EncodedItem``
         (nothing decoded), the others (pixel maps, rows older than the encoding) as records."""
         with self.engine.connect() as conn:
-            _, _, number, statement = self._item_query(conn, dataset_id, version, filter, _STREAM_COLUMNS)
-            if after_item_id:
-                statement = statement.where(items.c.item_id > after_item_id)
-            if shard_count > 1:
-                statement = statement.where(items.c.shard_hash % shard_count == shard_index)
-            rows = conn.execute(statement.order_by(items.c.item_id).limit(limit)).all()
+            number, rows = self._page_rows(conn, dataset_id, version, filter, after_item_id, shard_index, shard_count, limit, _STREAM_COLUMNS)
             usable = convert.is_current_encoding
             others = [row.id for row in rows if not usable(row.encoded_item)]
             if not others:
