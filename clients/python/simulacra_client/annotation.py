@@ -251,6 +251,15 @@ class AnnotationClient:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
+    def _paged(self, method: str, request: Any, field: str) -> Iterator[Any]:
+        """Every element of ``field`` over all pages of a List RPC, fetched as the iterator advances."""
+        while True:
+            page = self._call(method, request)
+            yield from getattr(page, field)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     # ---- datasets and categories -------------------------------------------
     def create_dataset(
         self,
@@ -271,13 +280,7 @@ class AnnotationClient:
 
     def list_datasets(self, *, filter: str = "", order_by: str = "", page_size: int = 0) -> Iterator[pb.Dataset]:
         """Every dataset (pages are fetched as the iterator advances)."""
-        token = ""
-        while True:
-            page = self._call("ListDatasets", rpc.ListDatasetsRequest(page_size=page_size, page_token=token, filter=filter, order_by=order_by))
-            yield from page.datasets
-            token = page.next_page_token
-            if not token:
-                return
+        return self._paged("ListDatasets", rpc.ListDatasetsRequest(page_size=page_size, filter=filter, order_by=order_by), "datasets")
 
     def delete_dataset(self, dataset: str, *, force: bool = False) -> None:
         self._call("DeleteDataset", rpc.DeleteDatasetRequest(name=dataset_name(dataset), force=force))
@@ -287,13 +290,7 @@ class AnnotationClient:
 
     def list_categories(self, reference: str) -> list[pb.Category]:
         """Categories of the working state (``NAME``) or of a version (``NAME@VERSION``), by id."""
-        parent, token, out = read_name(reference), "", []
-        while True:
-            page = self._call("ListCategories", rpc.ListCategoriesRequest(parent=parent, page_token=token, page_size=1000))
-            out.extend(page.categories)
-            token = page.next_page_token
-            if not token:
-                return out
+        return list(self._paged("ListCategories", rpc.ListCategoriesRequest(parent=read_name(reference), page_size=1000), "categories"))
 
     # ---- versions, statistics, items -----------------------------------------
     def commit(self, dataset: str, *, description: str = "") -> rpc.CommitVersionResponse:
@@ -310,14 +307,8 @@ class AnnotationClient:
         return self._call("GetStatistics", rpc.GetStatisticsRequest(parent=read_name(reference), filter=filter)).statistics
 
     def list_items(self, reference: str, *, filter: str = "", order_by: str = "", page_size: int = 0, view: int = pb.ITEM_VIEW_BASIC) -> Iterator[pb.Item]:
-        parent, token = read_name(reference), ""
-        while True:
-            request = rpc.ListItemsRequest(parent=parent, page_size=page_size, page_token=token, filter=filter, order_by=order_by, view=view)
-            page = self._call("ListItems", request)
-            yield from page.items
-            token = page.next_page_token
-            if not token:
-                return
+        request = rpc.ListItemsRequest(parent=read_name(reference), page_size=page_size, filter=filter, order_by=order_by, view=view)
+        return self._paged("ListItems", request, "items")
 
     def stream_items(
         self,
@@ -510,13 +501,7 @@ class AnnotationClient:
 
     def list_import_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ImportJob]:
         parent = "datasets/-" if dataset in ("-", "datasets/-") else dataset_name(dataset)
-        token = ""
-        while True:
-            page = self._call("ListImportJobs", rpc.ListImportJobsRequest(parent=parent, page_token=token, filter=filter))
-            yield from page.import_jobs
-            token = page.next_page_token
-            if not token:
-                return
+        return self._paged("ListImportJobs", rpc.ListImportJobsRequest(parent=parent, filter=filter), "import_jobs")
 
     def cancel_import_job(self, name: str) -> pb.ImportJob:
         return self._call("CancelImportJob", rpc.CancelImportJobRequest(name=name)).import_job
@@ -544,13 +529,7 @@ class AnnotationClient:
 
     def list_export_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ExportJob]:
         parent = "datasets/-" if dataset in ("-", "datasets/-") else dataset_name(dataset)
-        token = ""
-        while True:
-            page = self._call("ListExportJobs", rpc.ListExportJobsRequest(parent=parent, page_token=token, filter=filter))
-            yield from page.export_jobs
-            token = page.next_page_token
-            if not token:
-                return
+        return self._paged("ListExportJobs", rpc.ListExportJobsRequest(parent=parent, filter=filter), "export_jobs")
 
     def cancel_export_job(self, name: str) -> pb.ExportJob:
         return self._call("CancelExportJob", rpc.CancelExportJobRequest(name=name)).export_job
