@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 from simulacra_services.core import errors
 
-_DATASET = r"(?P<dataset>[a-z][a-z0-9-]{0,62})"
+DATASET_ID = r"[a-z][a-z0-9-]{0,62}"
+"""What a dataset id may be: the one rule, used by names, validation and lineage checks."""
+ITEM_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+"""What an item id may be."""
+WORKING_ITEM_NAME = re.compile(rf"datasets/{DATASET_ID}/items/{ITEM_ID}")
+"""An item of a working state, as lineage's source_item names it."""
+
+_DATASET = rf"(?P<dataset>{DATASET_ID})"
 _VERSION = r"(?P<version>[1-9][0-9]{0,17}|latest)"
-_ITEM = r"(?P<item>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"
+_ITEM = rf"(?P<item>{ITEM_ID})"
 _CATEGORY = r"(?P<category>[1-9][0-9]{0,9})"
 _JOB = r"(?P<job>[a-z0-9][a-z0-9-]{0,62})"
 _STATE = rf"datasets/{_DATASET}(?:/versions/{_VERSION})?"

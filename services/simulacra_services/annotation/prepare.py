@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from simulacra_services.annotation import codec, validation
-from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore, check_sha256, inspect_image
+from simulacra_services.annotation import codec, names, validation
+from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, BlobStore, check_sha256, inspect_image
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
 from simulacra_services.annotation.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
 from simulacra_services.core import errors
@@ -26,8 +25,6 @@ from simulacra_services.core import errors
 MAX_ITEMS_PER_BATCH = 256
 MAX_LINEAGE_CHARS = 1024
 _REQUEST_ID_CHARS = 128
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_SOURCE_ITEM = re.compile(r"datasets/[a-z][a-z0-9-]{0,62}/items/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -58,9 +55,9 @@ def check_lineage(lineage: Lineage, field: str) -> Lineage:
         if len(value) > MAX_LINEAGE_CHARS or not value.isprintable():
             raise _invalid("INVALID_LINEAGE", f"{field}.{name}", f"at most {MAX_LINEAGE_CHARS} printable characters", limit=MAX_LINEAGE_CHARS)
     if lineage.kind == "augmented":
-        if lineage.source_item and not _SOURCE_ITEM.fullmatch(lineage.source_item):
+        if lineage.source_item and not names.WORKING_ITEM_NAME.fullmatch(lineage.source_item):
             raise _invalid("INVALID_LINEAGE", f"{field}.augmented.source_item", "must be an item name datasets/{dataset}/items/{item}")
-        if lineage.pipeline_digest and not _HEX64.fullmatch(lineage.pipeline_digest):
+        if lineage.pipeline_digest and not SHA256_HEX.fullmatch(lineage.pipeline_digest):
             raise _invalid("INVALID_LINEAGE", f"{field}.augmented.pipeline_digest", "must be a lower-case hex sha256")
     for name in ("seed", "generator_version", "sample_index"):
         value = getattr(lineage, name)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulacra_services.annotation import rle
+from simulacra_services.annotation import names, rle
 from simulacra_services.annotation.model import (
     Annotation,
     AnnotationKind,
@@ -91,8 +91,8 @@ DEFAULT_LIMITS = Limits()
 
 _ANNOTATION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{0,64}")
-_DATASET_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
-_ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DATASET_ID = re.compile(names.DATASET_ID)
+_ITEM_ID = re.compile(names.ITEM_ID)
 _SPLIT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _KEY = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
