@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from functools import cache
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from simulacra_services.core import errors
@@ -24,27 +23,17 @@ if TYPE_CHECKING:
     from simulacra_services.core.server import ServiceDefinition
 
 
-@cache
-def _load_package(api_package: str) -> None:
-    """Import every ``*_pb2`` module of ``simulacra_client.api.<api_package>.v1``."""
-    module = importlib.import_module(f"simulacra_client.api.{api_package}.v1")
-    for info in pkgutil.iter_modules(module.__path__):
-        if info.name.endswith("_pb2"):
-            importlib.import_module(f"{module.__name__}.{info.name}")
-
-
 def services_of(api_package: str) -> tuple[ServiceDescriptor, ...]:
-    """Every proto service of package ``simulacra.<api_package>.v1``, in file order."""
-    _load_package(api_package)
-    pool = descriptor_pool.Default()
-    package = f"simulacra.{api_package}.v1"
+    """Every proto service of package ``simulacra.<api_package>.v1``, in file-name order.
+
+    Importing each generated ``*_pb2`` module registers its file; its descriptor lists the services.
+    """
+    package = importlib.import_module(f"simulacra_client.api.{api_package}.v1")
     found: list[ServiceDescriptor] = []
-    module = importlib.import_module(f"simulacra_client.api.{api_package}.v1")
-    for info in sorted(pkgutil.iter_modules(module.__path__), key=lambda i: i.name):
-        if not info.name.endswith("_pb2"):
-            continue
-        file = pool.FindFileByName(f"simulacra/{api_package}/v1/{info.name[: -len('_pb2')]}.proto")
-        found.extend(s for s in file.services_by_name.values() if s.full_name.startswith(package + "."))
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            found.extend(module.DESCRIPTOR.services_by_name.values())
     return tuple(found)
 
 
