@@ -1,10 +1,9 @@
-"""Ask a running service for its health over grpc.health.v1."""
+"""Ask a running service for its health over grpc.health.v1 (through the SDK)."""
 
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from simulacra_client.channel import open_channel
+from simulacra_client.channel import check_health, open_channel
 
 from simulacra_services.core.config import Settings
 
@@ -20,8 +19,7 @@ def check(address: str, settings: Settings, *, timeout: float = 2.0) -> str:
         max_message_bytes=settings.max_message_bytes,
     )
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return check_health(channel, timeout=timeout).name
     except grpc.RpcError:
         return UNREACHABLE
     finally:
