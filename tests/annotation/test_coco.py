@@ -25,92 +25,16 @@ from simulacra_services.annotation.model import (
 )
 from simulacra_services.core import errors
 
+from .coco_sample import blob_mask, coco_document
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
-
-KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
-
-
-def blob_mask(height: int, width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((height, width), np.uint8)
-    y, x = rng.integers(5, height - 20), rng.integers(5, width - 20)
-    mask[y : y + 15, x : x + 12] = 1
-    mask[rng.random((height, width)) < 0.02] = 1
-    return mask
-
-
-def sample_document() -> dict:
-    """Boxes, multi-part polygons, uncompressed and compressed RLE, keypoints, iscrowd."""
-    compressed = coco_mask.encode(np.asfortranarray(blob_mask(60, 80, 1)))
-    crowd = coco_mask.encode(np.asfortranarray(blob_mask(60, 80, 2)))
-    crowd_uncompressed = rle.decompress(crowd["counts"].decode())
-    return {
-        "images": [
-            {"id": 11, "file_name": "a/000011.jpg", "width": 80, "height": 60},
-            {"id": 12, "file_name": "a/000012.jpg", "width": 80, "height": 60},
-            {"id": 13, "file_name": "b/000013.png", "width": 100, "height": 50},
-        ],
-        "categories": [
-            {"id": 1, "name": "car", "supercategory": "vehicle"},
-            {"id": 3, "name": "person", "supercategory": "person", "keypoints": KEYPOINTS, "skeleton": [[1, 2], [1, 3], [2, 4], [3, 5]]},
-        ],
-        "annotations": [
-            {"id": 101, "image_id": 11, "category_id": 1, "bbox": [1.5, 2.0, 30.25, 20.0], "area": 605.0, "iscrowd": 0, "segmentation": []},
-            {
-                "id": 102,
-                "image_id": 11,
-                "category_id": 1,
-                "bbox": [10.0, 10.0, 30.0, 30.0],
-                "area": 390.5,
-                "iscrowd": 0,
-                "segmentation": [[10.0, 10.0, 40.0, 10.0, 40.0, 25.0], [10.0, 30.0, 25.0, 30.0, 25.0, 40.0, 10.0, 40.0]],
-            },
-            {
-                "id": 103,
-                "image_id": 12,
-                "category_id": 1,
-                "bbox": [float(v) for v in coco_mask.toBbox(crowd)],
-                "area": float(coco_mask.area(crowd)),
-                "iscrowd": 1,
-                "segmentation": {"size": [60, 80], "counts": crowd_uncompressed},
-            },
-            {
-                "id": 104,
-                "image_id": 12,
-                "category_id": 1,
-                "bbox": [float(v) for v in coco_mask.toBbox(compressed)],
-                "area": float(coco_mask.area(compressed)),
-                "iscrowd": 0,
-                "segmentation": {"size": [60, 80], "counts": compressed["counts"].decode()},
-            },
-            {
-                "id": 105,
-                "image_id": 13,
-                "category_id": 3,
-                "bbox": [20.0, 5.0, 30.0, 40.0],
-                "area": 700.0,
-                "iscrowd": 0,
-                "segmentation": [[20.0, 5.0, 50.0, 5.0, 50.0, 45.0, 20.0, 45.0]],
-                "keypoints": [30, 10, 2, 28, 8, 2, 32, 8, 1, 0, 0, 0, 35, 9, 2],
-                "num_keypoints": 4,
-            },
-            {
-                "id": 106,
-                "image_id": 13,
-                "category_id": 3,
-                "bbox": [60.0, 5.0, 20.0, 30.0],
-                "area": 600.0,
-                "iscrowd": 0,
-                "keypoints": [70, 10, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                "num_keypoints": 1,
-            },
-        ],
-    }
 
 
 def canonical(document: dict) -> dict:
-    """Order-independent form; empty segmentations are the same as none."""
+    """Order-independent form; empty segmentations are the same as none; the free-text
+    ``info`` block is not dataset content and is not stored."""
     out = copy.deepcopy(document)
+    out.pop("info", None)
     for annotation in out["annotations"]:
         if annotation.get("segmentation") == []:
             del annotation["segmentation"]
@@ -121,7 +45,7 @@ def canonical(document: dict) -> dict:
 
 
 def test_parse_maps_every_kind() -> None:
-    dataset = coco.load_coco(json.dumps(sample_document()).encode())
+    dataset = coco.load_coco(json.dumps(coco_document()).encode())
     person = dataset.categories[1]
     assert person.skeleton == ((0, 1), (0, 2), (1, 3), (2, 4))
     assert person.flip_pairs == ((1, 2), (3, 4))
@@ -132,6 +56,8 @@ def test_parse_maps_every_kind() -> None:
         ("105-kp", AnnotationKind.KEYPOINTS, "105", None),
         ("106-box", AnnotationKind.BOX, "106", 600.0),
         ("106-kp", AnnotationKind.KEYPOINTS, "106", None),
+        ("107-box", AnnotationKind.BOX, "107", None),
+        ("107-seg", AnnotationKind.MASK, "107", 277.0),
     ]
     crowd, compressed = dataset.images[1].annotations[1], dataset.images[1].annotations[3]
     assert crowd.iscrowd is True and isinstance(crowd.geometry, Mask) and not crowd.geometry.compressed
@@ -139,15 +65,15 @@ def test_parse_maps_every_kind() -> None:
 
 
 def test_import_then_export_gives_back_equivalent_coco() -> None:
-    original = sample_document()
+    original = coco_document()
     dataset = coco.load_coco(json.dumps(original).encode())
     exported, counts = coco.to_coco(dataset.categories, dataset.images)
     assert canonical(exported) == canonical(original)
-    assert counts.annotations_exported == 12 and not counts.skipped  # 1 + 2 + 2 + 2 + 3 + 2 pieces
+    assert counts.annotations_exported == 14 and not counts.skipped  # 1 + 2 + 2 + 2 + 3 + 2 + 2 pieces
 
 
 def test_pycocotools_loads_the_export_with_equal_masks_and_areas(tmp_path: Path) -> None:
-    original = sample_document()
+    original = coco_document()
     dataset = coco.load_coco(json.dumps(original).encode())
     exported, _ = coco.to_coco(dataset.categories, dataset.images)
     paths = []
@@ -197,7 +123,7 @@ def test_export_derives_missing_bbox_and_area_and_numbers_annotations() -> None:
 
 
 def broken(change) -> errors.SimulacraError:
-    document = sample_document()
+    document = coco_document()
     change(document)
     with pytest.raises(errors.InvalidArgument) as caught:
         coco.load_coco(json.dumps(document).encode())
@@ -232,7 +158,7 @@ def test_bad_coco_names_the_record(change, reason: str, field: str) -> None:
 
 
 def test_clip_policy_applies_to_imports() -> None:
-    document = sample_document()
+    document = coco_document()
     document["annotations"][0]["bbox"] = [70, 2, 30, 5]
     dataset = coco.load_coco(json.dumps(document).encode(), policy=BoxBoundsPolicy.CLIP)
     assert dataset.images[0].annotations[0].geometry == Box(70, 2, 10, 5)
