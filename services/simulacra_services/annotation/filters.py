@@ -32,10 +32,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
@@ -410,17 +411,23 @@ def compare(column: ColumnElement, op: Operator, value: Value) -> ColumnElement[
     """``column op value``; HAS on a plain column means equality."""
     if value is None:
         raise ValueError("a presence test needs a clause builder, not a plain column")
-    if op in (Operator.EQ, Operator.HAS):
-        return column == value
-    if op is Operator.NE:
-        return column != value
-    if op is Operator.LT:
-        return column < value
-    if op is Operator.LE:
-        return column <= value
-    if op is Operator.GT:
-        return column > value
-    return column >= value
+    return apply(op, column, value)
+
+
+_PYTHON_OPERATORS = {
+    Operator.EQ: operator.eq,
+    Operator.HAS: operator.eq,
+    Operator.NE: operator.ne,
+    Operator.LT: operator.lt,
+    Operator.LE: operator.le,
+    Operator.GT: operator.gt,
+    Operator.GE: operator.ge,
+}
+
+
+def apply(op: Operator, left: Any, right: Any) -> Any:
+    """``left op right`` with Python's operators: a bool for values, a clause for columns."""
+    return _PYTHON_OPERATORS[op](left, right)
 
 
 def to_sqlalchemy(node: Node | None, targets: Mapping[str, Target]) -> ColumnElement[bool]:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
 from simulacra_services.annotation import filters
-from simulacra_services.annotation.filters import Comparison, Operator
+from simulacra_services.annotation.filters import Comparison
 from simulacra_services.annotation.model import Category
 from simulacra_services.annotation.tables import annotations, items
 from simulacra_services.core import errors
@@ -57,20 +57,6 @@ def page_size_of(page_size: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _matches(value: Any, op: Operator, target: Any) -> bool:
-    if op in (Operator.EQ, Operator.HAS):
-        return value == target
-    if op is Operator.NE:
-        return value != target
-    if op is Operator.LT:
-        return value < target
-    if op is Operator.LE:
-        return value <= target
-    if op is Operator.GT:
-        return value > target
-    return value >= target
-
-
 def item_filter(
     text: str, dataset_pk: int, categories: Sequence[Category], field: str = "filter"
 ) -> ColumnElement[bool]:
@@ -89,7 +75,7 @@ def item_filter(
         return sa.exists().where(annotations.c.dataset == dataset_pk, annotations.c.item_row == items.c.id, condition)
 
     def category(comparison: Comparison) -> ColumnElement[bool]:
-        ids = [c.category_id for c in categories if _matches(c.display_name, comparison.op, comparison.value)]
+        ids = [c.category_id for c in categories if filters.apply(comparison.op, c.display_name, comparison.value)]
         if not ids:
             return sa.false()
         return with_annotation(annotations.c.category_id.in_(ids))
