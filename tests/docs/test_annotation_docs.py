@@ -12,6 +12,8 @@ from simulacra_services.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "annotation-store.md"
 PACKAGE = ROOT / "services" / "simulacra_services" / "annotation"
+# Core modules whose reasons the annotation-store raises as its own (filters, page tokens).
+SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py")]
 
 # UPPER_SNAKE string constants of the package that are not error reasons.
 NOT_REASONS = {"CASCADE", "COCO", "JPEG", "YOLO"}
@@ -34,10 +36,12 @@ def _documented_reasons() -> set[str]:
 
 
 def _raised_reasons() -> set[str]:
-    """Reason literals of the annotation package (job states like JOB_STATE_RUNNING are not reasons)."""
+    """Reason literals of the annotation package and the core API helpers it uses
+    (job states like JOB_STATE_RUNNING are not reasons)."""
     found: set[str] = set()
-    for source in PACKAGE.glob("*.py"):
-        found.update(REASON_LITERAL.findall(source.read_text()))
+    for source in [*PACKAGE.rglob("*.py"), *SHARED]:
+        if source.exists():
+            found.update(REASON_LITERAL.findall(source.read_text()))
     return {r for r in found if r not in NOT_REASONS and not r.startswith("JOB_STATE_")}
 
 

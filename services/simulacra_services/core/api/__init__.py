@@ -1,0 +1,1 @@
+"""API-edge helpers shared by every service: filters, pagination, resource names."""
