@@ -402,3 +402,16 @@ def test_unreachable_s3_is_unavailable() -> None:
 
 def test_only_network_backends_ask_for_parallel_reads(store: ObjectStore) -> None:
     assert store.prefers_parallel_reads is isinstance(store, S3ObjectStore)
+
+
+def test_list_children_names_one_level_and_survives_emptied_directories(store: ObjectStore) -> None:
+    for key in ["m/a/x", "m/a/y/z", "m/b/x", "m/top", "n/c/x"]:
+        store.put(key, b"1")
+    assert store.list_children("m/") == ["a", "b"]
+    assert store.list_children("m/a/") == ["y"]
+    store.delete("m/b/x")
+    # An emptied directory may linger (SeaweedFS keeps it) but never lists itself as its own child.
+    assert set(store.list_children("m/")) <= {"a", "b"} and "a" in store.list_children("m/")
+    assert [info.key for info in store.list("m/b")] == []
+    with pytest.raises(errors.InvalidArgument):
+        store.list_children("m")

@@ -128,6 +128,15 @@ class ObjectStore(abc.ABC):
                 yield from self._keys_in_order(entry, start_after)
 
     # ---- conveniences ---------------------------------------------------------
+    def list_children(self, prefix: str) -> list[str]:
+        """The names directly below ``prefix`` (which ends with '/') that hold objects deeper down,
+        sorted: ``list_children("models/")`` is ``["a", "b"]`` for keys ``models/a/x`` and ``models/b/y``.
+        One listing of one level, however many objects lie below."""
+        validate_prefix(prefix)
+        if not prefix.endswith("/"):
+            raise errors.InvalidArgument("INVALID_OBJECT_PREFIX", "list_children needs a prefix that ends with '/'", {"prefix": prefix[:200]})
+        return sorted(entry[len(prefix) : -1] for entry, is_subtree in self._list_level(prefix) if is_subtree)
+
     def put(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         """Store ``data`` under ``key``, replacing any object there."""
         return self.put_stream(key, io.BytesIO(data), content_type=content_type)
