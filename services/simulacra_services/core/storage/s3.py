@@ -173,7 +173,7 @@ class S3ObjectStore(ObjectStore):
         with self._translate_errors():
             for entry in self._client.list_objects(self.bucket, prefix=level_prefix or None, recursive=False):
                 name = entry.object_name or ""
-                if name == level_prefix:
+                if entry.is_dir and name == level_prefix:
                     continue  # SeaweedFS lists an emptied directory as a child of itself
                 # Skip what was not written through this interface (such as 'a//b'): no key names it.
                 if is_valid_key(name[:-1] if entry.is_dir else name):
