@@ -1,0 +1,46 @@
+"""Checkpoints in object storage: one object per checkpoint, written in one put (atomic on every
+backend: a rename for local files, a single PUT for S3), with its sha256 verified on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import torch
+
+from simulacra_services.core.storage import ObjectStore
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    object_key: str
+    sha256: str
+    size_bytes: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CheckpointStore:
+    def __init__(self, objects: ObjectStore, prefix: str) -> None:
+        self.objects = objects
+        self.prefix = prefix.rstrip("/")
+
+    def key(self, step: int) -> str:
+        return f"{self.prefix}/checkpoints/{step:010d}.pt"
+
+    def save(self, step: int, state: dict) -> CheckpointInfo:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        key = self.key(step)
+        self.objects.put(key, data, content_type="application/octet-stream")
+        return CheckpointInfo(step, key, hashlib.sha256(data).hexdigest(), len(data))
+
+    def load(self, info: CheckpointInfo) -> dict:
+        data = self.objects.get(info.object_key)
+        if hashlib.sha256(data).hexdigest() != info.sha256:
+            raise ValueError(f"checkpoint {info.object_key} does not match its sha256")
+        return torch.load(io.BytesIO(data), weights_only=True)

@@ -1,0 +1,183 @@
+"""One optimisation step per family, and the complete state a checkpoint needs to resume exactly.
+
+Every random draw (latents, the VAE's eps, augmentations) comes from the trainer's own
+``torch.Generator``, saved in the state: same seed, data and device give the same weights, and a
+resumed run continues the very same stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simulacra_services.training.loop.ada import AdaController
+from simulacra_services.training.loop.diffaugment import diff_augment
+from simulacra_services.training.loop.ema import ModelEma
+from simulacra_services.training.loop.hyperparameters import Hyperparameters
+from simulacra_services.training.models import ConditionalGenerator, ConditionalVAE, ModelConfig, ProjectionDiscriminator
+
+
+def _maybe_compile(module: nn.Module, device: torch.device):
+    """torch.compile on a GPU; eager on the CPU (compiling costs more than it saves on small models)."""
+    return torch.compile(module) if device.type == "cuda" else module
+
+
+class Trainer:
+    kind: str
+
+    def __init__(self, config: ModelConfig, hp: Hyperparameters, device: torch.device) -> None:
+        self.config, self.hp, self.device = config, hp, device
+        torch.manual_seed(hp.seed)
+        self.noise = torch.Generator(device=device).manual_seed(hp.seed + 1)
+        self.amp = hp.mixed_precision and device.type == "cuda"
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.latent_dim, generator=self.noise, device=self.device)
+
+    def step(self, step: int, images, labels, attributes) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sampler(self) -> nn.Module:
+        """The network that maps (z, labels, attributes) to images: exported and evaluated."""
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        state = {name: module.state_dict() for name, module in self.modules().items()}
+        return state | {"noise": self.noise.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.modules().items():
+            module.load_state_dict(state[name])
+        self.noise.set_state(state["noise"])
+
+
+class VaeTrainer(Trainer):
+    kind = "vae"
+
+    def __init__(self, config, hp, device) -> None:
+        super().__init__(config, hp, device)
+        self.vae = ConditionalVAE(config).to(device)
+        self.forward = _maybe_compile(self.vae, device)
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2))
+
+    def step(self, step, images, labels, attributes):
+        self.vae.train()
+        noise = self.latents(images.shape[0])
+        with self.autocast():
+            recon, mean, log_variance = self.forward(images, labels, attributes, noise=noise)
+        reconstruction = 0.5 * (recon.float() - images).pow(2).sum(dim=(1, 2, 3)).mean()
+        kl = (-0.5 * (1 + log_variance - mean.pow(2) - log_variance.exp()).sum(dim=1)).mean()
+        warmup = min(1.0, (step + 1) / self.hp.kl_warmup_steps) if self.hp.kl_warmup_steps else 1.0
+        loss = reconstruction + self.hp.kl_weight * warmup * kl
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "reconstruction": reconstruction.item(), "kl": kl.item()}
+
+    def sampler(self):
+        return self.vae.decoder.eval()
+
+    def modules(self):
+        return {"vae": self.vae, "optimizer": self.optimizer}
+
+
+class GanTrainer(Trainer):
+    """Conditional GAN; with ``diff_augment`` / ``adaptive_augmentation`` it is the enhanced GAN."""
+
+    kind = "gan"
+
+    def __init__(self, config, hp, device) -> None:
+        super().__init__(config, hp, device)
+        self.generator = ConditionalGenerator(config).to(device)
+        self.discriminator = ProjectionDiscriminator(config).to(device)
+        self.ema = ModelEma(self.generator, hp.ema_decay)
+        self.g, self.d = _maybe_compile(self.generator, device), _maybe_compile(self.discriminator, device)
+        betas = (hp.adam_beta1, hp.adam_beta2)
+        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), hp.learning_rate, betas=betas)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), hp.discriminator_learning_rate, betas=betas)
+        self.ada = AdaController(
+            target=hp.ada_target,
+            interval=hp.ada_interval,
+            speed_images=hp.ada_speed_images,
+            p=hp.ada_initial_p if hp.diff_augment else 0.0,
+            adjust_enabled=hp.adaptive_augmentation and bool(hp.diff_augment),
+        )
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.hp.diff_augment:
+            return x
+        return diff_augment(x, self.hp.diff_augment, self.ada.p, self.noise)
+
+    def step(self, step, images, labels, attributes):
+        hp = self.hp
+        self.generator.train()
+        n = images.shape[0]
+        for _ in range(hp.d_steps_per_g_step):
+            with torch.no_grad(), self.autocast():
+                fake = self.g(self.latents(n), labels, attributes).float()
+            real = self.augment(images)
+            if hp.r1_gamma > 0:
+                real = real.detach().requires_grad_(True)
+            with self.autocast():
+                d_real = self.d(real, labels, attributes).float()
+                d_fake = self.d(self.augment(fake), labels, attributes).float()
+            if hp.loss == "hinge":
+                d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            else:
+                d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+            r1 = torch.zeros((), device=self.device)
+            if hp.r1_gamma > 0:
+                (gradient,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+                r1 = gradient.pow(2).sum(dim=(1, 2, 3)).mean()
+                d_loss = d_loss + 0.5 * hp.r1_gamma * r1
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+            self.ada.accumulate(d_real)
+        with self.autocast():
+            fake = self.g(self.latents(n), labels, attributes).float()
+            d_fake = self.d(self.augment(fake), labels, attributes).float()
+        g_loss = -d_fake.mean() if hp.loss == "hinge" else F.softplus(-d_fake).mean()
+        self.g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optimizer.step()
+        self.ema.update(self.generator)
+        self.ada.end_step(step, n)
+        losses = {"generator": g_loss.item(), "discriminator": d_loss.item(), "d_real": d_real.mean().item()}
+        if hp.r1_gamma > 0:
+            losses["r1"] = r1.item()
+        if hp.diff_augment:
+            losses["ada_p"] = self.ada.p
+        return losses
+
+    def sampler(self):
+        return self.ema.model.eval()
+
+    def modules(self):
+        return {
+            "generator": self.generator,
+            "discriminator": self.discriminator,
+            "ema": self.ema,
+            "g_optimizer": self.g_optimizer,
+            "d_optimizer": self.d_optimizer,
+            "ada": self.ada,
+        }
+
+
+def make_trainer(kind: str, config: ModelConfig, hp: Hyperparameters, device: torch.device) -> Trainer:
+    if kind == "vae":
+        return VaeTrainer(config, hp, device)
+    trainer = GanTrainer(config, hp, device)
+    trainer.kind = kind
+    return trainer

@@ -1,0 +1,145 @@
+"""The training loop: determinism, exact resume from a checkpoint, DiffAugment, ADA, hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simulacra_services.core.storage import LocalObjectStore
+from simulacra_services.training.loop.ada import AdaController
+from simulacra_services.training.loop.checkpoints import CheckpointInfo, CheckpointStore
+from simulacra_services.training.loop.diffaugment import cutout, diff_augment, translation
+from simulacra_services.training.loop.hyperparameters import InvalidHyperparameter, resolve
+from simulacra_services.training.loop.schedule import BatchSchedule
+from tests.training.tiny import tiny_run, weights
+
+KINDS = ("vae", "gan", "enhanced_gan")
+
+
+def _assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(kind):
+    a, b, c = tiny_run(kind), tiny_run(kind), tiny_run(kind, seed=7)
+    for run in (a, b, c):
+        run.run()
+    _assert_same_weights(a, b)
+    assert a.history == b.history
+    assert a.history != c.history
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, kind):
+    extra = {"r1_gamma": 0.5, "loss": "nonsaturating"} if kind == "gan" else {}
+    straight = tiny_run(kind, attribute_sizes=(2, 3), **extra)
+    straight.run()
+
+    first = tiny_run(kind, attribute_sizes=(2, 3), **extra)
+    first.run(until_step=3)
+    store = CheckpointStore(LocalObjectStore(tmp_path), "training-jobs/j1")
+    info = store.save(first.step, first.state_dict())
+    assert info.object_key == "training-jobs/j1/checkpoints/0000000003.pt"
+    torch.manual_seed(12345)  # the process that resumes has another global RNG state
+
+    resumed = tiny_run(kind, attribute_sizes=(2, 3), **extra)
+    resumed.load_state_dict(store.load(info))
+    assert resumed.step == 3
+    resumed.run()
+    assert resumed.step == straight.step == 6
+    assert resumed.history == straight.history
+    _assert_same_weights(resumed, straight)
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path):
+    run = tiny_run("gan")
+    store = CheckpointStore(LocalObjectStore(tmp_path), "training-jobs/j2")
+    info = store.save(0, run.state_dict())
+    with pytest.raises(ValueError, match="sha256"):
+        store.load(CheckpointInfo(info.step, info.object_key, "0" * 64, info.size_bytes))
+    with pytest.raises(ValueError, match="model kind"):
+        tiny_run("vae").load_state_dict(store.load(info))
+
+
+def test_stop_request_ends_the_run_between_steps():
+    run = tiny_run("gan")
+    run.run(should_stop=lambda: run.step >= 2)
+    assert run.step == 2 and not run.done
+
+
+def test_batch_schedule_is_a_function_of_seed_and_step():
+    a, b = BatchSchedule(10, 4, seed=3), BatchSchedule(10, 4, seed=3)
+    assert a.steps_per_epoch == 2
+    seen = torch.cat([a.indices(0), a.indices(1)])
+    assert len(set(seen.tolist())) == 8  # no repeats inside an epoch
+    assert torch.equal(b.indices(5), a.indices(5)) and torch.equal(b.indices(1), a.indices(1))
+    assert not torch.equal(a.indices(2), a.indices(0))  # another epoch, another order
+    assert BatchSchedule(3, 64, seed=0).batch_size == 3
+
+
+def test_diff_augment_with_p_zero_is_the_identity_and_gradients_flow():
+    x = (torch.rand(6, 1, 16, 16) * 2 - 1).requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(diff_augment(x, ("color", "translation", "cutout"), 0.0, g), x)
+    y = diff_augment(x, ("color", "translation", "cutout"), 1.0, g)
+    assert not torch.equal(y, x)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_cutout_blanks_a_square_and_translation_keeps_the_content():
+    g = torch.Generator().manual_seed(1)
+    x = torch.ones(4, 1, 16, 16)
+    cut = cutout(x, g)
+    blanked = (cut == -1).sum(dim=(1, 2, 3))
+    assert ((blanked > 0) & (blanked <= 64)).all()  # a square of at most 8x8
+    dot = torch.full((8, 1, 16, 16), -1.0)
+    dot[:, :, 8, 8] = 1.0
+    moved = translation(dot, g)
+    assert torch.equal((moved == 1).sum(dim=(1, 2, 3)), torch.ones(8, dtype=torch.long))
+
+
+def test_ada_raises_p_when_the_discriminator_overfits_and_lowers_it_otherwise():
+    ada = AdaController(target=0.6, interval=2, speed_images=100, p=0.5)
+    for step in range(4):
+        ada.accumulate(torch.ones(10))  # r_t = 1: overfitting
+        ada.end_step(step, batch_size=10)
+    assert ada.p == pytest.approx(0.9) and ada.history[-1] == (3, pytest.approx(0.9), 1.0)
+    for step in range(4, 20):
+        ada.accumulate(-torch.ones(10))
+        ada.end_step(step, batch_size=10)
+    assert ada.p == 0.0  # clamped
+    restored = AdaController()
+    restored.load_state_dict(ada.state_dict())
+    assert restored.p == ada.p and restored.history == ada.history
+
+
+def test_enhanced_gan_logs_ada_p_and_plain_gan_does_not():
+    enhanced, plain = tiny_run("enhanced_gan", ada_interval=1, ada_speed_images=80), tiny_run("gan")
+    enhanced.run()
+    plain.run()
+    assert "ada_p" in enhanced.history[-1] and "ada_p" not in plain.history[-1]
+    assert len(enhanced.trainer.ada.history) == 6
+    assert enhanced.history[0]["ada_p"] != pytest.approx(0.2)  # it moved from its initial p
+
+
+def test_hyperparameters_defaults_per_kind_and_precise_errors():
+    assert resolve("vae", {}).learning_rate == 1e-3
+    gan = resolve("enhanced_gan", {"batch_size": 32, "ada_initial_p": 0.0})
+    assert gan.diff_augment == ("color", "translation", "cutout") and gan.adaptive_augmentation
+    assert gan.batch_size == 32 and gan.ada_initial_p == 0.0  # an explicit zero stays zero
+    for given, field in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"loss": "wasserstein"}, "loss"),
+        ({"diff_augment": ("color", "color")}, "diff_augment"),
+        ({"nonsense": 1}, "nonsense"),
+        ({"discriminator_learning_rate": 0.0}, "discriminator_learning_rate"),
+    ]:
+        with pytest.raises(InvalidHyperparameter) as caught:
+            resolve("gan", given)
+        assert caught.value.field == field
