@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc
 from simulacra_services.core import errors
 from simulacra_services.core.config import Settings
 from simulacra_services.core.server import ServiceDefinition, serve_forever
@@ -50,10 +51,13 @@ def sync_echo(request: Tensor, context: grpc.aio.ServicerContext) -> Tensor:
 
 
 def later(request: Tensor, context: grpc.aio.ServicerContext) -> Tensor:
-    # What the generated servicer base classes do for an RPC left out.
-    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-    context.set_details("Method not implemented!")
-    raise NotImplementedError("Method not implemented!")
+    # An RPC left out: the generated servicer base class answers it.
+    return sampling_service_pb2_grpc.SamplingServiceServicer().Sample(request, context)
+
+
+async def unfinished(request: Tensor, context: grpc.aio.ServicerContext) -> Tensor:
+    # A bug, not an RPC left out: a code path nobody wrote.
+    raise NotImplementedError("secret detail: this branch was never written")
 
 
 Gate = Callable[[], Awaitable[object]]
@@ -103,6 +107,7 @@ def handler(gate: Gate) -> grpc.GenericRpcHandler:
             "Slow": unary(slow_handler(gate)),
             "SyncEcho": unary(sync_echo),
             "Later": unary(later),
+            "Unfinished": unary(unfinished),
             "LaterStream": grpc.unary_stream_rpc_method_handler(later, Tensor.FromString, Tensor.SerializeToString),
             "StreamFail": grpc.unary_stream_rpc_method_handler(stream_fail, Tensor.FromString, Tensor.SerializeToString),
             "Collect": grpc.stream_unary_rpc_method_handler(collect, Tensor.FromString, Tensor.SerializeToString),

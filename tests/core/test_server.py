@@ -307,6 +307,33 @@ async def test_plain_function_handlers_run_and_left_out_rpcs_say_unimplemented(s
         assert f"EchoService.{method}" in error.message
 
 
+async def test_a_not_implemented_error_of_our_own_code_is_internal_not_unimplemented(
+    settings: Settings, start_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(settings)
+    with caplog.at_level(logging.ERROR, logger="simulacra"):
+        async with open_aio_channel(server.address) as channel:
+            error = await rpc_error(unary(channel, "Unfinished")(Tensor()))
+    assert isinstance(error, InternalError) and error.reason == "INTERNAL"
+    assert "secret detail" not in error.message and "implement" not in error.message
+    logged = [r for r in caplog.records if r.exc_info and error.metadata["error_id"] in r.getMessage()]
+    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], NotImplementedError)
+
+
+async def test_undecodable_request_bytes_are_invalid_argument_with_a_clean_reason(settings: Settings, start_server: Any) -> None:
+    server = await start_server(settings)
+    garbage = b"\xff\xff\xff\xff\x0f"  # field 0 / truncated varint: no message parses from it
+    identity = lambda data: data  # noqa: E731
+    async with open_aio_channel(server.address) as channel:
+        unary_error = await rpc_error(channel.unary_unary(f"/{SERVICE}/Echo", identity, identity)(garbage))
+        stream = channel.stream_unary(f"/{SERVICE}/Collect", identity, identity)
+        stream_error = await rpc_error(stream(iter([Tensor(data=b"ok").SerializeToString(), garbage])))
+    for error in (unary_error, stream_error):
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == "UNDECODABLE_REQUEST" and error.domain == echo_service.DOMAIN
+        assert "Error parsing" not in error.message
+
+
 # ---- auth -------------------------------------------------------------------------------
 
 

@@ -127,6 +127,11 @@ def load_coco(data: bytes, *, policy: BoxBoundsPolicy = BoxBoundsPolicy.REJECT, 
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         position = getattr(error, "pos", getattr(error, "start", 0))
         raise errors.InvalidArgument("INVALID_COCO", f"the COCO file is not JSON: {error}", {"field": "", "position": position}) from None
+    except RecursionError:
+        # json's C parser recurses once per nesting level; COCO needs a handful.
+        raise errors.InvalidArgument(
+            "INVALID_COCO", "the COCO file nests arrays or objects too deeply to be a COCO document", {"field": ""}
+        ) from None
     return parse_coco(_record(document, "document"), policy=policy)
 
 

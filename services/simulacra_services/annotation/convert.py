@@ -50,6 +50,7 @@ from simulacra_services.annotation.records import (
 )
 from simulacra_services.annotation.statistics import Histogram, Statistics
 from simulacra_services.core import errors
+from simulacra_services.core.api.enums import known_enum
 
 _DTYPE_TO_PB = {d: common_pb2.DataType.Value(f"DATA_TYPE_{d.name}") for d in DType}
 _DTYPE_FROM_PB = {v: k for k, v in _DTYPE_TO_PB.items()}
@@ -80,8 +81,15 @@ def timestamp(value: dt.datetime | None) -> Timestamp:
     return Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
-def box_bounds_policy(value: int) -> BoxBoundsPolicy:
+def box_bounds_policy(value: int, field: str = "box_bounds_policy") -> BoxBoundsPolicy:
+    """UNSPECIFIED means REJECT; a number the contract does not define is refused."""
+    known_enum(value, pb.BoxBoundsPolicy, field, reason="INVALID_BOX_BOUNDS_POLICY")
     return BoxBoundsPolicy.CLIP if value == pb.BOX_BOUNDS_POLICY_CLIP else BoxBoundsPolicy.REJECT
+
+
+def full_view(view: int, default: int, field: str = "view") -> bool:
+    """Whether ``view`` (UNSPECIFIED: ``default``) asks for image bytes and pixel-map data."""
+    return (known_enum(view, pb.ItemView, field) or default) == pb.ITEM_VIEW_FULL
 
 
 # ---------------------------------------------------------------------------

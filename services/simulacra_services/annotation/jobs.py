@@ -79,7 +79,7 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.common.v1 import common_pb2
 
 from simulacra_services.annotation import blobs as blob_rules
-from simulacra_services.annotation import exporters, filters, importers, mnist, names, queries, validation, yolo
+from simulacra_services.annotation import exporters, filters, importers, mnist, names, validation, yolo
 from simulacra_services.annotation.coco import MAX_COCO_BYTES
 from simulacra_services.annotation.exporters import ExportOutput
 from simulacra_services.annotation.model import AnnotationKind, BoxBoundsPolicy
@@ -87,6 +87,8 @@ from simulacra_services.annotation.records import JobRecord
 from simulacra_services.annotation.tables import datasets as datasets_table
 from simulacra_services.annotation.tables import jobs as jobs_table
 from simulacra_services.core import errors
+from simulacra_services.core.api import pagination
+from simulacra_services.core.api.pagination import PageRequest
 from simulacra_services.core.db import transaction, utcnow
 
 __all__ = ["JobService"]
@@ -428,21 +430,16 @@ class JobService:
 
     async def _list(self, kind: str, parent: str, page_size: int, page_token: str, filter: str) -> tuple[list[JobRecord], str]:
         dataset_id = None if parent == "datasets/-" else names.parse_dataset(parent, "parent")
-        size = queries.page_size_of(page_size)
-        condition = _job_filter(filter, kind)
-        query = queries.query_digest(rpc=f"List{kind}Jobs", parent=parent, filter=filter)
-        after = None
-        if page_token:
-            document = queries.decode_token(page_token, query, [queries.is_time, queries.is_str])
-            after = (document["k"][0], document["k"][1])
-        records = await asyncio.to_thread(
-            self.store.list_jobs, dataset_id, kind, condition=condition, after=after, limit=size + 1
+        page = PageRequest.parse(
+            page_size, page_token, pagination.fingerprint(rpc=f"List{kind}Jobs", parent=parent, filter=filter),
+            validate=pagination.values_of(pagination.is_time, pagination.is_str),
         )
-        token = ""
-        if len(records) > size:
-            last = records[size - 1]
-            token = queries.encode_token(query, [last.create_time, last.job_id])
-        return records[:size], token
+        condition = _job_filter(filter, kind)
+        after = None if page.first else (page.cursor[0], page.cursor[1])
+        records = await asyncio.to_thread(
+            self.store.list_jobs, dataset_id, kind, condition=condition, after=after, limit=page.size + 1
+        )
+        return page.finish(records, lambda last: [last.create_time, last.job_id])
 
     async def _cancel(self, kind: str, name: str) -> JobRecord:
         dataset_id, job_id = names.parse_job(name, _COLLECTION[kind])

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from simulacra_services.core import errors
+from simulacra_services.core.api.names import MAX_NAME_CHARS, invalid_name
 
 DATASET_ID = r"[a-z][a-z0-9-]{0,62}"
 """What a dataset id may be: the one rule, used by names, validation and lineage checks."""
@@ -33,8 +34,6 @@ _PATTERNS = {
     "item": (re.compile(rf"{_STATE}/items/{_ITEM}"), "datasets/{dataset}[/versions/{version}]/items/{item}"),
     "category": (re.compile(rf"{_STATE}/categories/{_CATEGORY}"), "datasets/{dataset}[/versions/{version}]/categories/{category}"),
 }
-
-MAX_NAME_CHARS = 512
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,7 @@ def _match(kind: str, name: str, field: str) -> re.Match[str]:
     pattern, shape = _PATTERNS[kind]
     match = pattern.fullmatch(name) if len(name) <= MAX_NAME_CHARS else None
     if match is None or ".." in (match.groupdict().get("item") or ""):
-        shown = name if len(name) <= 200 else name[:200] + "..."
-        raise errors.InvalidArgument(
-            "INVALID_NAME",
-            f"{field}: {shown!r} is not a resource name of the form {shape}",
-            {"field": field, "name": shown, "expected": shape},
-        )
+        raise invalid_name(name, shape, field)
     return match
 
 
@@ -109,12 +103,7 @@ def parse_job(name: str, collection: str, field: str = "name") -> tuple[str, str
     pattern = re.compile(rf"datasets/{_DATASET}/{collection}/{_JOB}")
     match = pattern.fullmatch(name) if len(name) <= MAX_NAME_CHARS else None
     if match is None:
-        shape = f"datasets/{{dataset}}/{collection}/{{job}}"
-        raise errors.InvalidArgument(
-            "INVALID_NAME",
-            f"{field}: {name[:200]!r} is not a resource name of the form {shape}",
-            {"field": field, "name": name[:200], "expected": shape},
-        )
+        raise invalid_name(name, f"datasets/{{dataset}}/{collection}/{{job}}", field)
     return match["dataset"], match["job"]
 
 

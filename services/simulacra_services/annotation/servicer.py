@@ -22,7 +22,7 @@ import numpy as np
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_services.annotation import convert, names, queries
+from simulacra_services.annotation import convert, names
 from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
 from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import ItemChanges, ItemRecord
@@ -30,6 +30,7 @@ from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.row_codec import EncodedItem
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import errors
+from simulacra_services.core.api import pagination
 
 if TYPE_CHECKING:
     from simulacra_services.annotation.jobs import JobService
@@ -42,15 +43,12 @@ STREAM_MAX_ITEMS = 1000
 STREAM_RESPONSE_BYTES = 1024 * 1024
 """A StreamItems response stops at about this many bytes of encoded items (a larger item travels alone)."""
 _STREAM_READ_ROWS = 256
+_CURSOR_HINT = "start_cursor must be a cursor of an earlier response of a stream with the same parent, filter and shard"
 _UPDATE_PATHS = ("split", "attributes", "file_name", "annotations", "lineage")
 
 
 async def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(function, *args, **kwargs)
-
-
-def _full(view: int, default: int) -> bool:
-    return (view or default) == pb.ITEM_VIEW_FULL
 
 
 def _working_state(state: names.StateName, field: str) -> str:
@@ -158,7 +156,7 @@ class _StreamReader:
                 del response.items[-1]
                 self.buffered.extendleft(reversed(records[index:]))
                 break
-        response.cursor = queries.encode_cursor(self.query, records[len(response.items) - 1].item_id, self.version)
+        response.cursor = pagination.encode_token([records[len(response.items) - 1].item_id, self.version], self.query)
         return response
 
 
@@ -272,14 +270,14 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
 
     async def GetItem(self, request: api.GetItemRequest, context: grpc.aio.ServicerContext) -> api.GetItemResponse:
         name = names.parse_item(request.name)
-        full = _full(request.view, pb.ITEM_VIEW_FULL)
+        full = convert.full_view(request.view, pb.ITEM_VIEW_FULL)
         record = await _run(self.store.get_item, name.state.dataset_id, name.item_id, version=_version_arg(name.state), full=False)
         (item,) = await self._with_images([record]) if full else [convert.item_to_proto(record)]
         return api.GetItemResponse(item=item)
 
     async def ListItems(self, request: api.ListItemsRequest, context: grpc.aio.ServicerContext) -> api.ListItemsResponse:
         state = names.parse_state(request.parent)
-        full = _full(request.view, pb.ITEM_VIEW_BASIC)
+        full = convert.full_view(request.view, pb.ITEM_VIEW_BASIC)
         page = await _run(
             self.store.list_items,
             state.dataset_id,
@@ -338,7 +336,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                 {"field": "shard_index", "shard_index": shard_index, "shard_count": shard_count},
             )
         items_per_response = stream_items_per_response(request.max_items_per_response)
-        full = _full(request.view, pb.ITEM_VIEW_FULL)
+        full = convert.full_view(request.view, pb.ITEM_VIEW_FULL)
         dataset = await _run(self.store.get_dataset, state.dataset_id)
         query = queries.query_digest(
             rpc="StreamItems", dataset=state.dataset_id, created=dataset.create_time, filter=request.filter,
@@ -346,13 +344,13 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
         )
         after = ""
         if request.start_cursor:
-            document = queries.decode_token(
-                request.start_cursor, query, [queries.is_str], field="start_cursor", reason="INVALID_CURSOR"
+            # A cursor is [item_id, version]: the last item sent and the version the stream reads.
+            after, version = pagination.decode_token(
+                request.start_cursor, query, validate=pagination.values_of(pagination.is_str, pagination.is_int),
+                field="start_cursor", reason="INVALID_CURSOR", hint=_CURSOR_HINT,
             )
-            version = document.get("ver")
-            if not queries.is_int(version) or (state.version != "latest" and int(state.version or 0) != version):
-                raise queries.bad_token("start_cursor", "INVALID_CURSOR", "made for a different version")
-            after = document["k"][0]
+            if state.version != "latest" and int(state.version or 0) != version:
+                raise pagination.invalid_token("start_cursor", "made for a different version", reason="INVALID_CURSOR", hint=_CURSOR_HINT)
         else:
             version = (await _run(self.store.resolve_version, state.dataset_id, state.version or "latest")).version
         reader = _StreamReader(

@@ -65,6 +65,8 @@ from simulacra_services.annotation.statistics import Statistics, compute_statist
 from simulacra_services.annotation.tables import annotations, datasets, items, jobs, requests, versions
 from simulacra_services.annotation.tables import categories as categories_table
 from simulacra_services.core import errors
+from simulacra_services.core.api import pagination
+from simulacra_services.core.api.pagination import PageRequest
 from simulacra_services.core.db import transaction, utcnow
 from simulacra_services.core.storage import ObjectStore
 
@@ -93,11 +95,11 @@ ITEM_ORDER_COLUMNS = {
     "split": items.c.split,
 }
 _ITEM_ORDER_TYPES = {
-    "item_id": queries.is_str, "create_time": queries.is_time, "file_name": queries.is_str,
-    "width": queries.is_int, "height": queries.is_int, "split": queries.is_str,
+    "item_id": pagination.is_str, "create_time": pagination.is_time, "file_name": pagination.is_str,
+    "width": pagination.is_int, "height": pagination.is_int, "split": pagination.is_str,
 }
 DATASET_ORDER_COLUMNS = {"name": datasets.c.dataset_id, "create_time": datasets.c.create_time, "update_time": datasets.c.update_time}
-_DATASET_ORDER_TYPES = {"name": queries.is_str, "create_time": queries.is_time, "update_time": queries.is_time}
+_DATASET_ORDER_TYPES = {"name": pagination.is_str, "create_time": pagination.is_time, "update_time": pagination.is_time}
 
 
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -269,9 +271,12 @@ class AnnotationStore(JobTable):
             return self._dataset_record(conn, self._dataset_row(conn, dataset_id))
 
     def list_datasets(self, *, page_size: int = 0, page_token: str = "", filter: str = "", order_by: str = "") -> Page:
-        size = queries.page_size_of(page_size)
         keys = queries.parse_order_by(order_by, DATASET_ORDER_COLUMNS, "name")
-        query = queries.query_digest(rpc="ListDatasets", filter=filter, order_by=[(k.name, k.descending) for k in keys])
+        page = PageRequest.parse(
+            page_size, page_token,
+            pagination.fingerprint(rpc="ListDatasets", filter=filter, order_by=[(k.name, k.descending) for k in keys]),
+            validate=pagination.values_of(*(_DATASET_ORDER_TYPES[k.name] for k in keys)),
+        )
         node = filter_syntax.parse_filter(filter, DATASET_FILTER_FIELDS)
 
         def label(comparison: filter_syntax.Comparison) -> sa.ColumnElement[bool]:
@@ -292,17 +297,12 @@ class AnnotationStore(JobTable):
             },
         )
         statement = sa.select(datasets).where(condition)
-        if page_token:
-            document = queries.decode_token(page_token, query, [_DATASET_ORDER_TYPES[k.name] for k in keys])
-            statement = statement.where(queries.after(keys, document["k"]))
-        statement = statement.order_by(*queries.order_clauses(keys)).limit(size + 1)
+        if not page.first:
+            statement = statement.where(queries.after(keys, page.cursor))
+        statement = statement.order_by(*queries.order_clauses(keys)).limit(page.size + 1)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-            records = self._dataset_records(conn, rows[:size])
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = queries.encode_token(query, [getattr(last, _dataset_column(k.name)) for k in keys])
+            rows, token = page.finish(conn.execute(statement).all(), lambda last: [getattr(last, _dataset_column(k.name)) for k in keys])
+            records = self._dataset_records(conn, rows)
         return Page(records, token)
 
     def delete_dataset(self, dataset_id: str, *, force: bool = False) -> None:
@@ -334,16 +334,18 @@ class AnnotationStore(JobTable):
         self, dataset_id: str, version: str | int | None = None, *, page_size: int = 0, page_token: str = ""
     ) -> Page:
         """Categories by category_id, one page at a time."""
-        size = queries.page_size_of(page_size)
+        size = pagination.page_size_of(page_size)
         with self.engine.connect() as conn:
             dataset, seq, number = self._state(conn, dataset_id, version)
             found = self._categories(conn, dataset.id, seq)
-        query = queries.query_digest(rpc="ListCategories", dataset=dataset_id, created=dataset.create_time, version=number)
-        if page_token:
-            after = queries.decode_token(page_token, query, [queries.is_int])["k"][0]
-            found = [c for c in found if c.category_id > after]
-        token = queries.encode_token(query, [found[size - 1].category_id]) if len(found) > size else ""
-        return Page(found[:size], token)
+        page = PageRequest.parse(
+            size, page_token,
+            pagination.fingerprint(rpc="ListCategories", dataset=dataset_id, created=dataset.create_time, version=number),
+            validate=pagination.values_of(pagination.is_int),
+        )
+        if not page.first:
+            found = [c for c in found if c.category_id > page.cursor[0]]
+        return Page(*page.finish(found, lambda last: [last.category_id]))
 
     def get_category(self, dataset_id: str, category_id: int, version: str | int | None = None) -> Category:
         for category in self.list_categories(dataset_id, version):
@@ -807,25 +809,25 @@ class AnnotationStore(JobTable):
         full: bool = False,
     ) -> Page:
         """One page of items; the token is bound to the state, filter and order."""
-        size = queries.page_size_of(page_size)
+        size = pagination.page_size_of(page_size)
         keys = queries.parse_order_by(order_by, ITEM_ORDER_COLUMNS, "item_id")
         with self.engine.connect() as conn:
             dataset, _, number, statement = self._item_query(conn, dataset_id, version, filter)
-            query = queries.query_digest(
-                rpc="ListItems", dataset=dataset_id, created=dataset.create_time, version=number, filter=filter,
-                order_by=[(k.name, k.descending) for k in keys],
+            page = PageRequest.parse(
+                size, page_token,
+                pagination.fingerprint(
+                    rpc="ListItems", dataset=dataset_id, created=dataset.create_time, version=number, filter=filter,
+                    order_by=[(k.name, k.descending) for k in keys],
+                ),
+                validate=pagination.values_of(*(_ITEM_ORDER_TYPES[k.name] for k in keys)),
             )
-            if page_token:
-                document = queries.decode_token(page_token, query, [_ITEM_ORDER_TYPES[k.name] for k in keys])
-                statement = statement.where(queries.after(keys, document["k"]))
+            if not page.first:
+                statement = statement.where(queries.after(keys, page.cursor))
             rows = conn.execute(statement.order_by(*queries.order_clauses(keys)).limit(size + 1)).all()
-            records = self._records(conn, dataset_id, number, rows[:size])
+            rows, token = page.finish(rows, lambda last: [getattr(last, k.name) for k in keys])
+            records = self._records(conn, dataset_id, number, rows)
         if full:
             records = [self.with_pixel_data(r) for r in records]
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = queries.encode_token(query, [getattr(last, k.name) for k in keys])
         return Page(records, token)
 
     def iter_items(
@@ -993,17 +995,19 @@ class AnnotationStore(JobTable):
     get_version = resolve_version
 
     def list_versions(self, dataset_id: str, *, page_size: int = 0, page_token: str = "") -> Page:
-        size = queries.page_size_of(page_size)
+        size = pagination.page_size_of(page_size)
         with self.engine.connect() as conn:
             dataset = self._dataset_row(conn, dataset_id)
-            query = queries.query_digest(rpc="ListVersions", dataset=dataset_id, created=dataset.create_time)
+            page = PageRequest.parse(
+                size, page_token, pagination.fingerprint(rpc="ListVersions", dataset=dataset_id, created=dataset.create_time),
+                validate=pagination.values_of(pagination.is_int),
+            )
             statement = sa.select(versions).where(versions.c.dataset == dataset.id)
-            if page_token:
-                document = queries.decode_token(page_token, query, [queries.is_int])
-                statement = statement.where(versions.c.version < document["k"][0])
+            if not page.first:
+                statement = statement.where(versions.c.version < page.cursor[0])
             rows = conn.execute(statement.order_by(versions.c.version.desc()).limit(size + 1)).all()
-        token = queries.encode_token(query, [rows[size - 1].version]) if len(rows) > size else ""
-        return Page([version_of(dataset_id, row) for row in rows[:size]], token)
+        rows, token = page.finish(rows, lambda last: [last.version])
+        return Page([version_of(dataset_id, row) for row in rows], token)
 
     # ------------------------------------------------------------------
     # statistics

@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from simulacra_services.core.errors import SimulacraError, Unauthenticated
+from simulacra_services.core.errors import InvalidArgument, SimulacraError, Unauthenticated
 from simulacra_services.core.logging import FIELDS
 from simulacra_services.core.metrics import RpcMetrics
 from simulacra_services.core.status import domain_error_status, error_status
@@ -126,8 +126,10 @@ class ErrorMapper:
         if isinstance(exc, SimulacraError):
             call.reason = exc.reason
             return domain_error_status(exc, self._domain)
-        if isinstance(exc, NotImplementedError):
+        if isinstance(exc, NotImplementedError) and _from_generated_base(exc):
             # The generated servicer base classes raise this for RPCs left out.
+            # Any other NotImplementedError is a bug (an abstract method
+            # called, a branch not written): INTERNAL, its traceback logged.
             call.reason = "NOT_YET_IMPLEMENTED"
             return error_status(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -153,6 +155,16 @@ class ErrorMapper:
             self._domain,
             {"error_id": call.error_id},
         )
+
+
+def _from_generated_base(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a ``*_pb2_grpc`` module (a generated servicer base class)."""
+    frame = exc.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame.tb_frame.f_globals.get("__name__", "").endswith("_pb2_grpc")
 
 
 class RequestLog:
@@ -257,7 +269,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }[kind]
         return make(
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -281,7 +293,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, inner: Callable[..., Any], method: str, kind: str) -> Callable[..., Awaitable[Any]]:
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with self._rpc(method, kind, context):
-                return await _run_unary(inner, request, context)
+                return await _run_unary(inner, _decoded(request, kind), context)
 
         return behaviour
 
@@ -290,7 +302,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._rpc(method, kind, context):
-                    async for response in inner(request, context):
+                    async for response in inner(_decoded(request, kind), context):
                         yield response
 
             return generator
@@ -299,7 +311,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # does), or a plain function: stay a writer so the two never mix.
         async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
             async with self._rpc(method, kind, context):
-                await _run_writer(inner, request, context)
+                await _run_writer(inner, _decoded(request, kind), context)
 
         return writer
 
@@ -310,6 +322,54 @@ _KINDS = {
     (True, False): "client_stream",
     (True, True): "bidi_stream",
 }
+
+
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse, so that the
+    RPC can fail with a domain error (grpc itself would answer UNKNOWN with
+    the parser's own text)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def refusal(self) -> SimulacraError:
+        return InvalidArgument(
+            "UNDECODABLE_REQUEST",
+            "the request message could not be parsed as the method's request type "
+            "(a client built from another contract, or corrupted bytes)",
+            {"problem": type(self.error).__name__},
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:  # noqa: BLE001 - any parser failure is the client's bad bytes
+            return _Undecodable(error)
+
+    return parse
+
+
+def _decoded(request: Any, kind: str) -> Any:
+    """The request, or for client streams an iterator over them, refusing undecodable messages."""
+    if kind in ("client_stream", "bidi_stream"):
+        return _decoded_stream(request)
+    if isinstance(request, _Undecodable):
+        raise request.refusal()
+    return request
+
+
+async def _decoded_stream(requests: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.refusal()
+        yield request
 
 
 async def _run_unary(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from simulacra_services.core.errors import Code, SimulacraError
+from simulacra_services.core.errors import Code, SimulacraError, bounded_message, bounded_metadata
 
 
 def grpc_code(code: Code) -> grpc.StatusCode:
@@ -40,5 +40,5 @@ def error_status(
 
 
 def domain_error_status(error: SimulacraError, domain: str) -> grpc.Status:
-    """The status a domain error becomes on the wire."""
-    return error_status(grpc_code(error.code), error.reason, error.message, domain, error.metadata)
+    """The status a domain error becomes on the wire (bounded again: handlers may add metadata after raising)."""
+    return error_status(grpc_code(error.code), error.reason, bounded_message(error.message), domain, bounded_metadata(error.metadata))

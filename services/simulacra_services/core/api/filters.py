@@ -52,6 +52,9 @@ MAX_COMPARISONS = 64
 
 REASON = "INVALID_FILTER"
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Integers a filter may hold: what every database column (and protobuf int64) can compare with."""
+
 
 class FieldType(enum.Enum):
     STRING = "string"
@@ -333,14 +336,20 @@ class _Parser:
         if kind != "number":
             raise _error(f"{field!r} is a number, got {text!r}", token.position, field=field)
         sign = -1 if negative else 1
-        if spec.type is FieldType.INTEGER:
-            if not text.isdigit():
-                raise _error(f"{field!r} is an integer, got {text!r}", token.position, field=field)
-            return sign * int(text)
+        if spec.type is FieldType.INTEGER and not text.isdigit():
+            raise _error(f"{field!r} is an integer, got {errors.shown(text)!r}", token.position, field=field)
+        if text.isdigit():
+            # Out of int64, SQLite raises OverflowError and PostgreSQL a type error: bad input, not INTERNAL.
+            value = sign * int(text)
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise _error(
+                    f"{field!r}: {errors.shown(text, 40)} is outside the 64-bit integer range", token.position, field=field, limit=INT64_MAX
+                )
+            return value
         number = float(text)
         if not math.isfinite(number):
             raise _error(f"{field!r} must be a finite number", token.position, field=field)
-        return sign * (int(text) if text.isdigit() else number)
+        return sign * number
 
 
 def _timestamp(token: _Token, field: str) -> dt.datetime:
