@@ -1,0 +1,1 @@
+"""The quality report: fidelity, utility and privacy of a generator, measured on held-out real data."""
