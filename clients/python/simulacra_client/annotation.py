@@ -17,6 +17,7 @@ one ``JobCancelledError``. Only grpcio, protobuf and numpy are needed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,7 +25,6 @@ import os
 import re
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,8 +38,10 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as rpc_grpc
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
+from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
 from simulacra_client.errors import SimulacraRpcError, from_rpc_error
+from simulacra_client.raw import RawClient
+from simulacra_client.retry import DEFAULT_RETRY, Backoff, RetryPolicy
 
 __all__ = [
     "AnnotationClient",
@@ -229,12 +231,18 @@ class AnnotationClient:
         tls_ca: str | os.PathLike[str] | bytes | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float = 60.0,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self.retry = retry
         self._max_message_bytes = max_message_bytes
-        self._channel = open_channel(address, token=token, tls_ca=tls_ca, max_message_bytes=max_message_bytes)
-        self.stub = rpc_grpc.AnnotationServiceStub(self._channel)
+        self._raw = RawClient.connect(
+            address, rpc_grpc.AnnotationServiceStub, rpc, token=token, tls_ca=tls_ca,
+            max_message_bytes=max_message_bytes, timeout=timeout, retry=retry,
+        )
+        self._channel = self._raw.channel
+        self.stub = self._raw.stub
 
     def close(self) -> None:
         self._channel.close()
@@ -246,10 +254,7 @@ class AnnotationClient:
         self.close()
 
     def _call(self, method: str, request: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        return self._raw.call(method, request, **kwargs)
 
     def _paged(self, method: str, request: Any, field: str) -> Iterator[Any]:
         """Every element of ``field`` over all pages of a List RPC, fetched as the iterator advances."""
@@ -330,7 +335,7 @@ class AnnotationClient:
         ``resume_attempts`` times in a row, so no item is lost or repeated.
         """
         cursor, skip = split_stream_cursor(start_cursor)
-        failures = 0
+        backoff = Backoff(self._resume_policy(resume_attempts))
         parent = version_name(reference)
         while True:
             request = rpc.StreamItemsRequest(
@@ -340,7 +345,7 @@ class AnnotationClient:
             call = self.stub.StreamItems(request)
             try:
                 for response in call:
-                    failures = 0
+                    backoff.reset()
                     items, last = response.items, len(response.items) - 1
                     for index in range(min(skip, len(items)), len(items)):
                         yield StreamedItem(items[index], response.cursor if index == last else f"{cursor}+{index + 1}")
@@ -348,10 +353,8 @@ class AnnotationClient:
                     cursor = response.cursor
                 return
             except grpc.RpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE or failures >= resume_attempts:
+                if not backoff.policy.retryable(error) or not backoff.sleep():
                     raise from_rpc_error(error) from None
-                failures += 1
-                time.sleep(min(0.2 * 2**failures, 2.0))
             finally:
                 call.cancel()  # a no-op when the stream ended; frees the server when the caller stops early
 
@@ -540,12 +543,16 @@ class AnnotationClient:
     def wait_export_job(self, name: str, *, progress: ProgressCallback | None = None) -> pb.ExportJob:
         return _finish(self.watch_export_job(name), "exporting", progress)
 
+    def _resume_policy(self, attempts: int) -> RetryPolicy:
+        """The client's retry policy, with ``attempts`` reopenings of a broken stream in a row."""
+        return dataclasses.replace(self.retry or DEFAULT_RETRY, max_attempts=1 + max(0, attempts))
+
     def _watch(self, method: str, request: Any, field: str, get: Callable[[], Any]) -> Iterator[Any]:
-        failures = 0
+        backoff = Backoff(self._resume_policy(_WATCH_RETRIES))
         while True:
             try:
                 for response in getattr(self.stub, method)(request):
-                    failures = 0
+                    backoff.reset()
                     job = getattr(response, field)
                     yield job
                     if job.state in TERMINAL_STATES:
@@ -557,10 +564,8 @@ class AnnotationClient:
                     yield job
                     return
             except grpc.RpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE or failures >= _WATCH_RETRIES:
+                if not backoff.policy.retryable(error) or not backoff.sleep():
                     raise from_rpc_error(error) from None
-                failures += 1
-                time.sleep(min(0.2 * 2**failures, 3.0))
 
     # ---- imports ------------------------------------------------------------
     def import_coco(
