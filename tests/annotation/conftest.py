@@ -1,52 +1,33 @@
 """A real annotation-store for each test: loopback gRPC, over two storage/database pairs.
 
-``annotation`` starts the service with ``ServiceServer`` on 127.0.0.1, port 0,
-once with local files + SQLite and once with a real S3 server (SeaweedFS,
-a fresh bucket) + a real PostgreSQL (a fresh database), and hands the test
-an asyncio stub plus helpers. Images are tiny PNGs made with Pillow.
+``annotation`` starts the service with ``tests.harness.running_service``
+(127.0.0.1, port 0), once with local files + SQLite and once with a real S3
+server (SeaweedFS, a fresh bucket) + a real PostgreSQL (a fresh database),
+and hands the test an asyncio stub plus helpers. ``annotation_dependencies``
+(empty unless a test module overrides it) goes to the service's ``register``.
+Images are tiny PNGs made with Pillow (the harness's factories).
 """
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-import numpy as np
 import pytest
-from PIL import Image
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_client.channel import open_aio_channel
 from simulacra_client.errors import SimulacraRpcError, from_rpc_error
 from simulacra_services.annotation.service import DEFINITION
-from simulacra_services.core.config import Settings
-from simulacra_services.core.server import METRICS_OFF, ServiceServer
+from simulacra_services.core.server import ServiceServer
+from tests.harness import BACKENDS, backend_settings, jpeg, png, running_service
 
-
-def png(width: int = 16, height: int = 12, *, mode: str = "RGB", seed: int = 0, plain: bool = False) -> bytes:
-    """A small PNG with deterministic pseudo-random pixels (distinct seeds, distinct bytes);
-    ``plain``: one colour, so that larger images stay a few hundred bytes."""
-    rng = np.random.default_rng(seed)
-    shape = (height, width, 3) if mode == "RGB" else (height, width)
-    pixels = np.full(shape, seed % 256, dtype=np.uint8) if plain else rng.integers(0, 256, size=shape, dtype=np.uint8)
-    image = Image.fromarray(pixels, mode=mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg(width: int = 16, height: int = 12, *, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), mode="RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG")
-    return buffer.getvalue()
+__all__ = ["BACKENDS", "Annotations", "item_upload", "jpeg", "png", "rpc_error"]
 
 
 def rpc_error(error: BaseException) -> SimulacraRpcError:
@@ -134,33 +115,21 @@ def item_upload(
     )
 
 
-BACKENDS = ["local-sqlite", pytest.param("s3-postgresql", marks=pytest.mark.postgres)]
+_BACKEND_IDS = {"local": "local-sqlite", "s3": "s3-postgresql"}
 
 
-def _settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    base = Settings(data_dir=str(tmp_path / "data"), host="127.0.0.1", log_level="WARNING", shutdown_grace_seconds=1.0)
-    if request.param == "local-sqlite":
-        return base.replace(storage_backend="local", database_url=f"sqlite:///{tmp_path / 'data' / 'annotation.db'}")
-    s3 = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return base.replace(
-        storage_backend="s3",
-        s3_endpoint=s3.endpoint,
-        s3_bucket=bucket,
-        s3_access_key=s3.access_key,
-        s3_secret_key=s3.secret_key,
-        database_url=request.getfixturevalue("pg_database"),
-    )
+@pytest.fixture
+def annotation_dependencies() -> dict[str, Any]:
+    """Keyword arguments for the service's ``register`` (a test module may override this fixture)."""
+    return {}
 
 
 @pytest.fixture(params=BACKENDS)
-async def annotation(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Annotations]:
-    settings = _settings(request, tmp_path)
-    server = ServiceServer(DEFINITION, settings, port=0, metrics_port=METRICS_OFF)
-    await server.start()
-    channel = open_aio_channel(server.address)
-    try:
-        yield Annotations(api_grpc.AnnotationServiceStub(channel), channel, server, request.param)
-    finally:
-        await channel.close()
-        await server.stop(1.0)
+async def annotation(
+    request: pytest.FixtureRequest, tmp_path: Path, annotation_dependencies: dict[str, Any]
+) -> AsyncIterator[Annotations]:
+    settings = backend_settings(request, tmp_path, request.param)
+    async with running_service(DEFINITION, settings, **annotation_dependencies) as service:
+        yield Annotations(
+            api_grpc.AnnotationServiceStub(service.channel), service.channel, service.server, _BACKEND_IDS[service.backend]
+        )

@@ -23,6 +23,8 @@ client that keeps one open delays shutdown up to the grace period.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -72,8 +74,14 @@ class ServiceDefinition:
     """``ErrorInfo.domain`` of every error it sends, e.g. ``"annotation.simulacra.dev"``."""
     service_names: tuple[str, ...]
     """Full proto service names, for health and reflection."""
-    register: Callable[[grpc.aio.Server, Settings], Awaitable[CloseHook | None]]
-    """Adds the servicers (and opens storage or the database); may return an async close hook run at shutdown."""
+    register: Callable[..., Awaitable[CloseHook | None]]
+    """``register(server, settings, **dependencies)``: adds the servicers (and opens storage or the
+    database); may return an async close hook run at shutdown. Keyword arguments are the service's
+    optional dependencies (defaults build them from the settings)."""
+
+    def with_dependencies(self, **dependencies: object) -> ServiceDefinition:
+        """The same service with ``dependencies`` handed to ``register`` (tests, embedding)."""
+        return dataclasses.replace(self, register=functools.partial(self.register, **dependencies))
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
