@@ -15,6 +15,12 @@ the file is fsynced and renamed over the key.
 
 Empty directories are left in place after a delete: removing them would race
 with a writer that has just created one.
+
+A writer holds an exclusive ``flock`` on its temporary file until the rename.
+A process killed mid-write (kill -9, power loss) leaves its temporary file
+behind, unlocked: opening the store sweeps those away (``sweep_temporary_files``).
+A temporary file someone still holds a lock on belongs to a live writer, maybe
+of another process sharing the directory, and stays.
 """
 
 from __future__ import annotations
@@ -24,10 +30,16 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, sweep by age only
+    fcntl = None  # type: ignore[assignment]
 
 from simulacra_services.core import errors
 from simulacra_services.core.storage.base import (
@@ -44,14 +56,29 @@ from simulacra_services.core.storage.keys import OBJECT_SUFFIX, TEMP_PREFIX, is_
 
 HEADER_SIZE = 1024
 MAGIC = b"SIMULACRA-OBJECT 1\n"
+SWEEP_GRACE_SECONDS = 5.0
+"""A temporary file younger than this is never swept: its writer may not have locked it yet."""
+UNLOCKED_SWEEP_AGE_SECONDS = 24 * 3600.0
+"""Without advisory locks (Windows), only temporary files this old are swept."""
 
 
 class LocalObjectStore(ObjectStore):
     """Objects as files under ``root`` (created if missing)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sweep: bool = True, sweep_grace_seconds: float = SWEEP_GRACE_SECONDS) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.swept = self.sweep_temporary_files(sweep_grace_seconds) if sweep else 0
+
+    def sweep_temporary_files(self, grace_seconds: float = SWEEP_GRACE_SECONDS) -> int:
+        """Remove temporary files of writers that died; how many were removed (see the module doc)."""
+        removed = 0
+        now = time.time()
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TEMP_PREFIX) and _abandoned(os.path.join(directory, name), now, grace_seconds):
+                    removed += 1
+        return removed
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
@@ -62,6 +89,8 @@ class LocalObjectStore(ObjectStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer": released by the kernel if this process dies
             with os.fdopen(fd, "r+b") as file:
                 file.seek(HEADER_SIZE)  # the header needs the checksum, known only at the end
                 digest = hashlib.sha256()
@@ -134,6 +163,28 @@ class LocalObjectStore(ObjectStore):
             return path.open("rb")
         except FileNotFoundError:
             raise object_not_found(key) from None
+
+
+def _abandoned(path: str, now: float, grace_seconds: float) -> bool:
+    """Remove the temporary file at ``path`` when no live writer holds it; whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # renamed or removed meanwhile
+    try:
+        if now - os.fstat(fd).st_mtime < (grace_seconds if fcntl is not None else UNLOCKED_SWEEP_AGE_SECONDS):
+            return False
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer holds it
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+        return False
+    finally:
+        os.close(fd)
 
 
 def _encode_header(sha256: str, content_type: str) -> bytes:
