@@ -82,6 +82,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_FAILED: _JobState.ValueType  # 4
     JOB_STATE_CANCELLING: _JobState.ValueType  # 5
     JOB_STATE_CANCELLED: _JobState.ValueType  # 6
+    JOB_STATE_PAUSED: _JobState.ValueType  # 7
+    """Stopped on request (PauseJob-style RPCs) with its checkpoint kept; resuming queues it again."""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """State of a long-running job resource (import, export, augmentation, training)."""
@@ -93,6 +95,8 @@ JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
 JOB_STATE_CANCELLING: JobState.ValueType  # 5
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
+JOB_STATE_PAUSED: JobState.ValueType  # 7
+"""Stopped on request (PauseJob-style RPCs) with its checkpoint kept; resuming queues it again."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
