@@ -1,0 +1,3 @@
+"""The op types; importing this package registers every one of them."""
+
+from simulacra_services.augmentation.engine.ops import geometric, photometric, weather  # noqa: F401

@@ -1,0 +1,189 @@
+"""Running a pipeline on one item: sample, compose, execute once.
+
+``Augmenter.run`` walks the pipeline tree. Each node at path ``p`` (``"2"``,
+``"2.0"``, ...) draws from its own counter-based stream ``op_generator(item
+seed, p)``: first whether it fires (always drawn, so that a probability of 1
+costs the same stream as 0.7), then which children a group runs, then the
+op's parameters. Consecutive geometric ops only compose their matrices; the
+image and the annotations are resampled once per run of geometric ops, when a
+pixel op needs the pixels or the pipeline ends (the StyleGAN2-ADA idea: one
+interpolation instead of one per op).
+
+Fusion means the pixels of the composed map are taken from the source image:
+a crop followed by a pad does not bring back the cropped-away content only
+if a pixel op sits between them; otherwise the fused warp sees the source
+image through the composed map. The annotations always follow the same map,
+so they match the pixels either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulacra_services.annotation.model import Annotation, Category
+from simulacra_services.augmentation.engine import rng as rng_module
+from simulacra_services.augmentation.engine.params import invalid
+from simulacra_services.augmentation.engine.registry import GeometricOp, ImageOp
+from simulacra_services.augmentation.engine.spec import GroupNode, Node, OpNode, PipelineSpec, digest
+from simulacra_services.augmentation.engine.targets import TargetTransform
+from simulacra_services.augmentation.engine.warp import Resampling, is_identity, warp
+
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Item:
+    """An image ([H, W, C] uint8 or float32 in [0, 1]) with its annotations."""
+
+    image: np.ndarray
+    annotations: Sequence[Annotation] = ()
+    key: str = ""
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Augmented:
+    key: str
+    image: np.ndarray
+    annotations: tuple[Annotation, ...]
+    seed: int
+    applied_paths: tuple[str, ...]
+    dropped_annotations: int
+
+    @property
+    def applied_ops(self) -> tuple[int, ...]:
+        """Top-level op indices that fired (a group counts when it fired)."""
+        seen: list[int] = []
+        for path in self.applied_paths:
+            top = int(path.split(".", 1)[0])
+            if top not in seen:
+                seen.append(top)
+        return tuple(seen)
+
+
+@dataclass
+class _State:
+    image: np.ndarray
+    annotations: list[Annotation]
+    path: str
+    matrix: np.ndarray = field(default_factory=lambda: np.eye(3))
+    height: int = 0
+    width: int = 0
+    resampling: Resampling | None = None
+    dropped: int = 0
+
+
+def check_image(image: np.ndarray, field: str = "image") -> None:
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise invalid("INVALID_IMAGE", field, f"an image is [H, W, C] with C in 1, 3, 4; got shape {list(image.shape)}", shape=list(image.shape))
+    if image.dtype not in (np.uint8, np.float32):
+        raise invalid("INVALID_IMAGE", field, f"an image is uint8 or float32, got {image.dtype}", dtype=str(image.dtype))
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise invalid("INVALID_IMAGE", field, "an image needs at least one pixel")
+    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+        raise errors_resource(field, image)
+
+
+def errors_resource(field: str, image: np.ndarray):  # noqa: ANN201
+    from simulacra_services.core import errors
+
+    return errors.ResourceExhausted(
+        "IMAGE_TOO_LARGE",
+        f"{field}: {image.shape[1]}x{image.shape[0]} pixels, at most {MAX_IMAGE_PIXELS}",
+        {"field": field, "limit": MAX_IMAGE_PIXELS},
+    )
+
+
+class Augmenter:
+    """A validated pipeline, ready to run on items (thread-safe: it holds no per-item state)."""
+
+    def __init__(self, spec: PipelineSpec, categories: Mapping[int, Category] | Sequence[Category] = ()) -> None:
+        self.spec = spec
+        self.digest = digest(spec)
+        if isinstance(categories, Mapping):
+            self.categories = dict(categories)
+        else:
+            self.categories = {c.category_id: c for c in categories}
+
+    def item_seed(self, request_seed: int, key: str, position: int, copy_index: int = 0) -> int:
+        if self.spec.seed_policy == "SEED_POLICY_POSITION":
+            return rng_module.position_seed(request_seed, position)
+        return rng_module.item_seed(request_seed, key, copy_index)
+
+    def run(self, item: Item, seed: int, path: str = "item") -> Augmented:
+        """Augment one item with the given item seed."""
+        check_image(item.image, f"{path}.image")
+        state = _State(image=item.image, annotations=list(item.annotations), path=f"{path}.annotations")
+        state.height, state.width = item.image.shape[:2]
+        applied: list[str] = []
+        for node, node_path, generator in self._fired(self.spec.ops, "", seed):
+            op = node.op
+            if isinstance(op, GeometricOp):
+                sampled = op.sample(node.values, generator, state.height, state.width)
+                step = op.warp(node.values, sampled, state.height, state.width)
+                first = state.resampling is None
+                state.resampling = (state.resampling or Resampling()).merge(step.interpolation, step.border_mode, step.fill_value, first)
+                state.matrix = step.matrix @ state.matrix
+                state.height, state.width = step.height, step.width
+            else:
+                assert isinstance(op, ImageOp)
+                self._flush(state)
+                sampled = op.sample(node.values, generator, state.height, state.width)
+                state.image = op.apply(state.image, node.values, sampled)
+            applied.append(node_path)
+        self._flush(state)
+        return Augmented(
+            key=item.key,
+            image=state.image,
+            annotations=tuple(state.annotations),
+            seed=seed,
+            applied_paths=tuple(applied),
+            dropped_annotations=state.dropped,
+        )
+
+    def _fired(self, nodes: Sequence[Node], prefix: str, seed: int) -> Iterator[tuple[OpNode, str, np.random.Generator]]:
+        for index, node in enumerate(nodes):
+            yield from self._node(node, f"{prefix}{index}", seed)
+
+    def _node(self, node: Node, path: str, seed: int) -> Iterator[tuple[OpNode, str, np.random.Generator]]:
+        generator = rng_module.op_generator(seed, path)
+        if generator.random() >= node.probability:
+            return
+        if isinstance(node, OpNode):
+            yield node, path, generator
+            return
+        children = list(range(len(node.children)))
+        if node.mode == "one_of":
+            weights = np.asarray(node.weights, dtype=np.float64)
+            children = [int(generator.choice(len(children), p=weights / weights.sum()))]
+        elif node.mode == "some_of":
+            count = int(generator.integers(node.min_count, node.max_count + 1))
+            children = sorted(int(i) for i in generator.choice(len(children), size=count, replace=False))
+        elif node.mode == "random_order":
+            children = [int(i) for i in generator.permutation(len(children))]
+        for index in children:
+            yield from self._node(node.children[index], f"{path}.{index}", seed)
+
+    def _flush(self, state: _State) -> None:
+        in_h, in_w = state.image.shape[:2]
+        if state.resampling is None:
+            return
+        if not ((state.height, state.width) == (in_h, in_w) and is_identity(state.matrix)):
+            state.image = warp(state.image, state.matrix, state.height, state.width, state.resampling)
+            if state.annotations:
+                transform = TargetTransform(state.matrix, (in_h, in_w), (state.height, state.width), self.spec.annotation_policy, self.categories, state.path)
+                state.annotations, dropped = transform.apply(state.annotations)
+                state.dropped += dropped
+        state.matrix = np.eye(3)
+        state.resampling = None
+
+    def run_batch(self, items: Sequence[Item], request_seed: int, start_position: int = 0) -> list[Augmented]:
+        """Augment items with seeds derived as the pipeline's seed policy says."""
+        out = []
+        for index, item in enumerate(items):
+            seed = item.seed if item.seed is not None else self.item_seed(request_seed, item.key, start_position + index)
+            out.append(self.run(item, seed, f"items[{index}]"))
+        return out

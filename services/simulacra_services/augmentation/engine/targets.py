@@ -1,0 +1,318 @@
+"""Moving annotations with the pixels: every kind the annotation-store holds.
+
+Rules (also in docs/augmentation.md):
+
+- Boxes of an object that also has a polygon or a mask (same non-empty
+  ``instance_id``) become the box of the transformed, clipped shape: tight, not
+  the swollen box of the transformed box corners. A box alone becomes the box
+  of its transformed corners, clipped to the frame (Albumentations' rule).
+- Polygons are clipped to the frame (Sutherland-Hodgman), part by part; parts
+  left with no area disappear. Masks and pixel maps are resampled with
+  nearest-neighbour and a zero border; depth values are never blended.
+- Keypoints move exactly; a labelled keypoint that leaves the frame gets
+  visibility 0 (its coordinates kept under ``keep_outside_keypoints``, zeroed
+  otherwise). A mirroring transform (negative determinant) swaps the
+  category's ``flip_pairs``.
+- Rotated boxes move their corners; a transform that keeps right angles gives
+  the exact box, any other the minimum-area rectangle of the corners.
+- Cuboids: only positive scale + translate (crops, resizes, pads) can be
+  expressed by new intrinsics; any other transform fails with
+  ANNOTATION_NOT_TRANSFORMABLE (or drops the cuboid when the policy says so).
+- An annotation is dropped when nothing of it is left in the frame, when its
+  visible fraction falls below ``min_visibility``, its area below
+  ``min_area_pixels``, or its box below ``min_width`` x ``min_height``.
+  ``area`` is recomputed on every annotation that had one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from simulacra_services.annotation import rle
+from simulacra_services.annotation.model import (
+    Annotation,
+    Box,
+    CameraIntrinsics,
+    Category,
+    ClassLabel,
+    Cuboid3d,
+    Keypoint,
+    Keypoints,
+    Mask,
+    PixelMap,
+    Point2d,
+    Polygon,
+    RotatedBox,
+)
+from simulacra_services.augmentation.engine.params import invalid
+from simulacra_services.augmentation.engine.spec import AnnotationPolicy
+from simulacra_services.augmentation.engine.warp import Resampling, warp
+
+_EPS = 1e-9
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 matrix to [N, 2] points."""
+    if len(points) == 0:
+        return points.reshape(0, 2)
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ matrix.T
+    return homogeneous[:, :2] / homogeneous[:, 2:3]
+
+
+def polygon_area(points: np.ndarray) -> float:
+    if len(points) < 3:
+        return 0.0
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def clip_polygon(points: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Sutherland-Hodgman clip of one closed polygon to [0, width] x [0, height]."""
+    out = [tuple(p) for p in points]
+    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if not out:
+            break
+        src, out = out, []
+        for index, current in enumerate(src):
+            previous = src[index - 1]
+            inside_cur = current[axis] <= bound if keep_below else current[axis] >= bound
+            inside_prev = previous[axis] <= bound if keep_below else previous[axis] >= bound
+            if inside_cur != inside_prev:
+                t = (bound - previous[axis]) / (current[axis] - previous[axis])
+                cross = (previous[0] + t * (current[0] - previous[0]), previous[1] + t * (current[1] - previous[1]))
+                cross = (bound, cross[1]) if axis == 0 else (cross[0], bound)
+                out.append(cross)
+            if inside_cur:
+                out.append(current)
+    return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _bounds(points: np.ndarray) -> tuple[float, float, float, float]:
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def jacobian_det(matrix: np.ndarray, x: float, y: float) -> float:
+    """Local area scale of the transform at (x, y) (constant for affine maps)."""
+    w = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2]
+    a = matrix[:2, :2] * w - np.outer(matrix[:2, :2] @ (x, y) + matrix[:2, 2], matrix[2, :2])
+    return float(np.linalg.det(a) / w**3)
+
+
+@dataclasses.dataclass
+class _Shape:
+    """An object's transformed shape, for the tight box of its instance."""
+
+    bounds: tuple[float, float, float, float]
+    visible: float
+
+
+class TargetTransform:
+    """Moves the annotations of one item through one fused geometric step."""
+
+    def __init__(
+        self,
+        matrix: np.ndarray,
+        in_size: tuple[int, int],
+        out_size: tuple[int, int],
+        policy: AnnotationPolicy,
+        categories: Mapping[int, Category],
+        path: str = "annotations",
+    ) -> None:
+        self.matrix = matrix
+        self.in_h, self.in_w = in_size
+        self.out_h, self.out_w = out_size
+        self.policy = policy
+        self.categories = categories
+        self.path = path
+        self.mirrored = jacobian_det(matrix, self.in_w / 2.0, self.in_h / 2.0) < 0
+
+    def apply(self, annotations: Sequence[Annotation]) -> tuple[list[Annotation], int]:
+        shapes: dict[str, _Shape] = {}
+        results: list[Annotation | None] = [None] * len(annotations)
+        # Shapes first: the boxes of their instances follow them.
+        for index, annotation in enumerate(annotations):
+            if isinstance(annotation.geometry, (Polygon, Mask)):
+                results[index], shape = self._shape(annotation, index)
+                if annotation.instance_id and shape is not None:
+                    known = shapes.get(annotation.instance_id)
+                    if known is None or isinstance(annotation.geometry, Polygon):
+                        shapes[annotation.instance_id] = shape
+        for index, annotation in enumerate(annotations):
+            if not isinstance(annotation.geometry, (Polygon, Mask)):
+                results[index] = self._other(annotation, index, shapes.get(annotation.instance_id) if annotation.instance_id else None)
+        kept = [a for a in results if a is not None]
+        return kept, len(annotations) - len(kept)
+
+    # -- rules ----------------------------------------------------------------
+
+    def _keep(self, visible: float, area: float, width: float, height: float) -> bool:
+        p = self.policy
+        return (
+            visible > 0.0
+            and area > 0.0
+            and width > 0.0
+            and height > 0.0
+            and visible + 1e-9 >= p.min_visibility
+            and area >= p.min_area_pixels
+            and width >= p.min_width
+            and height >= p.min_height
+        )
+
+    def _with(self, annotation: Annotation, geometry: object, area: float) -> Annotation:
+        return dataclasses.replace(annotation, geometry=geometry, area=None if annotation.area is None else float(area))
+
+    # -- kinds ----------------------------------------------------------------
+
+    def _shape(self, annotation: Annotation, index: int) -> tuple[Annotation | None, _Shape | None]:
+        geometry = annotation.geometry
+        if isinstance(geometry, Polygon):
+            parts, total, visible = [], 0.0, 0.0
+            for part in geometry.parts:
+                moved = transform_points(self.matrix, np.asarray(part, dtype=np.float64).reshape(-1, 2))
+                total += polygon_area(moved)
+                clipped = clip_polygon(moved, self.out_w, self.out_h)
+                area = polygon_area(clipped)
+                if len(clipped) >= 3 and area > _EPS:
+                    parts.append(clipped)
+                    visible += area
+            if not parts:
+                return None, _Shape((0.0, 0.0, 0.0, 0.0), 0.0)
+            x0, y0, x1, y1 = _bounds(np.concatenate(parts))
+            fraction = visible / total if total > _EPS else 0.0
+            shape = _Shape((x0, y0, x1, y1), fraction)
+            if not self._keep(fraction, visible, x1 - x0, y1 - y0):
+                return None, shape
+            new = Polygon(parts=tuple(tuple(float(v) for v in p.ravel()) for p in parts))
+            return self._with(annotation, new, visible), shape
+        assert isinstance(geometry, Mask)
+        pixels = rle.decode(rle.counts_of(geometry.counts, geometry.height, geometry.width), geometry.height, geometry.width)
+        before = float(pixels.sum())
+        moved = warp(pixels, self.matrix, self.out_h, self.out_w, Resampling(), nearest=True)
+        after = float(moved.sum())
+        counts = rle.encode(moved)
+        x, y, w, h = rle.to_bbox(counts, self.out_h)
+        ys, xs = np.nonzero(pixels) if before else (np.array([0.0]), np.array([0.0]))
+        scale = abs(jacobian_det(self.matrix, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)) if before else 1.0
+        fraction = min(after / (before * scale), 1.0) if before and scale > _EPS else 0.0
+        shape = _Shape((x, y, x + w, y + h), fraction)
+        if not self._keep(fraction, after, w, h):
+            return None, shape
+        stored: tuple[int, ...] | str = rle.compress(counts) if geometry.compressed else tuple(counts)
+        return self._with(annotation, Mask(height=self.out_h, width=self.out_w, counts=stored), after), shape
+
+    def _other(self, annotation: Annotation, index: int, shape: _Shape | None) -> Annotation | None:
+        geometry = annotation.geometry
+        field = f"{self.path}[{index}]"
+        if isinstance(geometry, ClassLabel):
+            return annotation
+        if isinstance(geometry, Box):
+            return self._box(annotation, geometry, shape)
+        if isinstance(geometry, RotatedBox):
+            return self._rotated_box(annotation, geometry)
+        if isinstance(geometry, Keypoints):
+            return self._keypoints(annotation, geometry, field)
+        if isinstance(geometry, Cuboid3d):
+            return self._cuboid(annotation, geometry, field)
+        if isinstance(geometry, PixelMap):
+            return self._pixel_map(annotation, geometry, field)
+        raise TypeError(f"unknown annotation geometry {type(geometry).__name__}")
+
+    def _box(self, annotation: Annotation, box: Box, shape: _Shape | None) -> Annotation | None:
+        if shape is not None:
+            x0, y0, x1, y1 = shape.bounds
+            visible = shape.visible
+        else:
+            corners = np.array([[box.x, box.y], [box.x + box.w, box.y], [box.x + box.w, box.y + box.h], [box.x, box.y + box.h]])
+            ux0, uy0, ux1, uy1 = _bounds(transform_points(self.matrix, corners))
+            x0, y0 = max(ux0, 0.0), max(uy0, 0.0)
+            x1, y1 = min(ux1, float(self.out_w)), min(uy1, float(self.out_h))
+            full = (ux1 - ux0) * (uy1 - uy0)
+            visible = max(x1 - x0, 0.0) * max(y1 - y0, 0.0) / full if full > _EPS else 0.0
+        w, h = x1 - x0, y1 - y0
+        if not self._keep(visible, w * h, w, h):
+            return None
+        return self._with(annotation, Box(x0, y0, w, h), w * h)
+
+    def _rotated_box(self, annotation: Annotation, box: RotatedBox) -> Annotation | None:
+        a = math.radians(box.angle_degrees)
+        u = np.array([math.cos(a), math.sin(a)]) * box.w / 2.0
+        v = np.array([-math.sin(a), math.cos(a)]) * box.h / 2.0
+        c = np.array([box.cx, box.cy])
+        moved = transform_points(self.matrix, np.array([c - u - v, c + u - v, c + u + v, c - u + v]))
+        e1, e2 = moved[1] - moved[0], moved[3] - moved[0]
+        centre = moved.mean(axis=0)
+        if abs(float(np.dot(e1, e2))) <= 1e-6 * (np.linalg.norm(e1) * np.linalg.norm(e2) + _EPS):
+            w, h = float(np.linalg.norm(e1)), float(np.linalg.norm(e2))
+            angle = math.degrees(math.atan2(e1[1], e1[0]))
+        else:
+            (cx, cy), (w, h), angle = cv2.minAreaRect(moved.astype(np.float32))
+            centre = np.array([cx, cy])
+        angle = (angle + 180.0) % 360.0 - 180.0
+        if angle >= 180.0:
+            angle -= 360.0
+        total = polygon_area(moved)
+        visible = polygon_area(clip_polygon(moved, self.out_w, self.out_h))
+        fraction = visible / total if total > _EPS else 0.0
+        inside = 0.0 <= centre[0] <= self.out_w and 0.0 <= centre[1] <= self.out_h
+        if not inside or not self._keep(fraction, visible, w, h):
+            return None
+        return self._with(annotation, RotatedBox(float(centre[0]), float(centre[1]), w, h, float(angle)), w * h)
+
+    def _keypoints(self, annotation: Annotation, keypoints: Keypoints, field: str) -> Annotation:
+        points = list(keypoints.points)
+        if self.mirrored:
+            category = self.categories.get(annotation.category_id)
+            if category is None:
+                raise invalid("CATEGORY_REQUIRED", f"{field}.category_id", f"keypoints of category {annotation.category_id} need the category (its flip_pairs) to be sent", category_id=annotation.category_id)
+            for left, right in category.flip_pairs:
+                if left < len(points) and right < len(points):
+                    points[left], points[right] = points[right], points[left]
+        coords = transform_points(self.matrix, np.array([[p.x, p.y] for p in points], dtype=np.float64).reshape(-1, 2))
+        moved = []
+        for point, (x, y) in zip(points, coords):
+            x, y = float(x), float(y)
+            visibility = point.visibility
+            if visibility == 0:
+                moved.append(Keypoint(x, y, 0) if self.policy.keep_outside_keypoints else Keypoint(0.0, 0.0, 0))
+                continue
+            if not (0.0 <= x <= self.out_w and 0.0 <= y <= self.out_h):
+                moved.append(Keypoint(x, y, 0) if self.policy.keep_outside_keypoints else Keypoint(0.0, 0.0, 0))
+            else:
+                moved.append(Keypoint(x, y, visibility))
+        area = None if annotation.area is None else annotation.area * abs(jacobian_det(self.matrix, self.in_w / 2.0, self.in_h / 2.0))
+        return dataclasses.replace(annotation, geometry=Keypoints(points=tuple(moved)), area=area)
+
+    def _cuboid(self, annotation: Annotation, cuboid: Cuboid3d, field: str) -> Annotation | None:
+        m = self.matrix
+        if not (abs(m[0, 1]) < _EPS and abs(m[1, 0]) < _EPS and abs(m[2, 0]) < _EPS and abs(m[2, 1]) < _EPS and m[0, 0] > 0 and m[1, 1] > 0):
+            if self.policy.drop_untransformable:
+                return None
+            raise invalid(
+                "ANNOTATION_NOT_TRANSFORMABLE",
+                f"{field}.cuboid",
+                "a 3D cuboid follows only crops, resizes and pads (positive scale and translation); "
+                "this pipeline flips, rotates, shears or warps the image",
+            )
+        sx, sy, tx, ty = m[0, 0] / m[2, 2], m[1, 1] / m[2, 2], m[0, 2] / m[2, 2], m[1, 2] / m[2, 2]
+        intrinsics = cuboid.intrinsics
+        if intrinsics is not None:
+            intrinsics = CameraIntrinsics(intrinsics.fx * sx, intrinsics.fy * sy, intrinsics.cx * sx + tx, intrinsics.cy * sy + ty)
+        corners = tuple(Point2d(c.x * sx + tx, c.y * sy + ty) for c in cuboid.projected_corners)
+        return dataclasses.replace(annotation, geometry=dataclasses.replace(cuboid, intrinsics=intrinsics, projected_corners=corners))
+
+    def _pixel_map(self, annotation: Annotation, pixel_map: PixelMap, field: str) -> Annotation:
+        if pixel_map.data is None:
+            raise invalid("ANNOTATION_NOT_TRANSFORMABLE", f"{field}.pixel_map.tensor", "a pixel map needs its data inline to be augmented")
+        array = np.frombuffer(pixel_map.data, dtype=np.dtype(pixel_map.dtype.value).newbyteorder("<")).reshape(pixel_map.shape)
+        moved = warp(np.ascontiguousarray(array.astype(array.dtype.newbyteorder("="))), self.matrix, self.out_h, self.out_w, Resampling(), nearest=True)
+        shape = (self.out_h, self.out_w) + tuple(pixel_map.shape[2:])
+        moved = moved.reshape(shape)
+        data = moved.astype(moved.dtype.newbyteorder("<")).tobytes()
+        return dataclasses.replace(annotation, geometry=dataclasses.replace(pixel_map, shape=shape, data=data, sha256=""))
