@@ -156,3 +156,24 @@ def test_a_coco_file_nested_100000_levels_deep_is_invalid_coco() -> None:
     with pytest.raises(errors.InvalidArgument) as nested_objects:
         load_coco(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
     assert nested_objects.value.reason == "INVALID_COCO"
+
+
+# ---- image library errors ---------------------------------------------------------------------
+
+
+async def test_image_decoding_errors_have_clean_messages_and_a_stable_problem(annotation: Annotations) -> None:
+    from .conftest import png
+
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    whole = png(64, 48)
+    cases = {
+        "UNRECOGNIZED_FORMAT": b"GIF89a not an image we take",
+        "TRUNCATED": whole[: len(whole) // 2],
+    }
+    for problem, data in cases.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            await annotation.upload(dataset.name, [[item_upload("bad", image=data)]])
+        error = rpc_error(raised.value)
+        assert (error.code, error.reason, error.metadata["problem"]) == (INVALID, "INVALID_IMAGE", problem)
+        for library_word in ("Error", "PIL", "cannot identify"):
+            assert library_word not in error.message, (problem, error.message)

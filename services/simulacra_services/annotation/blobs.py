@@ -14,9 +14,11 @@ referenced by an item row (``image_sha256``), a pixel-map annotation
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
+import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -25,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from simulacra_services.annotation.records import ImageInfo
 from simulacra_services.core import errors
+from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -139,14 +142,17 @@ class BlobStore:
             yield buffer
 
 
-def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
+def inspect_image(
+    data: bytes, field: str = "image.data", *, max_pixels: int = MAX_IMAGE_PIXELS, budget: PixelBudget | None = None
+) -> ImageInfo:
     """Decode ``data`` fully and describe it; refuse anything but PNG/JPEG with 1 or 3 channels.
 
     The pixel count is checked from the header before decoding, so a small
     file that would expand to gigabytes (a decompression bomb) is refused
     without being decoded. ``max_pixels`` is the server's setting; Pillow
     itself refuses images above twice its own ``Image.MAX_IMAGE_PIXELS``
-    (about 179 million pixels) whatever the setting says.
+    (about 179 million pixels) whatever the setting says. ``budget``: the
+    process's decode budget, taken for the image's pixels while it decodes.
     """
     if len(data) > MAX_IMAGE_BYTES:
         raise errors.InvalidArgument(
@@ -173,7 +179,8 @@ def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = M
                     f"{field}: pixel mode {image.mode!r}; images must be grayscale (L, 1 channel) or RGB (3 channels)",
                     {"field": field, "mode": image.mode},
                 )
-            image.load()
+            with budget.held(width * height) if budget is not None else contextlib.nullcontext():
+                image.load()
     except errors.SimulacraError:
         raise
     except Image.DecompressionBombError:
@@ -182,11 +189,10 @@ def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = M
             f"{field}: the image has more pixels than the limit of {max_pixels} (a decompression bomb)",
             {"field": field, "limit": max_pixels},
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
+        problem, says = _image_problem(error)
         raise errors.InvalidArgument(
-            "INVALID_IMAGE",
-            f"{field}: the bytes are not a decodable PNG or JPEG image ({type(error).__name__})",
-            {"field": field},
+            "INVALID_IMAGE", f"{field}: the bytes are not a decodable PNG or JPEG image: {says}", {"field": field, "problem": problem}
         ) from None
     if width <= 0 or height <= 0:
         raise errors.InvalidArgument("INVALID_IMAGE", f"{field}: an image needs at least one pixel", {"field": field})
@@ -198,3 +204,16 @@ def inspect_image(data: bytes, field: str = "image.data", *, max_pixels: int = M
         channels=_CHANNELS[image.mode],
         size_bytes=len(data),
     )
+
+
+def _image_problem(error: BaseException) -> tuple[str, str]:
+    """A stable word (metadata ``problem``) and a sentence for why Pillow could not decode an image,
+    instead of the library's exception class or text (which change between versions)."""
+    text = str(error).lower()
+    if isinstance(error, UnidentifiedImageError):
+        return "UNRECOGNIZED_FORMAT", "the data starts like no PNG or JPEG file"
+    if "truncated" in text or isinstance(error, EOFError) or "unexpected end" in text:
+        return "TRUNCATED", "the data ends before the image does"
+    if "crc" in text or "checksum" in text:
+        return "CHECKSUM_MISMATCH", "a chunk's checksum does not match its data"
+    return "CORRUPT", "the image data is damaged"

@@ -460,7 +460,8 @@ def _prepare_all(
 def _prepare_chunk(store: Any, chunk: Sequence[PlannedItem], known: dict[int, Category], policy: BoxBoundsPolicy) -> list[PreparedItem]:
     try:
         prepared = prepare(
-            [p.item for p in chunk], known, store.blobs, policy=policy, path="item", first_index=0, max_image_pixels=store.max_image_pixels
+            [p.item for p in chunk], known, store.blobs, policy=policy, path="item", first_index=0,
+            max_image_pixels=store.max_image_pixels, decode_budget=store.decode_budget,
         )
     except errors.SimulacraError as error:
         offset = error.metadata.get("item_index", "")

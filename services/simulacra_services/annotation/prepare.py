@@ -21,6 +21,7 @@ from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, Bl
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
 from simulacra_services.annotation.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
 from simulacra_services.core import errors
+from simulacra_services.core.budget import PixelBudget
 
 MAX_ITEMS_PER_BATCH = 256
 MAX_LINEAGE_CHARS = 1024
@@ -141,11 +142,11 @@ def _check_stored_pixel_map(
 
 
 def resolve_image(
-    image: ImageInput, blobs: BlobStore, field: str, *, max_pixels: int = MAX_IMAGE_PIXELS
+    image: ImageInput, blobs: BlobStore, field: str, *, max_pixels: int = MAX_IMAGE_PIXELS, budget: PixelBudget | None = None
 ) -> tuple[ImageInfo, bytes | None]:
     """Decode and check the image; the bytes to store (None when already a stored blob)."""
     if image.data:
-        info = inspect_image(image.data, f"{field}.data", max_pixels=max_pixels)
+        info = inspect_image(image.data, f"{field}.data", max_pixels=max_pixels, budget=budget)
         if image.sha256 and image.sha256 != info.sha256:
             raise errors.DataLoss(
                 "SHA256_MISMATCH",
@@ -160,7 +161,7 @@ def resolve_image(
         data = blobs.read(image.sha256, f"{field}.sha256")
     except errors.NotFound as error:
         raise errors.FailedPrecondition(error.reason, error.message, error.metadata) from None
-    return inspect_image(data, f"{field}.sha256", max_pixels=max_pixels), None
+    return inspect_image(data, f"{field}.sha256", max_pixels=max_pixels, budget=budget), None
 
 
 def prepare(
@@ -172,10 +173,12 @@ def prepare(
     path: str = "items",
     first_index: int = 0,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    decode_budget: PixelBudget | None = None,
 ) -> list[PreparedItem]:
     """Check every item, then store the blobs; raise on the first problem (naming item and field).
 
-    ``max_image_pixels``: the server's image size limit (IMAGE_TOO_MANY_PIXELS above it)."""
+    ``max_image_pixels``: the server's image size limit (IMAGE_TOO_MANY_PIXELS above it);
+    ``decode_budget``: the process's bound on pixels decoded at once."""
     prepared: list[PreparedItem] = []
     pending_blobs: dict[str, bytes] = {}
     seen_ids: dict[str, int] = {}
@@ -198,7 +201,7 @@ def prepare(
             if item.file_name:
                 validation.validate_relative_path(item.file_name, f"{field}.file_name")
             lineage = check_lineage(item.lineage, f"{field}.lineage")
-            image, data = resolve_image(item.image, blobs, f"{field}.image", max_pixels=max_image_pixels)
+            image, data = resolve_image(item.image, blobs, f"{field}.image", max_pixels=max_image_pixels, budget=decode_budget)
             if data is not None:
                 pending_blobs[image.sha256] = data
             annotations = check_annotations(

@@ -16,6 +16,7 @@ from simulacra_services.annotation.jobs import JobService
 from simulacra_services.annotation.servicer import AnnotationServicer
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import db
+from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.config import Settings
 from simulacra_services.core.server import CloseHook, ServiceDefinition
 from simulacra_services.core.storage import open_object_store
@@ -27,7 +28,9 @@ async def register(server: grpc.aio.Server, settings: Settings) -> CloseHook:
     store: AnnotationStore | None = None
     try:
         await asyncio.to_thread(db.migrate, engine)
-        store = AnnotationStore(engine, objects, max_image_pixels=settings.max_image_pixels)
+        store = AnnotationStore(
+            engine, objects, max_image_pixels=settings.max_image_pixels, decode_budget=PixelBudget(settings.decode_budget_pixels)
+        )
         jobs = JobService(store)
         await jobs.start()
     except BaseException:

@@ -68,6 +68,7 @@ from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest
 from simulacra_services.core.db import transaction, utcnow
+from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
 
 MAX_DISPLAY_NAME = 256
@@ -117,12 +118,20 @@ class AnnotationStore(JobTable):
     """Datasets and everything in them, on a migrated database and an object store."""
 
     def __init__(
-        self, engine: Engine, objects: ObjectStore, *, read_threads: int = 8, max_image_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        engine: Engine,
+        objects: ObjectStore,
+        *,
+        read_threads: int = 8,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        decode_budget: PixelBudget | None = None,
     ) -> None:
         self.engine = engine
         self.blobs = BlobStore(objects)
         # The server's image size limit (setting max_image_pixels): every image written is checked against it.
         self.max_image_pixels = max_image_pixels
+        # Pixels decoded at once by all uploads and imports (setting decode_budget_pixels).
+        self.decode_budget = decode_budget
         self._read_threads = read_threads if objects.prefers_parallel_reads else 1
         self._readers = ThreadPoolExecutor(self._read_threads, thread_name_prefix="annotation-blob-read")
 
@@ -466,7 +475,8 @@ class AnnotationStore(JobTable):
             known = {c.category_id: c for c in self._categories(conn, dataset.id, None)}
         known.update({c.category_id: c for c in extra_categories})
         return prepare(
-            new_items, known, self.blobs, policy=policy, path=path, first_index=first_index, max_image_pixels=self.max_image_pixels
+            new_items, known, self.blobs, policy=policy, path=path, first_index=first_index,
+            max_image_pixels=self.max_image_pixels, decode_budget=self.decode_budget,
         )
 
     def replayed_batch(self, dataset_id: str, request_id: str, payload_digest: str, scope: str = "upload") -> BatchResult | None:

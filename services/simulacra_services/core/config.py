@@ -63,6 +63,7 @@ class Settings:
     tls_ca: str = _setting("SIMULACRA_TLS_CA", "", "PEM root certificate that clients trust; setting it makes clients use TLS.")
     max_message_bytes: int = _setting("SIMULACRA_MAX_MESSAGE_BYTES", 64 * 1024 * 1024, "Largest gRPC message accepted or sent, on servers and clients.")
     max_image_pixels: int = _setting("SIMULACRA_MAX_IMAGE_PIXELS", 64 * 1024 * 1024, "Largest image (width x height) the annotation-store accepts; larger ones are refused before decoding (IMAGE_TOO_MANY_PIXELS).")
+    decode_budget_pixels: int = _setting("SIMULACRA_DECODE_BUDGET_PIXELS", 128 * 1024 * 1024, "Pixels the annotation-store decodes at once across all uploads and imports; a decode waits while the budget is spent (an image larger than it runs alone).")
     shutdown_grace_seconds: float = _setting("SIMULACRA_SHUTDOWN_GRACE_SECONDS", 10.0, "Time in-flight RPCs get to finish on SIGTERM/SIGINT.")
     log_level: str = _setting("SIMULACRA_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = _setting("SIMULACRA_LOG_FORMAT", "json", "Log format: 'json' (one object a line) or 'text'.")
@@ -149,6 +150,8 @@ class Settings:
             raise ValueError("SIMULACRA_MAX_MESSAGE_BYTES must be at least 1024")
         if self.max_image_pixels < 1:
             raise ValueError("SIMULACRA_MAX_IMAGE_PIXELS must be at least 1")
+        if self.decode_budget_pixels < 1:
+            raise ValueError("SIMULACRA_DECODE_BUDGET_PIXELS must be at least 1")
         for service in SERVICES:
             for port in (self.port(service), self.metrics_port(service)):
                 if not 0 <= port <= 65535:
