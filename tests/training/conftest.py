@@ -1,0 +1,56 @@
+"""A real annotation-store holding tiny digit datasets, for the worker and service tests.
+
+The store runs on loopback (``tests.harness.running_service``) over local files + SQLite; datasets
+are imported through the SDK (MNIST import: IDX files), so training reads them exactly as in
+production, through StreamItems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from simulacra_client.annotation import AnnotationClient
+from simulacra_services.annotation.service import DEFINITION as ANNOTATION
+from tests.harness import local_settings, running_service
+
+
+def digit_images(count: int, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 'digits': class k is a bright bar at row 4 + 8k, jittered, over faint noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % classes
+    images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        top = 4 + 8 * label + int(rng.integers(-1, 2))
+        images[i, top : top + 4, 5 + int(rng.integers(0, 4)) : 22] = 255
+    return images, labels
+
+
+@dataclass
+class Store:
+    address: str
+    settings: object
+
+    def import_digits(self, name: str, count: int = 36, classes: int = 3) -> str:
+        images, labels = digit_images(count, classes)
+        with AnnotationClient(self.address) as client:
+            client.create_dataset(name)
+            client.import_mnist(name, images, labels, split="train")
+            version = client.commit(name).version
+        return version.name
+
+
+@pytest.fixture
+async def annotation_store(tmp_path):
+    settings = local_settings(tmp_path / "annotation")
+    async with running_service(ANNOTATION, settings) as service:
+        yield Store(service.address, settings)
+
+
+@pytest.fixture
+async def digits(annotation_store):
+    """(store, "datasets/digits/versions/N") with 36 digits of 3 classes."""
+    return annotation_store, await asyncio.to_thread(annotation_store.import_digits, "digits")
