@@ -1,9 +1,50 @@
 """The sampling service, as the server bootstrap runs it.
 
-Its RPCs answer UNIMPLEMENTED until its domain layer lands; health, reflection
-and metrics work fully.
+``register`` opens the object store, reads the model registry through it, and adds the
+SamplingService servicer. The process imports ONNX Runtime and numpy, never torch
+(tests/sampling/test_import_graph.py keeps it so).
 """
 
-from simulacra_services.core.contracts import placeholder_definition
+from __future__ import annotations
 
-DEFINITION = placeholder_definition("sampling")
+import asyncio
+
+import grpc
+
+from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
+from simulacra_services.core.config import Settings
+from simulacra_services.core.registry import ModelRegistry
+from simulacra_services.core.server import CloseHook, ServiceDefinition
+from simulacra_services.core.storage import open_object_store
+from simulacra_services.sampling.api.servicer import SamplingServicer
+from simulacra_services.sampling.config import SamplingConfig
+from simulacra_services.sampling.serving.metrics import SamplingMetrics
+from simulacra_services.sampling.serving.pool import GeneratorPool
+
+SERVICE_NAMES = ("simulacra.sampling.v1.SamplingService",)
+
+
+async def register(server: grpc.aio.Server, settings: Settings, *, config: SamplingConfig | None = None) -> CloseHook:
+    """Dependency ``config`` (tests, embedding): the sampling settings; default: SIMULACRA_SAMPLING_* from the environment."""
+    chosen = config if config is not None else SamplingConfig.from_env()
+    objects = await asyncio.to_thread(open_object_store, settings)
+    pool = GeneratorPool(ModelRegistry(objects), chosen, SamplingMetrics())
+    await pool.start()
+    api_grpc.add_SamplingServiceServicer_to_server(SamplingServicer(pool, chosen, settings.max_message_bytes), server)
+
+    async def close() -> None:
+        try:
+            await pool.close()
+        finally:
+            await asyncio.to_thread(objects.close)
+
+    return close
+
+
+DEFINITION = ServiceDefinition(
+    name="sampling",
+    title="sampling",
+    error_domain="sampling.simulacra.dev",
+    service_names=SERVICE_NAMES,
+    register=register,
+)

@@ -61,7 +61,13 @@ class _SampleFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SampleFo
     SAMPLE_FORMAT_FLOAT32: _SampleFormat.ValueType  # 1
     """float32 in [-1, 1], as the ONNX output "samples"."""
     SAMPLE_FORMAT_UINT8: _SampleFormat.ValueType  # 2
-    """uint8 in [0, 255]: clip(round((x + 1) * 127.5), 0, 255). A quarter of the bytes."""
+    """uint8 in [0, 255]: clip(round((x + 1) * 127.5), 0, 255). A quarter of the bytes.
+    round is round-half-to-even, in float32 arithmetic.
+    """
+    SAMPLE_FORMAT_PNG: _SampleFormat.ValueType  # 3
+    """One PNG file per sample (8 bits per channel, the uint8 values; 1 channel grey,
+    2 grey+alpha, 3 RGB, 4 RGBA), in the responses' `images`; `samples` is then unset.
+    """
 
 class SampleFormat(_SampleFormat, metaclass=_SampleFormatEnumTypeWrapper):
     """Encoding of returned samples. Samples are always [N, C, H, W]."""
@@ -71,8 +77,187 @@ SAMPLE_FORMAT_UNSPECIFIED: SampleFormat.ValueType  # 0
 SAMPLE_FORMAT_FLOAT32: SampleFormat.ValueType  # 1
 """float32 in [-1, 1], as the ONNX output "samples"."""
 SAMPLE_FORMAT_UINT8: SampleFormat.ValueType  # 2
-"""uint8 in [0, 255]: clip(round((x + 1) * 127.5), 0, 255). A quarter of the bytes."""
+"""uint8 in [0, 255]: clip(round((x + 1) * 127.5), 0, 255). A quarter of the bytes.
+round is round-half-to-even, in float32 arithmetic.
+"""
+SAMPLE_FORMAT_PNG: SampleFormat.ValueType  # 3
+"""One PNG file per sample (8 bits per channel, the uint8 values; 1 channel grey,
+2 grey+alpha, 3 RGB, 4 RGBA), in the responses' `images`; `samples` is then unset.
+"""
 Global___SampleFormat: _TypeAlias = SampleFormat  # noqa: Y015
+
+class _SampleLayout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SampleLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SampleLayout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SAMPLE_LAYOUT_UNSPECIFIED: _SampleLayout.ValueType  # 0
+    """Treated as SAMPLE_LAYOUT_NCHW."""
+    SAMPLE_LAYOUT_NCHW: _SampleLayout.ValueType  # 1
+    """[N, C, H, W], as the ONNX output."""
+    SAMPLE_LAYOUT_NHWC: _SampleLayout.ValueType  # 2
+    """[N, H, W, C], as image libraries want it."""
+
+class SampleLayout(_SampleLayout, metaclass=_SampleLayoutEnumTypeWrapper):
+    """Axis order of returned sample tensors."""
+
+SAMPLE_LAYOUT_UNSPECIFIED: SampleLayout.ValueType  # 0
+"""Treated as SAMPLE_LAYOUT_NCHW."""
+SAMPLE_LAYOUT_NCHW: SampleLayout.ValueType  # 1
+"""[N, C, H, W], as the ONNX output."""
+SAMPLE_LAYOUT_NHWC: SampleLayout.ValueType  # 2
+"""[N, H, W, C], as image libraries want it."""
+Global___SampleLayout: _TypeAlias = SampleLayout  # noqa: Y015
+
+@_typing.final
+class GeneratorAttribute(_message.Message):
+    """A categorical attribute a generator is conditioned on, e.g. weather in (clear, fog, rain)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its values; the ONNX input attributes[:, j] holds an index into this list."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratorAttribute: _TypeAlias = GeneratorAttribute  # noqa: Y015
+
+@_typing.final
+class BatchingConfig(_message.Message):
+    """Triton's dynamic batching, per generator: concurrent requests are merged into
+    one inference of at most max_batch_size samples.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _builtins.int
+    PREFERRED_BATCH_SIZES_FIELD_NUMBER: _builtins.int
+    INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    max_batch_size: _builtins.int
+    max_queue_delay_microseconds: _builtins.int
+    """How long the oldest waiting request may wait for others to join its batch."""
+    instance_count: _builtins.int
+    """Inferences of this generator that may run at the same time."""
+    @_builtins.property
+    def preferred_batch_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A batch of one of these sizes is sent at once, without waiting."""
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        max_batch_size: _builtins.int = ...,
+        max_queue_delay_microseconds: _builtins.int = ...,
+        preferred_batch_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        instance_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "instance_count", b"instance_count", "max_batch_size", b"max_batch_size", "max_queue_delay_microseconds", b"max_queue_delay_microseconds", "preferred_batch_sizes", b"preferred_batch_sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchingConfig: _TypeAlias = BatchingConfig  # noqa: Y015
+
+@_typing.final
+class LoadOptions(_message.Message):
+    """How to load a generator (LoadGenerator)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    WARMUP_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PIN_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """"auto" or empty (CUDA when a GPU is present, else CPU), "cpu", "cuda" or "tensorrt"."""
+    warmup_batch_size: _builtins.int
+    """Samples of the warm-up inference run at load; unset: the server default; 0: no warm-up."""
+    pin: _builtins.bool
+    """Keep this version loaded after its alias moves on (until UnloadGenerator)."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        warmup_batch_size: _builtins.int | None = ...,
+        pin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_warmup_batch_size", b"_warmup_batch_size", "warmup_batch_size", b"warmup_batch_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warmup_batch_size", b"_warmup_batch_size", "pin", b"pin", "provider", b"provider", "warmup_batch_size", b"warmup_batch_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__warmup_batch_size: _TypeAlias = _typing.Literal["warmup_batch_size"]  # noqa: Y015
+    _WhichOneofArgType__warmup_batch_size: _TypeAlias = _typing.Literal["_warmup_batch_size", b"_warmup_batch_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warmup_batch_size) -> _WhichOneofReturnType__warmup_batch_size | None: ...
+
+Global___LoadOptions: _TypeAlias = LoadOptions  # noqa: Y015
+
+@_typing.final
+class AttributeMix(_message.Message):
+    """Weights of the values of one attribute for drawn attributes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The attribute's name, one of Generator.attributes."""
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Value -> weight (>= 0, not all 0). Values absent from the map are never drawn;
+        empty: every value with equal weight. One value with a weight fixes it.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributeMix: _TypeAlias = AttributeMix  # noqa: Y015
 
 @_typing.final
 class Generator(_message.Message):
@@ -96,6 +281,10 @@ class Generator(_message.Message):
     MAX_SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     LOAD_ERROR_FIELD_NUMBER: _builtins.int
     LOAD_TIME_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    BATCHING_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    MODEL_KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resolved version: "models/{model}/versions/{version}" with a number."""
     model: _builtins.str
@@ -116,6 +305,10 @@ class Generator(_message.Message):
     """sha256 (hex) of the ONNX file, verified on load."""
     max_sample_count: _builtins.int
     """Largest number of samples one Sample call may ask for."""
+    pinned: _builtins.bool
+    """Kept loaded after its alias moves on."""
+    model_kind: _builtins.str
+    """"vae", "gan", "enhanced_gan" or "imported"."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Registry aliases that currently point at this version."""
@@ -136,6 +329,14 @@ class Generator(_message.Message):
 
     @_builtins.property
     def load_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratorAttribute]:
+        """Attributes the generator is conditioned on (the optional ONNX input "attributes")."""
+
+    @_builtins.property
+    def batching(self) -> Global___BatchingConfig:
+        """Dynamic batching of this generator on this server."""
+
     def __init__(
         self,
         *,
@@ -155,10 +356,14 @@ class Generator(_message.Message):
         max_sample_count: _builtins.int = ...,
         load_error: _common_pb2.JobError | None = ...,
         load_time: _timestamp_pb2.Timestamp | None = ...,
+        attributes: _abc.Iterable[Global___GeneratorAttribute] | None = ...,
+        batching: Global___BatchingConfig | None = ...,
+        pinned: _builtins.bool = ...,
+        model_kind: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["load_error", b"load_error", "load_time", b"load_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "load_error", b"load_error", "load_time", b"load_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "category_ids", b"category_ids", "class_names", b"class_names", "device", b"device", "latent_dim", b"latent_dim", "load_error", b"load_error", "load_time", b"load_time", "max_sample_count", b"max_sample_count", "model", b"model", "name", b"name", "num_classes", b"num_classes", "onnx_sha256", b"onnx_sha256", "output_dtype", b"output_dtype", "output_shape", b"output_shape", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "attributes", b"attributes", "batching", b"batching", "category_ids", b"category_ids", "class_names", b"class_names", "device", b"device", "latent_dim", b"latent_dim", "load_error", b"load_error", "load_time", b"load_time", "max_sample_count", b"max_sample_count", "model", b"model", "model_kind", b"model_kind", "name", b"name", "num_classes", b"num_classes", "onnx_sha256", b"onnx_sha256", "output_dtype", b"output_dtype", "output_shape", b"output_shape", "pinned", b"pinned", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,16 +136,22 @@ class LoadGeneratorRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"models/{model}/versions/{version}"; {version} may be an alias or "latest"."""
+    @_builtins.property
+    def options(self) -> _generator_pb2.LoadOptions:
+        """Provider, warm-up and pinning; unset: the server's defaults."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        options: _generator_pb2.LoadOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options", b"options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +229,8 @@ class SampleRequest(_message.Message):
     CLASS_MIX_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_MIX_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     """"models/{model}/versions/{version}"; {version} may be an alias or "latest"."""
     count: _builtins.int
@@ -235,6 +243,7 @@ class SampleRequest(_message.Message):
     """Truncation trick: each latent coordinate with |z| above this is redrawn
     (deterministically) until within it. Unset: no truncation. Must be > 0.
     """
+    layout: _generator_pb2.SampleLayout.ValueType
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Labels of the samples, one per sample (conditional generators). When empty,
@@ -245,6 +254,12 @@ class SampleRequest(_message.Message):
     @_builtins.property
     def class_mix(self) -> _generator_pb2.ClassMix:
         """Class frequencies for drawn labels; unset means uniform."""
+
+    @_builtins.property
+    def attribute_mix(self) -> _containers.RepeatedCompositeFieldContainer[_generator_pb2.AttributeMix]:
+        """Weights of attribute values, for generators with attributes; attributes not
+        listed are drawn uniformly.
+        """
 
     def __init__(
         self,
@@ -257,10 +272,12 @@ class SampleRequest(_message.Message):
         class_mix: _generator_pb2.ClassMix | None = ...,
         format: _generator_pb2.SampleFormat.ValueType = ...,
         truncation: _builtins.float | None = ...,
+        attribute_mix: _abc.Iterable[_generator_pb2.AttributeMix] | None = ...,
+        layout: _generator_pb2.SampleLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "class_mix", b"class_mix", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "class_mix", b"class_mix", "count", b"count", "format", b"format", "generator", b"generator", "labels", b"labels", "seed", b"seed", "start_index", b"start_index", "truncation", b"truncation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attribute_mix", b"attribute_mix", "class_mix", b"class_mix", "count", b"count", "format", b"format", "generator", b"generator", "labels", b"labels", "layout", b"layout", "seed", b"seed", "start_index", b"start_index", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__truncation: _TypeAlias = _typing.Literal["truncation"]  # noqa: Y015
     _WhichOneofArgType__truncation: _TypeAlias = _typing.Literal["_truncation", b"_truncation"]  # noqa: Y015
@@ -276,8 +293,15 @@ class SampleResponse(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     INDICES_FIELD_NUMBER: _builtins.int
     GENERATOR_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    TRUNCATION_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     """The resolved generator: "models/{model}/versions/{number}"."""
+    seed: _builtins.int
+    """Lineage: with generator, indices, labels and attributes this reproduces every sample."""
+    truncation: _builtins.float
     @_builtins.property
     def samples(self) -> _common_pb2.Tensor:
         """[count, C, H, W], float32 in [-1, 1] or uint8 as asked."""
@@ -290,6 +314,16 @@ class SampleResponse(_message.Message):
     def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Index of each sample in the (generator, seed) sequence."""
 
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """SAMPLE_FORMAT_PNG: one PNG file per sample, in index order."""
+
+    @_builtins.property
+    def attributes(self) -> _common_pb2.Tensor:
+        """int64 [count, A]: attribute value indices of each sample (A = number of
+        attributes; unset when the generator has none).
+        """
+
     def __init__(
         self,
         *,
@@ -297,12 +331,18 @@ class SampleResponse(_message.Message):
         labels: _abc.Iterable[_builtins.int] | None = ...,
         indices: _abc.Iterable[_builtins.int] | None = ...,
         generator: _builtins.str = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        attributes: _common_pb2.Tensor | None = ...,
+        seed: _builtins.int = ...,
+        truncation: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attributes", b"attributes", "samples", b"samples", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generator", b"generator", "indices", b"indices", "labels", b"labels", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attributes", b"attributes", "generator", b"generator", "images", b"images", "indices", b"indices", "labels", b"labels", "samples", b"samples", "seed", b"seed", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncation: _TypeAlias = _typing.Literal["truncation"]  # noqa: Y015
+    _WhichOneofArgType__truncation: _TypeAlias = _typing.Literal["_truncation", b"_truncation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncation) -> _WhichOneofReturnType__truncation | None: ...
 
 Global___SampleResponse: _TypeAlias = SampleResponse  # noqa: Y015
 
@@ -318,6 +358,11 @@ class StreamSamplesRequest(_message.Message):
     CLASS_MIX_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
+    SHARD_INDEX_FIELD_NUMBER: _builtins.int
+    SHARD_COUNT_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_MIX_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     """"models/{model}/versions/{version}"; {version} may be an alias or "latest"."""
     seed: _builtins.int
@@ -330,9 +375,24 @@ class StreamSamplesRequest(_message.Message):
     format: _generator_pb2.SampleFormat.ValueType
     truncation: _builtins.float
     """As in SampleRequest."""
+    shard_index: _builtins.int
+    """Sharding for data-parallel ranks and loader workers: this stream holds only
+    the indices i >= start_index with i % shard_count == shard_index.
+    shard_count 0 or 1: every index.
+    """
+    shard_count: _builtins.int
+    max_in_flight: _builtins.int
+    """Flow control: at most this many messages computed ahead of what the client
+    has taken; 0 means the server default.
+    """
+    layout: _generator_pb2.SampleLayout.ValueType
     @_builtins.property
     def class_mix(self) -> _generator_pb2.ClassMix:
         """Class frequencies for drawn labels; unset means uniform."""
+
+    @_builtins.property
+    def attribute_mix(self) -> _containers.RepeatedCompositeFieldContainer[_generator_pb2.AttributeMix]:
+        """As in SampleRequest."""
 
     def __init__(
         self,
@@ -345,10 +405,15 @@ class StreamSamplesRequest(_message.Message):
         class_mix: _generator_pb2.ClassMix | None = ...,
         format: _generator_pb2.SampleFormat.ValueType = ...,
         truncation: _builtins.float | None = ...,
+        shard_index: _builtins.int = ...,
+        shard_count: _builtins.int = ...,
+        max_in_flight: _builtins.int = ...,
+        attribute_mix: _abc.Iterable[_generator_pb2.AttributeMix] | None = ...,
+        layout: _generator_pb2.SampleLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "class_mix", b"class_mix", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "batch_size", b"batch_size", "class_mix", b"class_mix", "count", b"count", "format", b"format", "generator", b"generator", "seed", b"seed", "start_index", b"start_index", "truncation", b"truncation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attribute_mix", b"attribute_mix", "batch_size", b"batch_size", "class_mix", b"class_mix", "count", b"count", "format", b"format", "generator", b"generator", "layout", b"layout", "max_in_flight", b"max_in_flight", "seed", b"seed", "shard_count", b"shard_count", "shard_index", b"shard_index", "start_index", b"start_index", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__truncation: _TypeAlias = _typing.Literal["truncation"]  # noqa: Y015
     _WhichOneofArgType__truncation: _TypeAlias = _typing.Literal["_truncation", b"_truncation"]  # noqa: Y015
@@ -364,10 +429,17 @@ class StreamSamplesResponse(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     START_INDEX_FIELD_NUMBER: _builtins.int
     GENERATOR_FIELD_NUMBER: _builtins.int
+    INDICES_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    TRUNCATION_FIELD_NUMBER: _builtins.int
     start_index: _builtins.int
     """Index of the first sample of this message; the others follow consecutively."""
     generator: _builtins.str
     """The resolved generator; resume with it rather than an alias."""
+    seed: _builtins.int
+    truncation: _builtins.float
     @_builtins.property
     def samples(self) -> _common_pb2.Tensor:
         """[n, C, H, W] with n <= batch_size (only the last message may be short)."""
@@ -376,6 +448,18 @@ class StreamSamplesResponse(_message.Message):
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Label of each sample."""
 
+    @_builtins.property
+    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Index of each sample (consecutive unless sharded). Resume with the last + 1."""
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """SAMPLE_FORMAT_PNG: one PNG file per sample."""
+
+    @_builtins.property
+    def attributes(self) -> _common_pb2.Tensor:
+        """int64 [n, A] attribute value indices, as in SampleResponse."""
+
     def __init__(
         self,
         *,
@@ -383,11 +467,18 @@ class StreamSamplesResponse(_message.Message):
         labels: _abc.Iterable[_builtins.int] | None = ...,
         start_index: _builtins.int = ...,
         generator: _builtins.str = ...,
+        indices: _abc.Iterable[_builtins.int] | None = ...,
+        images: _abc.Iterable[_builtins.bytes] | None = ...,
+        attributes: _common_pb2.Tensor | None = ...,
+        seed: _builtins.int = ...,
+        truncation: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attributes", b"attributes", "samples", b"samples", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generator", b"generator", "labels", b"labels", "samples", b"samples", "start_index", b"start_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attributes", b"attributes", "generator", b"generator", "images", b"images", "indices", b"indices", "labels", b"labels", "samples", b"samples", "seed", b"seed", "start_index", b"start_index", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncation: _TypeAlias = _typing.Literal["truncation"]  # noqa: Y015
+    _WhichOneofArgType__truncation: _TypeAlias = _typing.Literal["_truncation", b"_truncation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncation) -> _WhichOneofReturnType__truncation | None: ...
 
 Global___StreamSamplesResponse: _TypeAlias = StreamSamplesResponse  # noqa: Y015

@@ -1,0 +1,187 @@
+"""Dynamic batching with Triton's vocabulary: many small concurrent requests, few large inferences.
+
+Requests wait in an asyncio queue. A batch starts with the oldest waiting request and takes the
+requests behind it, in arrival order, while they fit in ``max_batch_size``. It is dispatched as
+soon as it is full, or its size is one of ``preferred_batch_sizes`` and nothing else is waiting,
+or the oldest request has waited ``max_queue_delay_us``. Requests never split (the caller cuts
+large ones to ``max_batch_size`` first); each one's rows of the output go back to its own future.
+Inference runs on worker threads (``instances`` of them at most at once), never on the event loop:
+while they run, the next batch fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RunFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
+BatchObserver = Callable[[int, list[float], float], None]
+"""Called after each inference with (batch size, queue seconds of each request, inference seconds)."""
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    enabled: bool = True
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 500
+    preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
+    instances: int = 1
+    """Inferences of one generator running at once."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1:
+            raise ValueError(f"bad batching policy {self}")
+        if any(not 1 <= p <= self.max_batch_size for p in self.preferred_batch_sizes):
+            raise ValueError(f"preferred batch sizes must be within 1..{self.max_batch_size}")
+
+
+@dataclass
+class _Request:
+    z: np.ndarray
+    labels: np.ndarray
+    attributes: np.ndarray | None
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+    @property
+    def size(self) -> int:
+        return int(self.z.shape[0])
+
+
+class DynamicBatcher:
+    """Batches calls of one generator's ``run`` function; see the module docstring."""
+
+    def __init__(self, run: RunFn, policy: BatchingPolicy, observe: BatchObserver | None = None) -> None:
+        self._run = run
+        self.policy = policy
+        self._observe = observe
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=policy.instances, thread_name_prefix="sampling-infer")
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.instances)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        return sum(r.size for r in self._queue)
+
+    async def infer(self, z: np.ndarray, labels: np.ndarray, attributes: np.ndarray | None = None) -> np.ndarray:
+        """samples float32 [n, C, H, W] for n <= max_batch_size rows of inputs (a view the caller may overwrite)."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        n = int(z.shape[0])
+        if n > self.policy.max_batch_size:
+            raise ValueError(f"{n} rows exceed max_batch_size {self.policy.max_batch_size}")
+        loop = asyncio.get_running_loop()
+        if not self.policy.enabled:
+            async with self._slots:
+                started = time.perf_counter()
+                out = await loop.run_in_executor(self._executor, self._run, z, labels, attributes)
+                if self._observe is not None:
+                    self._observe(n, [0.0], time.perf_counter() - started)
+                return out
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.append(_Request(z, labels, attributes, future, time.perf_counter()))
+        self._arrived.set()
+        if self._worker is None:
+            self._worker = asyncio.ensure_future(self._work())
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.ensure_future(self._dispatch(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _next_waiting(self, timeout: float | None) -> bool:
+        """Whether a live request is at the head of the queue, waiting up to ``timeout`` (None: forever)."""
+        while True:
+            while self._queue and self._queue[0].future.done():  # cancelled while queued
+                self._queue.popleft()
+            if self._queue:
+                return True
+            self._arrived.clear()
+            if timeout is not None and timeout <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+
+    async def _collect(self) -> list[_Request]:
+        policy = self.policy
+        await self._next_waiting(None)
+        first = self._queue.popleft()
+        batch, size = [first], first.size
+        deadline = first.enqueued + policy.max_queue_delay_us / 1e6
+        while size < policy.max_batch_size:
+            if await self._next_waiting(0):
+                if size + self._queue[0].size > policy.max_batch_size:
+                    break
+                request = self._queue.popleft()
+                batch.append(request)
+                size += request.size
+                continue
+            if size in policy.preferred_batch_sizes:
+                break
+            if not await self._next_waiting(deadline - time.perf_counter()):
+                break
+        return batch
+
+    async def _dispatch(self, batch: list[_Request]) -> None:
+        try:
+            live = [r for r in batch if not r.future.done()]
+            if not live:
+                return
+            started = time.perf_counter()
+            queue_seconds = [started - r.enqueued for r in live]
+            if len(live) == 1:
+                z, labels, attrs = live[0].z, live[0].labels, live[0].attributes
+            else:
+                z = np.concatenate([r.z for r in live])
+                labels = np.concatenate([r.labels for r in live])
+                attrs = None if live[0].attributes is None else np.concatenate([r.attributes for r in live])  # type: ignore[misc]
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, z, labels, attrs)
+            except Exception as error:
+                for r in live:
+                    if not r.future.done():
+                        r.future.set_exception(error)
+                return
+            if self._observe is not None:
+                self._observe(int(z.shape[0]), queue_seconds, time.perf_counter() - started)
+            offset = 0
+            for r in live:
+                if not r.future.done():
+                    r.future.set_result(out[offset : offset + r.size])
+                offset += r.size
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Finish the inferences running, fail the queued requests, stop the threads."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(RuntimeError("generator unloaded"))
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,147 @@
+"""The sampling service as its own process: no torch in it, and a stream cut by a killed server resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb
+from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api
+from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
+from simulacra_services.core.registry import ModelRegistry
+from simulacra_services.core.storage import LocalObjectStore
+from tests.sampling.generators import DIGITS, SCENES, export
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def registry_at(objects_dir: Path) -> ModelRegistry:
+    return ModelRegistry(LocalObjectStore(objects_dir))
+
+
+def test_the_sampling_process_imports_no_torch(tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    registry_at(objects).register_version("scenes", export(SCENES), SCENES, model_kind="gan")
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from simulacra_services.services import definition
+        from simulacra_services.core.config import Settings
+        from simulacra_services.core.server import METRICS_OFF, ServiceServer
+        from simulacra_client.channel import open_aio_channel
+        from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api, sampling_service_pb2_grpc as api_grpc
+
+        async def main():
+            settings = Settings(data_dir={str(tmp_path)!r}, storage_dir={str(objects)!r}, log_level="WARNING")
+            server = ServiceServer(definition("sampling"), settings, port=0, metrics_port=METRICS_OFF)
+            await server.start()
+            async with open_aio_channel(server.address) as channel:
+                stub = api_grpc.SamplingServiceStub(channel)
+                response = await stub.Sample(api.SampleRequest(generator="models/scenes/versions/latest", count=3, format=3))
+                assert len(response.images) == 3
+                async for _ in stub.StreamSamples(api.StreamSamplesRequest(generator="models/scenes/versions/1", count=20, batch_size=10)):
+                    pass
+            await server.stop(1)
+
+        asyncio.run(main())
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "PIL", "onnx", "simulacra_services.training"))
+        print("HEAVY", heavy)
+        assert not heavy, heavy
+        assert "onnxruntime" in sys.modules
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def sampling_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen]:
+    env = {
+        **os.environ,
+        "SIMULACRA_DATA_DIR": str(data_dir),
+        "SIMULACRA_SAMPLING_PORT": str(port),
+        "SIMULACRA_SAMPLING_METRICS_PORT": "0",
+        "SIMULACRA_LOG_LEVEL": "WARNING",
+        "SIMULACRA_SAMPLING_MAX_BATCH_SIZE": "16",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulacra_services.cli.main", "serve", "sampling"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+                assert time.monotonic() < deadline, "sampling process did not start"
+                time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_a_stream_cut_by_a_killed_server_resumes_exactly(tmp_path: Path) -> None:
+    registry_at(tmp_path / "objects").register_version("digits", export(DIGITS), DIGITS, model_kind="gan")
+    name, port = "models/digits/versions/latest", _free_port()
+    request = dict(seed=21, count=120, batch_size=8, format=gen_pb.SAMPLE_FORMAT_UINT8, max_in_flight=4)
+    with sampling_process(tmp_path, port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = api_grpc.SamplingServiceStub(channel)
+            reference = list(stub.StreamSamples(api.StreamSamplesRequest(generator=name, **request), timeout=60))
+    with sampling_process(tmp_path, port) as process:
+        received = []
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = api_grpc.SamplingServiceStub(channel)
+            try:
+                for response in stub.StreamSamples(api.StreamSamplesRequest(generator=name, **request), timeout=60):
+                    received.append(response)
+                    if len(received) == 4:
+                        process.send_signal(signal.SIGKILL)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert 4 <= len(received) < len(reference)
+    resolved = received[0].generator
+    last = received[-1].indices[-1]
+    with sampling_process(tmp_path, port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = api_grpc.SamplingServiceStub(channel)
+            resumed = list(
+                stub.StreamSamples(
+                    api.StreamSamplesRequest(generator=resolved, **{**request, "count": 120 - (last + 1)}, start_index=last + 1), timeout=60
+                )
+            )
+    joined = received + resumed
+    assert [i for r in joined for i in r.indices] == list(range(120))
+    got = np.concatenate([np.frombuffer(r.samples.data, np.uint8) for r in joined])
+    want = np.concatenate([np.frombuffer(r.samples.data, np.uint8) for r in reference])
+    assert np.array_equal(got, want)
+    assert [label for r in joined for label in r.labels] == [label for r in reference for label in r.labels]
