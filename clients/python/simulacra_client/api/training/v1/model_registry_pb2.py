@@ -28,7 +28,7 @@ from simulacra_client.api.training.v1 import quality_report_pb2 as simulacra_dot
 from simulacra_client.api.training.v1 import training_job_pb2 as simulacra_dot_training_dot_v1_dot_training__job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*simulacra/training/v1/model_registry.proto\x12\x15simulacra.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*simulacra/training/v1/quality_report.proto\x1a(simulacra/training/v1/training_job.proto\"\x90\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12:\n\x07\x61liases\x18\x03 \x03(\x0b\x32).simulacra.training.v1.Model.AliasesEntry\x12\x16\n\x0elatest_version\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xad\x01\n\x12GeneratorSignature\x12\x12\n\nlatent_dim\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x08 \x03(\x03\x12\x12\n\nonnx_opset\x18\x07 \x01(\x05\"\xec\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fonnx_object_key\x18\x03 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x04 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x05 \x01(\x03\x12<\n\tsignature\x18\x06 \x01(\x0b\x32).simulacra.training.v1.GeneratorSignature\x12<\n\x0equality_report\x18\x07 \x01(\x0b\x32$.simulacra.training.v1.QualityReport\x12\x34\n\nmodel_kind\x18\x08 \x01(\x0e\x32 .simulacra.training.v1.ModelKind\x12\x14\n\x0ctraining_job\x18\t \x01(\t\x12\x12\n\ncheckpoint\x18\n \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x0b \x01(\t\x12\x0f\n\x07\x61liases\x18\x0c \x03(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x0fhyperparameters\x18\x0e \x01(\x0b\x32&.simulacra.training.v1.Hyperparametersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*simulacra/training/v1/model_registry.proto\x12\x15simulacra.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*simulacra/training/v1/quality_report.proto\x1a(simulacra/training/v1/training_job.proto\"\x81\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12:\n\x07\x61liases\x18\x03 \x03(\x0b\x32).simulacra.training.v1.Model.AliasesEntry\x12\x16\n\x0elatest_version\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x04tags\x18\x07 \x03(\x0b\x32&.simulacra.training.v1.Model.TagsEntry\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x01\n\x12GeneratorSignature\x12\x12\n\nlatent_dim\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x08 \x03(\x03\x12\x12\n\nonnx_opset\x18\x07 \x01(\x05\x12:\n\nattributes\x18\t \x03(\x0b\x32&.simulacra.training.v1.AttributeSchema\"\xec\x04\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fonnx_object_key\x18\x03 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x04 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x05 \x01(\x03\x12<\n\tsignature\x18\x06 \x01(\x0b\x32).simulacra.training.v1.GeneratorSignature\x12<\n\x0equality_report\x18\x07 \x01(\x0b\x32$.simulacra.training.v1.QualityReport\x12\x34\n\nmodel_kind\x18\x08 \x01(\x0e\x32 .simulacra.training.v1.ModelKind\x12\x14\n\x0ctraining_job\x18\t \x01(\t\x12\x12\n\ncheckpoint\x18\n \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x0b \x01(\t\x12\x0f\n\x07\x61liases\x18\x0c \x03(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x0fhyperparameters\x18\x0e \x01(\x0b\x32&.simulacra.training.v1.Hyperparameters\x12;\n\x04tags\x18\x0f \x03(\x0b\x32-.simulacra.training.v1.ModelVersion.TagsEntry\x12\x14\n\x0cgit_revision\x18\x10 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_ALIASESENTRY']._loaded_options = None
   _globals['_MODEL_ALIASESENTRY']._serialized_options = b'8\001'
+  _globals['_MODEL_TAGSENTRY']._loaded_options = None
+  _globals['_MODEL_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELVERSION_TAGSENTRY']._loaded_options = None
+  _globals['_MODELVERSION_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_MODEL']._serialized_start=189
-  _globals['_MODEL']._serialized_end=461
-  _globals['_MODEL_ALIASESENTRY']._serialized_start=415
-  _globals['_MODEL_ALIASESENTRY']._serialized_end=461
-  _globals['_GENERATORSIGNATURE']._serialized_start=464
-  _globals['_GENERATORSIGNATURE']._serialized_end=637
-  _globals['_MODELVERSION']._serialized_start=640
-  _globals['_MODELVERSION']._serialized_end=1132
+  _globals['_MODEL']._serialized_end=574
+  _globals['_MODEL_ALIASESENTRY']._serialized_start=483
+  _globals['_MODEL_ALIASESENTRY']._serialized_end=529
+  _globals['_MODEL_TAGSENTRY']._serialized_start=531
+  _globals['_MODEL_TAGSENTRY']._serialized_end=574
+  _globals['_GENERATORSIGNATURE']._serialized_start=577
+  _globals['_GENERATORSIGNATURE']._serialized_end=810
+  _globals['_MODELVERSION']._serialized_start=813
+  _globals['_MODELVERSION']._serialized_end=1433
+  _globals['_MODELVERSION_TAGSENTRY']._serialized_start=531
+  _globals['_MODELVERSION_TAGSENTRY']._serialized_end=574
 # @@protoc_insertion_point(module_scope)

@@ -50,17 +50,43 @@ class Model(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"models/{model}": [a-z][a-z0-9-]{0,62}."""
     description: _builtins.str
     latest_version: _builtins.int
     """Output only. Highest version number; 0 when the model has no version yet."""
+    etag: _builtins.str
+    """Output only: changes on every change of the model; SetModelAlias and
+    DeleteModelAlias accept it for compare-and-swap (ABORTED, ETAG_MISMATCH).
+    """
     @_builtins.property
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Alias -> version number, e.g. "production" -> 3. Aliases are lower-case
@@ -73,6 +99,8 @@ class Model(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -82,10 +110,12 @@ class Model(_message.Message):
         latest_version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "create_time", b"create_time", "description", b"description", "latest_version", b"latest_version", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "create_time", b"create_time", "description", b"description", "etag", b"etag", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,6 +128,8 @@ class GeneratorSignature(_message.Message):
       input  "z"        float32 [N, latent_dim]  latent vectors, standard normal
       input  "labels"   int64   [N]              class labels in [0, num_classes);
                                                  ignored by unconditional models (send zeros)
+      input  "attributes" int64 [N, A]           only when `attributes` is not empty:
+                                                 one value index per attribute
       output "samples"  float32 [N, C, H, W]     images in [-1, 1] (tanh output)
 
     N is a dynamic batch axis. A sampler converts to uint8 as
@@ -114,6 +146,7 @@ class GeneratorSignature(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _builtins.int
     CATEGORY_IDS_FIELD_NUMBER: _builtins.int
     ONNX_OPSET_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     channels: _builtins.int
     """Output channels, height and width (C, H, W)."""
@@ -131,6 +164,10 @@ class GeneratorSignature(_message.Message):
 
     @_builtins.property
     def category_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[_training_job_pb2.AttributeSchema]:
+        """Categorical conditioning inputs, in the column order of "attributes"."""
+
     def __init__(
         self,
         *,
@@ -142,10 +179,11 @@ class GeneratorSignature(_message.Message):
         class_names: _abc.Iterable[_builtins.str] | None = ...,
         category_ids: _abc.Iterable[_builtins.int] | None = ...,
         onnx_opset: _builtins.int = ...,
+        attributes: _abc.Iterable[_training_job_pb2.AttributeSchema] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_ids", b"category_ids", "channels", b"channels", "class_names", b"class_names", "height", b"height", "latent_dim", b"latent_dim", "num_classes", b"num_classes", "onnx_opset", b"onnx_opset", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "category_ids", b"category_ids", "channels", b"channels", "class_names", b"class_names", "height", b"height", "latent_dim", b"latent_dim", "num_classes", b"num_classes", "onnx_opset", b"onnx_opset", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,6 +194,26 @@ class ModelVersion(_message.Message):
     """One immutable version of a model."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -171,6 +229,8 @@ class ModelVersion(_message.Message):
     ALIASES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    GIT_REVISION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"models/{model}/versions/{version}"."""
     version: _builtins.int
@@ -188,6 +248,8 @@ class ModelVersion(_message.Message):
     """
     checkpoint: _builtins.str
     dataset_version: _builtins.str
+    git_revision: _builtins.str
+    """Source revision of the code that trained it, when known."""
     @_builtins.property
     def signature(self) -> Global___GeneratorSignature: ...
     @_builtins.property
@@ -202,6 +264,8 @@ class ModelVersion(_message.Message):
     def hyperparameters(self) -> _training_job_pb2.Hyperparameters:
         """The hyperparameters the version was trained with."""
 
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -219,10 +283,12 @@ class ModelVersion(_message.Message):
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         hyperparameters: _training_job_pb2.Hyperparameters | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        git_revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "hyperparameters", b"hyperparameters", "quality_report", b"quality_report", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "checkpoint", b"checkpoint", "create_time", b"create_time", "dataset_version", b"dataset_version", "hyperparameters", b"hyperparameters", "model_kind", b"model_kind", "name", b"name", "onnx_object_key", b"onnx_object_key", "onnx_sha256", b"onnx_sha256", "onnx_size_bytes", b"onnx_size_bytes", "quality_report", b"quality_report", "signature", b"signature", "training_job", b"training_job", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "checkpoint", b"checkpoint", "create_time", b"create_time", "dataset_version", b"dataset_version", "git_revision", b"git_revision", "hyperparameters", b"hyperparameters", "model_kind", b"model_kind", "name", b"name", "onnx_object_key", b"onnx_object_key", "onnx_sha256", b"onnx_sha256", "onnx_size_bytes", b"onnx_size_bytes", "quality_report", b"quality_report", "signature", b"signature", "tags", b"tags", "training_job", b"training_job", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,47 +24,70 @@ _sym_db = _symbol_database.Default()
 
 
 from simulacra_client.api.training.v1 import model_registry_pb2 as simulacra_dot_training_dot_v1_dot_model__registry__pb2
+from simulacra_client.api.training.v1 import training_job_pb2 as simulacra_dot_training_dot_v1_dot_training__job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2simulacra/training/v1/model_registry_service.proto\x12\x15simulacra.training.v1\x1a*simulacra/training/v1/model_registry.proto\"S\n\x12\x43reateModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"B\n\x13\x43reateModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.simulacra.training.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x15\n\x13\x44\x65leteModelResponse\"&\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x17GetModelVersionResponse\x12:\n\rmodel_version\x18\x01 \x01(\x0b\x32#.simulacra.training.v1.ModelVersion\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x19ListModelVersionsResponse\x12;\n\x0emodel_versions\x18\x01 \x03(\x0b\x32#.simulacra.training.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x14SetModelAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"D\n\x15SetModelAliasResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"7\n\x17\x44\x65leteModelAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"G\n\x18\x44\x65leteModelAliasResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model2\xed\x06\n\x14ModelRegistryService\x12\x64\n\x0b\x43reateModel\x12).simulacra.training.v1.CreateModelRequest\x1a*.simulacra.training.v1.CreateModelResponse\x12[\n\x08GetModel\x12&.simulacra.training.v1.GetModelRequest\x1a\'.simulacra.training.v1.GetModelResponse\x12\x61\n\nListModels\x12(.simulacra.training.v1.ListModelsRequest\x1a).simulacra.training.v1.ListModelsResponse\x12\x64\n\x0b\x44\x65leteModel\x12).simulacra.training.v1.DeleteModelRequest\x1a*.simulacra.training.v1.DeleteModelResponse\x12p\n\x0fGetModelVersion\x12-.simulacra.training.v1.GetModelVersionRequest\x1a..simulacra.training.v1.GetModelVersionResponse\x12v\n\x11ListModelVersions\x12/.simulacra.training.v1.ListModelVersionsRequest\x1a\x30.simulacra.training.v1.ListModelVersionsResponse\x12j\n\rSetModelAlias\x12+.simulacra.training.v1.SetModelAliasRequest\x1a,.simulacra.training.v1.SetModelAliasResponse\x12s\n\x10\x44\x65leteModelAlias\x12..simulacra.training.v1.DeleteModelAliasRequest\x1a/.simulacra.training.v1.DeleteModelAliasResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2simulacra/training/v1/model_registry_service.proto\x12\x15simulacra.training.v1\x1a*simulacra/training/v1/model_registry.proto\x1a(simulacra/training/v1/training_job.proto\"S\n\x12\x43reateModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"B\n\x13\x43reateModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"\xa9\x01\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12@\n\x04tags\x18\x03 \x03(\x0b\x32\x32.simulacra.training.v1.ListModelsRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.simulacra.training.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x15\n\x13\x44\x65leteModelResponse\"&\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x17GetModelVersionResponse\x12:\n\rmodel_version\x18\x01 \x01(\x0b\x32#.simulacra.training.v1.ModelVersion\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x19ListModelVersionsResponse\x12;\n\x0emodel_versions\x18\x01 \x03(\x0b\x32#.simulacra.training.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14SetModelAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"D\n\x15SetModelAliasResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\"E\n\x17\x44\x65leteModelAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"G\n\x18\x44\x65leteModelAliasResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.simulacra.training.v1.Model\")\n\x19\x44\x65leteModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteModelVersionResponse\"\x96\x02\n\x19ImportModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04onnx\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x04 \x03(\x03\x12:\n\nattributes\x18\x05 \x03(\x0b\x32&.simulacra.training.v1.AttributeSchema\x12H\n\x04tags\x18\x06 \x03(\x0b\x32:.simulacra.training.v1.ImportModelVersionRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x1aImportModelVersionResponse\x12:\n\rmodel_version\x18\x01 \x01(\x0b\x32#.simulacra.training.v1.ModelVersion\"b\n\x1bReadModelVersionFileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x04\x66ile\x18\x02 \x01(\x0e\x32\'.simulacra.training.v1.ModelVersionFile\"-\n\x1cReadModelVersionFileResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c*v\n\x10ModelVersionFile\x12\"\n\x1eMODEL_VERSION_FILE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_VERSION_FILE_ONNX\x10\x01\x12!\n\x1dMODEL_VERSION_FILE_REPORT_PNG\x10\x02\x32\xe7\t\n\x14ModelRegistryService\x12\x64\n\x0b\x43reateModel\x12).simulacra.training.v1.CreateModelRequest\x1a*.simulacra.training.v1.CreateModelResponse\x12[\n\x08GetModel\x12&.simulacra.training.v1.GetModelRequest\x1a\'.simulacra.training.v1.GetModelResponse\x12\x61\n\nListModels\x12(.simulacra.training.v1.ListModelsRequest\x1a).simulacra.training.v1.ListModelsResponse\x12\x64\n\x0b\x44\x65leteModel\x12).simulacra.training.v1.DeleteModelRequest\x1a*.simulacra.training.v1.DeleteModelResponse\x12p\n\x0fGetModelVersion\x12-.simulacra.training.v1.GetModelVersionRequest\x1a..simulacra.training.v1.GetModelVersionResponse\x12v\n\x11ListModelVersions\x12/.simulacra.training.v1.ListModelVersionsRequest\x1a\x30.simulacra.training.v1.ListModelVersionsResponse\x12j\n\rSetModelAlias\x12+.simulacra.training.v1.SetModelAliasRequest\x1a,.simulacra.training.v1.SetModelAliasResponse\x12s\n\x10\x44\x65leteModelAlias\x12..simulacra.training.v1.DeleteModelAliasRequest\x1a/.simulacra.training.v1.DeleteModelAliasResponse\x12y\n\x12\x44\x65leteModelVersion\x12\x30.simulacra.training.v1.DeleteModelVersionRequest\x1a\x31.simulacra.training.v1.DeleteModelVersionResponse\x12y\n\x12ImportModelVersion\x12\x30.simulacra.training.v1.ImportModelVersionRequest\x1a\x31.simulacra.training.v1.ImportModelVersionResponse\x12\x81\x01\n\x14ReadModelVersionFile\x12\x32.simulacra.training.v1.ReadModelVersionFileRequest\x1a\x33.simulacra.training.v1.ReadModelVersionFileResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simulacra_client.api.training.v1.model_registry_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEMODELREQUEST']._serialized_start=121
-  _globals['_CREATEMODELREQUEST']._serialized_end=204
-  _globals['_CREATEMODELRESPONSE']._serialized_start=206
-  _globals['_CREATEMODELRESPONSE']._serialized_end=272
-  _globals['_GETMODELREQUEST']._serialized_start=274
-  _globals['_GETMODELREQUEST']._serialized_end=305
-  _globals['_GETMODELRESPONSE']._serialized_start=307
-  _globals['_GETMODELRESPONSE']._serialized_end=370
-  _globals['_LISTMODELSREQUEST']._serialized_start=372
-  _globals['_LISTMODELSREQUEST']._serialized_end=430
-  _globals['_LISTMODELSRESPONSE']._serialized_start=432
-  _globals['_LISTMODELSRESPONSE']._serialized_end=523
-  _globals['_DELETEMODELREQUEST']._serialized_start=525
-  _globals['_DELETEMODELREQUEST']._serialized_end=574
-  _globals['_DELETEMODELRESPONSE']._serialized_start=576
-  _globals['_DELETEMODELRESPONSE']._serialized_end=597
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=599
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=637
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=639
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=724
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=726
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=807
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=809
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=922
-  _globals['_SETMODELALIASREQUEST']._serialized_start=924
-  _globals['_SETMODELALIASREQUEST']._serialized_end=993
-  _globals['_SETMODELALIASRESPONSE']._serialized_start=995
-  _globals['_SETMODELALIASRESPONSE']._serialized_end=1063
-  _globals['_DELETEMODELALIASREQUEST']._serialized_start=1065
-  _globals['_DELETEMODELALIASREQUEST']._serialized_end=1120
-  _globals['_DELETEMODELALIASRESPONSE']._serialized_start=1122
-  _globals['_DELETEMODELALIASRESPONSE']._serialized_end=1193
-  _globals['_MODELREGISTRYSERVICE']._serialized_start=1196
-  _globals['_MODELREGISTRYSERVICE']._serialized_end=2073
+  _globals['_LISTMODELSREQUEST_TAGSENTRY']._loaded_options = None
+  _globals['_LISTMODELSREQUEST_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_IMPORTMODELVERSIONREQUEST_TAGSENTRY']._loaded_options = None
+  _globals['_IMPORTMODELVERSIONREQUEST_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELVERSIONFILE']._serialized_start=1968
+  _globals['_MODELVERSIONFILE']._serialized_end=2086
+  _globals['_CREATEMODELREQUEST']._serialized_start=163
+  _globals['_CREATEMODELREQUEST']._serialized_end=246
+  _globals['_CREATEMODELRESPONSE']._serialized_start=248
+  _globals['_CREATEMODELRESPONSE']._serialized_end=314
+  _globals['_GETMODELREQUEST']._serialized_start=316
+  _globals['_GETMODELREQUEST']._serialized_end=347
+  _globals['_GETMODELRESPONSE']._serialized_start=349
+  _globals['_GETMODELRESPONSE']._serialized_end=412
+  _globals['_LISTMODELSREQUEST']._serialized_start=415
+  _globals['_LISTMODELSREQUEST']._serialized_end=584
+  _globals['_LISTMODELSREQUEST_TAGSENTRY']._serialized_start=541
+  _globals['_LISTMODELSREQUEST_TAGSENTRY']._serialized_end=584
+  _globals['_LISTMODELSRESPONSE']._serialized_start=586
+  _globals['_LISTMODELSRESPONSE']._serialized_end=677
+  _globals['_DELETEMODELREQUEST']._serialized_start=679
+  _globals['_DELETEMODELREQUEST']._serialized_end=728
+  _globals['_DELETEMODELRESPONSE']._serialized_start=730
+  _globals['_DELETEMODELRESPONSE']._serialized_end=751
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=753
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=791
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=793
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=878
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=880
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=961
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=963
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1076
+  _globals['_SETMODELALIASREQUEST']._serialized_start=1078
+  _globals['_SETMODELALIASREQUEST']._serialized_end=1161
+  _globals['_SETMODELALIASRESPONSE']._serialized_start=1163
+  _globals['_SETMODELALIASRESPONSE']._serialized_end=1231
+  _globals['_DELETEMODELALIASREQUEST']._serialized_start=1233
+  _globals['_DELETEMODELALIASREQUEST']._serialized_end=1302
+  _globals['_DELETEMODELALIASRESPONSE']._serialized_start=1304
+  _globals['_DELETEMODELALIASRESPONSE']._serialized_end=1375
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=1377
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=1418
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=1420
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=1448
+  _globals['_IMPORTMODELVERSIONREQUEST']._serialized_start=1451
+  _globals['_IMPORTMODELVERSIONREQUEST']._serialized_end=1729
+  _globals['_IMPORTMODELVERSIONREQUEST_TAGSENTRY']._serialized_start=541
+  _globals['_IMPORTMODELVERSIONREQUEST_TAGSENTRY']._serialized_end=584
+  _globals['_IMPORTMODELVERSIONRESPONSE']._serialized_start=1731
+  _globals['_IMPORTMODELVERSIONRESPONSE']._serialized_end=1819
+  _globals['_READMODELVERSIONFILEREQUEST']._serialized_start=1821
+  _globals['_READMODELVERSIONFILEREQUEST']._serialized_end=1919
+  _globals['_READMODELVERSIONFILERESPONSE']._serialized_start=1921
+  _globals['_READMODELVERSIONFILERESPONSE']._serialized_end=1966
+  _globals['_MODELREGISTRYSERVICE']._serialized_start=2089
+  _globals['_MODELREGISTRYSERVICE']._serialized_end=3344
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,21 @@ class ModelRegistryServiceStub:
                 request_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasRequest.SerializeToString,
                 response_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasResponse.FromString,
                 _registered_method=True)
+        self.DeleteModelVersion = channel.unary_unary(
+                '/simulacra.training.v1.ModelRegistryService/DeleteModelVersion',
+                request_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionRequest.SerializeToString,
+                response_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionResponse.FromString,
+                _registered_method=True)
+        self.ImportModelVersion = channel.unary_unary(
+                '/simulacra.training.v1.ModelRegistryService/ImportModelVersion',
+                request_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionRequest.SerializeToString,
+                response_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionResponse.FromString,
+                _registered_method=True)
+        self.ReadModelVersionFile = channel.unary_stream(
+                '/simulacra.training.v1.ModelRegistryService/ReadModelVersionFile',
+                request_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileRequest.SerializeToString,
+                response_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -135,6 +150,30 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteModelVersion(self, request, context):
+        """Deletes one version and its files. FAILED_PRECONDITION
+        (VERSION_HAS_ALIASES) while an alias points at it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportModelVersion(self, request, context):
+        """Registers an ONNX generator trained elsewhere, after checking that it has
+        the fixed signature (INVALID_ARGUMENT, ONNX_SIGNATURE_MISMATCH otherwise)
+        and runs; the model is created when missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadModelVersionFile(self, request, context):
+        """Streams a file of a version: its ONNX model or its report summary PNG.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +216,21 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteModelAlias,
                     request_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasRequest.FromString,
                     response_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasResponse.SerializeToString,
+            ),
+            'DeleteModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelVersion,
+                    request_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionRequest.FromString,
+                    response_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionResponse.SerializeToString,
+            ),
+            'ImportModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportModelVersion,
+                    request_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionRequest.FromString,
+                    response_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionResponse.SerializeToString,
+            ),
+            'ReadModelVersionFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadModelVersionFile,
+                    request_deserializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileRequest.FromString,
+                    response_serializer=simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +449,87 @@ class ModelRegistryService:
             '/simulacra.training.v1.ModelRegistryService/DeleteModelAlias',
             simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasRequest.SerializeToString,
             simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.training.v1.ModelRegistryService/DeleteModelVersion',
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionRequest.SerializeToString,
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.DeleteModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.training.v1.ModelRegistryService/ImportModelVersion',
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionRequest.SerializeToString,
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ImportModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadModelVersionFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/simulacra.training.v1.ModelRegistryService/ReadModelVersionFile',
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileRequest.SerializeToString,
+            simulacra_dot_training_dot_v1_dot_model__registry__service__pb2.ReadModelVersionFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

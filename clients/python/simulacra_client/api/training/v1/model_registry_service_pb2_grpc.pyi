@@ -54,6 +54,17 @@ class ModelRegistryServiceStub:
     """Points an alias at a version (creating or moving it)."""
     DeleteModelAlias: _grpc.UnaryUnaryMultiCallable[_model_registry_service_pb2.DeleteModelAliasRequest, _model_registry_service_pb2.DeleteModelAliasResponse]
     """Removes an alias; NOT_FOUND when the model has no such alias."""
+    DeleteModelVersion: _grpc.UnaryUnaryMultiCallable[_model_registry_service_pb2.DeleteModelVersionRequest, _model_registry_service_pb2.DeleteModelVersionResponse]
+    """Deletes one version and its files. FAILED_PRECONDITION
+    (VERSION_HAS_ALIASES) while an alias points at it.
+    """
+    ImportModelVersion: _grpc.UnaryUnaryMultiCallable[_model_registry_service_pb2.ImportModelVersionRequest, _model_registry_service_pb2.ImportModelVersionResponse]
+    """Registers an ONNX generator trained elsewhere, after checking that it has
+    the fixed signature (INVALID_ARGUMENT, ONNX_SIGNATURE_MISMATCH otherwise)
+    and runs; the model is created when missing.
+    """
+    ReadModelVersionFile: _grpc.UnaryStreamMultiCallable[_model_registry_service_pb2.ReadModelVersionFileRequest, _model_registry_service_pb2.ReadModelVersionFileResponse]
+    """Streams a file of a version: its ONNX model or its report summary PNG."""
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -75,6 +86,17 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     """Points an alias at a version (creating or moving it)."""
     DeleteModelAlias: _aio.UnaryUnaryMultiCallable[_model_registry_service_pb2.DeleteModelAliasRequest, _model_registry_service_pb2.DeleteModelAliasResponse]  # type: ignore[assignment]
     """Removes an alias; NOT_FOUND when the model has no such alias."""
+    DeleteModelVersion: _aio.UnaryUnaryMultiCallable[_model_registry_service_pb2.DeleteModelVersionRequest, _model_registry_service_pb2.DeleteModelVersionResponse]  # type: ignore[assignment]
+    """Deletes one version and its files. FAILED_PRECONDITION
+    (VERSION_HAS_ALIASES) while an alias points at it.
+    """
+    ImportModelVersion: _aio.UnaryUnaryMultiCallable[_model_registry_service_pb2.ImportModelVersionRequest, _model_registry_service_pb2.ImportModelVersionResponse]  # type: ignore[assignment]
+    """Registers an ONNX generator trained elsewhere, after checking that it has
+    the fixed signature (INVALID_ARGUMENT, ONNX_SIGNATURE_MISMATCH otherwise)
+    and runs; the model is created when missing.
+    """
+    ReadModelVersionFile: _aio.UnaryStreamMultiCallable[_model_registry_service_pb2.ReadModelVersionFileRequest, _model_registry_service_pb2.ReadModelVersionFileResponse]  # type: ignore[assignment]
+    """Streams a file of a version: its ONNX model or its report summary PNG."""
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +163,34 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_registry_service_pb2.DeleteModelAliasResponse, _abc.Awaitable[_model_registry_service_pb2.DeleteModelAliasResponse]]:
         """Removes an alias; NOT_FOUND when the model has no such alias."""
+
+    @_abc_1.abstractmethod
+    def DeleteModelVersion(
+        self,
+        request: _model_registry_service_pb2.DeleteModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_registry_service_pb2.DeleteModelVersionResponse, _abc.Awaitable[_model_registry_service_pb2.DeleteModelVersionResponse]]:
+        """Deletes one version and its files. FAILED_PRECONDITION
+        (VERSION_HAS_ALIASES) while an alias points at it.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportModelVersion(
+        self,
+        request: _model_registry_service_pb2.ImportModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_registry_service_pb2.ImportModelVersionResponse, _abc.Awaitable[_model_registry_service_pb2.ImportModelVersionResponse]]:
+        """Registers an ONNX generator trained elsewhere, after checking that it has
+        the fixed signature (INVALID_ARGUMENT, ONNX_SIGNATURE_MISMATCH otherwise)
+        and runs; the model is created when missing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadModelVersionFile(
+        self,
+        request: _model_registry_service_pb2.ReadModelVersionFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_registry_service_pb2.ReadModelVersionFileResponse], _abc.AsyncIterator[_model_registry_service_pb2.ReadModelVersionFileResponse]]:
+        """Streams a file of a version: its ONNX model or its report summary PNG."""
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

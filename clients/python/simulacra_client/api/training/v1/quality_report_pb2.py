@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*simulacra/training/v1/quality_report.proto\x12\x15simulacra.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\rQualityReport\x12\x19\n\x11\x66\x65\x61ture_extractor\x18\x01 \x01(\t\x12\x19\n\x11real_sample_count\x18\x02 \x01(\x03\x12\x1e\n\x16synthetic_sample_count\x18\x03 \x01(\x03\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x38\n\x08\x66idelity\x18\x05 \x01(\x0b\x32&.simulacra.training.v1.FidelityMetrics\x12\x36\n\x07utility\x18\x06 \x01(\x0b\x32%.simulacra.training.v1.UtilityMetrics\x12\x36\n\x07privacy\x18\x07 \x01(\x0b\x32%.simulacra.training.v1.PrivacyMetrics\x12\x36\n\tper_class\x18\x08 \x03(\x0b\x32#.simulacra.training.v1.ClassQuality\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x0f\x46idelityMetrics\x12\x18\n\x10\x66rechet_distance\x18\x01 \x01(\x01\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x12\n\nneighbours\x18\x04 \x01(\x05\x12\x15\n\rc2st_accuracy\x18\x05 \x01(\x01\"R\n\x0eUtilityMetrics\x12\x15\n\rtstr_accuracy\x18\x01 \x01(\x01\x12\x15\n\rtrtr_accuracy\x18\x02 \x01(\x01\x12\x12\n\nclassifier\x18\x03 \x01(\t\"\x9a\x01\n\x0ePrivacyMetrics\x12\x13\n\x0bmedian_nndr\x18\x01 \x01(\x01\x12\x19\n\x11memorization_rate\x18\x02 \x01(\x01\x12\x1e\n\x16memorization_threshold\x18\x03 \x01(\x01\x12\x1c\n\x14median_dcr_synthetic\x18\x04 \x01(\x01\x12\x1a\n\x12median_dcr_holdout\x18\x05 \x01(\x01\"\xf3\x01\n\x0c\x43lassQuality\x12\r\n\x05label\x18\x01 \x01(\x03\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x19\n\x11real_sample_count\x18\x03 \x01(\x03\x12\x1e\n\x16synthetic_sample_count\x18\x04 \x01(\x03\x12\x38\n\x08\x66idelity\x18\x05 \x01(\x0b\x32&.simulacra.training.v1.FidelityMetrics\x12\x36\n\x07privacy\x18\x06 \x01(\x0b\x32%.simulacra.training.v1.PrivacyMetrics\x12\x13\n\x0btstr_recall\x18\x07 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*simulacra/training/v1/quality_report.proto\x12\x15simulacra.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x03\n\rQualityReport\x12\x19\n\x11\x66\x65\x61ture_extractor\x18\x01 \x01(\t\x12\x19\n\x11real_sample_count\x18\x02 \x01(\x03\x12\x1e\n\x16synthetic_sample_count\x18\x03 \x01(\x03\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x38\n\x08\x66idelity\x18\x05 \x01(\x0b\x32&.simulacra.training.v1.FidelityMetrics\x12\x36\n\x07utility\x18\x06 \x01(\x0b\x32%.simulacra.training.v1.UtilityMetrics\x12\x36\n\x07privacy\x18\x07 \x01(\x0b\x32%.simulacra.training.v1.PrivacyMetrics\x12\x36\n\tper_class\x18\x08 \x03(\x0b\x32#.simulacra.training.v1.ClassQuality\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10holdout_is_train\x18\n \x01(\x08\x12 \n\x18onnx_parity_max_abs_diff\x18\x0b \x01(\x01\"\x84\x02\n\x0f\x46idelityMetrics\x12\x18\n\x10\x66rechet_distance\x18\x01 \x01(\x01\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x12\n\nneighbours\x18\x04 \x01(\x05\x12\x15\n\rc2st_accuracy\x18\x05 \x01(\x01\x12\x0b\n\x03kid\x18\x06 \x01(\x01\x12&\n\x1e\x66rechet_distance_real_baseline\x18\x07 \x01(\x01\x12\x19\n\x11kid_real_baseline\x18\x08 \x01(\x01\x12\x0f\n\x07\x64\x65nsity\x18\t \x01(\x01\x12\x10\n\x08\x63overage\x18\n \x01(\x01\x12\x16\n\x0elabel_fidelity\x18\x0b \x01(\x01\"R\n\x0eUtilityMetrics\x12\x15\n\rtstr_accuracy\x18\x01 \x01(\x01\x12\x15\n\rtrtr_accuracy\x18\x02 \x01(\x01\x12\x12\n\nclassifier\x18\x03 \x01(\t\"\xcf\x01\n\x0ePrivacyMetrics\x12\x13\n\x0bmedian_nndr\x18\x01 \x01(\x01\x12\x19\n\x11memorization_rate\x18\x02 \x01(\x01\x12\x1e\n\x16memorization_threshold\x18\x03 \x01(\x01\x12\x1c\n\x14median_dcr_synthetic\x18\x04 \x01(\x01\x12\x1a\n\x12median_dcr_holdout\x18\x05 \x01(\x01\x12\x11\n\tdcr_ratio\x18\x06 \x01(\x01\x12 \n\x18membership_inference_auc\x18\x07 \x01(\x01\"\x8b\x02\n\x0c\x43lassQuality\x12\r\n\x05label\x18\x01 \x01(\x03\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x19\n\x11real_sample_count\x18\x03 \x01(\x03\x12\x1e\n\x16synthetic_sample_count\x18\x04 \x01(\x03\x12\x38\n\x08\x66idelity\x18\x05 \x01(\x0b\x32&.simulacra.training.v1.FidelityMetrics\x12\x36\n\x07privacy\x18\x06 \x01(\x0b\x32%.simulacra.training.v1.PrivacyMetrics\x12\x13\n\x0btstr_recall\x18\x07 \x01(\x01\x12\x16\n\x0elabel_fidelity\x18\x08 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simulacra_client.api.traini
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUALITYREPORT']._serialized_start=103
-  _globals['_QUALITYREPORT']._serialized_end=493
-  _globals['_FIDELITYMETRICS']._serialized_start=495
-  _globals['_FIDELITYMETRICS']._serialized_end=616
-  _globals['_UTILITYMETRICS']._serialized_start=618
-  _globals['_UTILITYMETRICS']._serialized_end=700
-  _globals['_PRIVACYMETRICS']._serialized_start=703
-  _globals['_PRIVACYMETRICS']._serialized_end=857
-  _globals['_CLASSQUALITY']._serialized_start=860
-  _globals['_CLASSQUALITY']._serialized_end=1103
+  _globals['_QUALITYREPORT']._serialized_end=553
+  _globals['_FIDELITYMETRICS']._serialized_start=556
+  _globals['_FIDELITYMETRICS']._serialized_end=816
+  _globals['_UTILITYMETRICS']._serialized_start=818
+  _globals['_UTILITYMETRICS']._serialized_end=900
+  _globals['_PRIVACYMETRICS']._serialized_start=903
+  _globals['_PRIVACYMETRICS']._serialized_end=1110
+  _globals['_CLASSQUALITY']._serialized_start=1113
+  _globals['_CLASSQUALITY']._serialized_end=1380
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,8 @@ class QualityReport(_message.Message):
     PRIVACY_FIELD_NUMBER: _builtins.int
     PER_CLASS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    HOLDOUT_IS_TRAIN_FIELD_NUMBER: _builtins.int
+    ONNX_PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     feature_extractor: _builtins.str
     """The fixed feature extractor every distance is computed in, with the sha256 of
     its weights, e.g. "inception-v3-pool3@sha256:...". Reports are comparable only
@@ -46,6 +48,12 @@ class QualityReport(_message.Message):
     synthetic_sample_count: _builtins.int
     seed: _builtins.int
     """Seed of the synthetic samples: sample i of (model version, seed) is reproducible."""
+    holdout_is_train: _builtins.bool
+    """True when the dataset had no held-out items and the real training items
+    were used instead (the privacy figures then mean little).
+    """
+    onnx_parity_max_abs_diff: _builtins.float
+    """Largest absolute difference between the ONNX model and torch on 64 samples."""
     @_builtins.property
     def fidelity(self) -> Global___FidelityMetrics: ...
     @_builtins.property
@@ -72,10 +80,12 @@ class QualityReport(_message.Message):
         privacy: Global___PrivacyMetrics | None = ...,
         per_class: _abc.Iterable[Global___ClassQuality] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        holdout_is_train: _builtins.bool = ...,
+        onnx_parity_max_abs_diff: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "fidelity", b"fidelity", "privacy", b"privacy", "utility", b"utility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "feature_extractor", b"feature_extractor", "fidelity", b"fidelity", "per_class", b"per_class", "privacy", b"privacy", "real_sample_count", b"real_sample_count", "seed", b"seed", "synthetic_sample_count", b"synthetic_sample_count", "utility", b"utility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "feature_extractor", b"feature_extractor", "fidelity", b"fidelity", "holdout_is_train", b"holdout_is_train", "onnx_parity_max_abs_diff", b"onnx_parity_max_abs_diff", "per_class", b"per_class", "privacy", b"privacy", "real_sample_count", b"real_sample_count", "seed", b"seed", "synthetic_sample_count", b"synthetic_sample_count", "utility", b"utility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,6 +102,12 @@ class FidelityMetrics(_message.Message):
     RECALL_FIELD_NUMBER: _builtins.int
     NEIGHBOURS_FIELD_NUMBER: _builtins.int
     C2ST_ACCURACY_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    FRECHET_DISTANCE_REAL_BASELINE_FIELD_NUMBER: _builtins.int
+    KID_REAL_BASELINE_FIELD_NUMBER: _builtins.int
+    DENSITY_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    LABEL_FIDELITY_FIELD_NUMBER: _builtins.int
     frechet_distance: _builtins.float
     """Fréchet distance between Gaussians fitted to real and synthetic features
     (FID-like; lower is better, 0 is identical).
@@ -107,6 +123,24 @@ class FidelityMetrics(_message.Message):
     """Held-out accuracy of a classifier trained to tell real from synthetic
     features (classifier two-sample test): 0.5 means indistinguishable, 1.0 fully separable.
     """
+    kid: _builtins.float
+    """Kernel inception distance (unbiased MMD^2, cubic polynomial kernel) in the
+    same feature space.
+    """
+    frechet_distance_real_baseline: _builtins.float
+    """The same distances between two real sets (training vs held-out items, same
+    count): what "as close as real data" reads as.
+    """
+    kid_real_baseline: _builtins.float
+    density: _builtins.float
+    """Density and coverage (Naeem et al. 2020, k = neighbours); precision and
+    recall above use the same k-NN balls.
+    """
+    coverage: _builtins.float
+    label_fidelity: _builtins.float
+    """Conditional models: accuracy of the feature extractor (a classifier trained
+    on the real training items) on samples of each requested label.
+    """
     def __init__(
         self,
         *,
@@ -115,10 +149,16 @@ class FidelityMetrics(_message.Message):
         recall: _builtins.float = ...,
         neighbours: _builtins.int = ...,
         c2st_accuracy: _builtins.float = ...,
+        kid: _builtins.float = ...,
+        frechet_distance_real_baseline: _builtins.float = ...,
+        kid_real_baseline: _builtins.float = ...,
+        density: _builtins.float = ...,
+        coverage: _builtins.float = ...,
+        label_fidelity: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["c2st_accuracy", b"c2st_accuracy", "frechet_distance", b"frechet_distance", "neighbours", b"neighbours", "precision", b"precision", "recall", b"recall"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["c2st_accuracy", b"c2st_accuracy", "coverage", b"coverage", "density", b"density", "frechet_distance", b"frechet_distance", "frechet_distance_real_baseline", b"frechet_distance_real_baseline", "kid", b"kid", "kid_real_baseline", b"kid_real_baseline", "label_fidelity", b"label_fidelity", "neighbours", b"neighbours", "precision", b"precision", "recall", b"recall"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,6 +209,8 @@ class PrivacyMetrics(_message.Message):
     MEMORIZATION_THRESHOLD_FIELD_NUMBER: _builtins.int
     MEDIAN_DCR_SYNTHETIC_FIELD_NUMBER: _builtins.int
     MEDIAN_DCR_HOLDOUT_FIELD_NUMBER: _builtins.int
+    DCR_RATIO_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_INFERENCE_AUC_FIELD_NUMBER: _builtins.int
     median_nndr: _builtins.float
     """Median over synthetic samples of d1 / d2, the distances to the nearest and
     second-nearest training item: values near 0 mean near-copies.
@@ -184,6 +226,14 @@ class PrivacyMetrics(_message.Message):
     from held-out real items; synthetic much lower than held-out suggests copying.
     """
     median_dcr_holdout: _builtins.float
+    dcr_ratio: _builtins.float
+    """median_dcr_synthetic / median_dcr_holdout: about 1 when the generator does
+    not copy, near 0 when it does.
+    """
+    membership_inference_auc: _builtins.float
+    """AUC of an attacker that tells training items from held-out items by their
+    distance to the closest synthetic sample: 0.5 means nothing leaks.
+    """
     def __init__(
         self,
         *,
@@ -192,10 +242,12 @@ class PrivacyMetrics(_message.Message):
         memorization_threshold: _builtins.float = ...,
         median_dcr_synthetic: _builtins.float = ...,
         median_dcr_holdout: _builtins.float = ...,
+        dcr_ratio: _builtins.float = ...,
+        membership_inference_auc: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["median_dcr_holdout", b"median_dcr_holdout", "median_dcr_synthetic", b"median_dcr_synthetic", "median_nndr", b"median_nndr", "memorization_rate", b"memorization_rate", "memorization_threshold", b"memorization_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcr_ratio", b"dcr_ratio", "median_dcr_holdout", b"median_dcr_holdout", "median_dcr_synthetic", b"median_dcr_synthetic", "median_nndr", b"median_nndr", "membership_inference_auc", b"membership_inference_auc", "memorization_rate", b"memorization_rate", "memorization_threshold", b"memorization_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,12 +266,14 @@ class ClassQuality(_message.Message):
     FIDELITY_FIELD_NUMBER: _builtins.int
     PRIVACY_FIELD_NUMBER: _builtins.int
     TSTR_RECALL_FIELD_NUMBER: _builtins.int
+    LABEL_FIDELITY_FIELD_NUMBER: _builtins.int
     label: _builtins.int
     class_name: _builtins.str
     real_sample_count: _builtins.int
     synthetic_sample_count: _builtins.int
     tstr_recall: _builtins.float
     """Recall of this class of the TSTR classifier on held-out real items."""
+    label_fidelity: _builtins.float
     @_builtins.property
     def fidelity(self) -> Global___FidelityMetrics: ...
     @_builtins.property
@@ -234,10 +288,11 @@ class ClassQuality(_message.Message):
         fidelity: Global___FidelityMetrics | None = ...,
         privacy: Global___PrivacyMetrics | None = ...,
         tstr_recall: _builtins.float = ...,
+        label_fidelity: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fidelity", b"fidelity", "privacy", b"privacy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "fidelity", b"fidelity", "label", b"label", "privacy", b"privacy", "real_sample_count", b"real_sample_count", "synthetic_sample_count", b"synthetic_sample_count", "tstr_recall", b"tstr_recall"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "fidelity", b"fidelity", "label", b"label", "label_fidelity", b"label_fidelity", "privacy", b"privacy", "real_sample_count", b"real_sample_count", "synthetic_sample_count", b"synthetic_sample_count", "tstr_recall", b"tstr_recall"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

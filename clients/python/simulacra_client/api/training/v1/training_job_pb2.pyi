@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from simulacra_client.api.common.v1 import common_pb2 as _common_pb2
+from simulacra_client.api.training.v1 import quality_report_pb2 as _quality_report_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -36,12 +37,16 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     MODEL_KIND_VAE: _ModelKind.ValueType  # 1
     """Variational autoencoder; samples by decoding z ~ N(0, I)."""
     MODEL_KIND_GAN: _ModelKind.ValueType  # 2
-    """Generative adversarial network (DCGAN-style)."""
+    """Conditional GAN: projection discriminator with spectral normalisation,
+    hinge or non-saturating loss with R1, an EMA of the generator.
+    """
     MODEL_KIND_ENHANCED_GAN: _ModelKind.ValueType  # 3
     """GAN for small datasets: differentiable augmentation of real and fake images
     (DiffAugment) with an adaptively tuned probability (ADA-style) so that the
     discriminator does not memorise a few hundred images.
     """
+    MODEL_KIND_IMPORTED: _ModelKind.ValueType  # 4
+    """Registry only: an ONNX generator trained elsewhere and imported."""
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
     """Family of generator to train."""
@@ -50,12 +55,16 @@ MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
 MODEL_KIND_VAE: ModelKind.ValueType  # 1
 """Variational autoencoder; samples by decoding z ~ N(0, I)."""
 MODEL_KIND_GAN: ModelKind.ValueType  # 2
-"""Generative adversarial network (DCGAN-style)."""
+"""Conditional GAN: projection discriminator with spectral normalisation,
+hinge or non-saturating loss with R1, an EMA of the generator.
+"""
 MODEL_KIND_ENHANCED_GAN: ModelKind.ValueType  # 3
 """GAN for small datasets: differentiable augmentation of real and fake images
 (DiffAugment) with an adaptively tuned probability (ADA-style) so that the
 discriminator does not memorise a few hundred images.
 """
+MODEL_KIND_IMPORTED: ModelKind.ValueType  # 4
+"""Registry only: an ONNX generator trained elsewhere and imported."""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
 class _DevicePreference:
@@ -110,6 +119,28 @@ DIFF_AUGMENT_POLICY_CUTOUT: DiffAugmentPolicy.ValueType  # 3
 """Random square cutout."""
 Global___DiffAugmentPolicy: _TypeAlias = DiffAugmentPolicy  # noqa: Y015
 
+class _GanLoss:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GanLossEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GanLoss.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GAN_LOSS_UNSPECIFIED: _GanLoss.ValueType  # 0
+    GAN_LOSS_HINGE: _GanLoss.ValueType  # 1
+    """Hinge loss (the default)."""
+    GAN_LOSS_NON_SATURATING: _GanLoss.ValueType  # 2
+    """Non-saturating logistic loss; usually with r1_gamma > 0."""
+
+class GanLoss(_GanLoss, metaclass=_GanLossEnumTypeWrapper):
+    """How the GAN kinds score real and generated images."""
+
+GAN_LOSS_UNSPECIFIED: GanLoss.ValueType  # 0
+GAN_LOSS_HINGE: GanLoss.ValueType  # 1
+"""Hinge loss (the default)."""
+GAN_LOSS_NON_SATURATING: GanLoss.ValueType  # 2
+"""Non-saturating logistic loss; usually with r1_gamma > 0."""
+Global___GanLoss: _TypeAlias = GanLoss  # noqa: Y015
+
 class _TrainingStage:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -136,9 +167,12 @@ Global___TrainingStage: _TypeAlias = TrainingStage  # noqa: Y015
 
 @_typing.final
 class Hyperparameters(_message.Message):
-    """Everything that decides what a job learns. Zero values mean "the server default
-    for the model kind"; the defaults are written back into the stored job, so a job
-    always shows the values it used.
+    """Everything that decides what a job learns. Every field is `optional`: an
+    unset field takes the server default for the model kind, a set field keeps its
+    value even when it is zero (and is rejected with INVALID_ARGUMENT,
+    INVALID_HYPERPARAMETER and the field's name when that value is not allowed).
+    The resolved values are written back into the stored job, so a job always
+    shows the values it used.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -162,6 +196,16 @@ class Hyperparameters(_message.Message):
     ADA_TARGET_FIELD_NUMBER: _builtins.int
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_STEPS_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    R1_GAMMA_FIELD_NUMBER: _builtins.int
+    DISCRIMINATOR_STEPS_PER_GENERATOR_STEP_FIELD_NUMBER: _builtins.int
+    EMA_DECAY_FIELD_NUMBER: _builtins.int
+    ADA_INTERVAL_FIELD_NUMBER: _builtins.int
+    ADA_SPEED_IMAGES_FIELD_NUMBER: _builtins.int
+    ADA_INITIAL_P_FIELD_NUMBER: _builtins.int
+    BASE_WIDTH_FIELD_NUMBER: _builtins.int
+    MIXED_PRECISION_FIELD_NUMBER: _builtins.int
+    KL_WARMUP_STEPS_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     """Length of the latent vector z."""
     batch_size: _builtins.int
@@ -182,7 +226,7 @@ class Hyperparameters(_message.Message):
     conditional: _builtins.bool
     """Condition on class labels. The class of an item is the category of its
     ClassLabel annotation (simulacra.annotation.v1); items with none or several
-    are skipped, and the count is reported in the job's progress message.
+    are skipped, and the count is reported in the job's progress.
     """
     seed: _builtins.int
     """Seeds weight initialisation, data order and noise: same seed, data and
@@ -199,40 +243,267 @@ class Hyperparameters(_message.Message):
     """Write a checkpoint every this many steps (and always at the end)."""
     preview_every_steps: _builtins.int
     """Render a preview grid every this many steps; 0 disables previews."""
+    loss: Global___GanLoss.ValueType
+    """GAN kinds: the loss, the R1 penalty weight on real images (0: none) and the
+    number of discriminator steps per generator step.
+    """
+    r1_gamma: _builtins.float
+    discriminator_steps_per_generator_step: _builtins.int
+    ema_decay: _builtins.float
+    """GAN kinds: decay of the generator's exponential moving average (the
+    exported weights).
+    """
+    ada_interval: _builtins.int
+    """ADA: steps between two updates of p, images for p to move from 0 to 1, and
+    the p training starts with.
+    """
+    ada_speed_images: _builtins.int
+    ada_initial_p: _builtins.float
+    base_width: _builtins.int
+    """Channels of the networks' narrowest layer (wider is slower and stronger)."""
+    mixed_precision: _builtins.bool
+    """bfloat16 autocast on a GPU; ignored on the CPU."""
+    kl_warmup_steps: _builtins.int
+    """VAE: steps over which the KL weight ramps from 0 to kl_weight."""
     @_builtins.property
     def diff_augment(self) -> _containers.RepeatedScalarFieldContainer[Global___DiffAugmentPolicy.ValueType]:
-        """MODEL_KIND_ENHANCED_GAN: augmentations applied to real and generated images."""
+        """MODEL_KIND_ENHANCED_GAN: augmentations applied to real and generated images;
+        empty means the kind's default (all three).
+        """
 
     def __init__(
         self,
         *,
-        latent_dim: _builtins.int = ...,
-        batch_size: _builtins.int = ...,
-        epochs: _builtins.int = ...,
-        max_steps: _builtins.int = ...,
-        learning_rate: _builtins.float = ...,
-        discriminator_learning_rate: _builtins.float = ...,
-        adam_beta1: _builtins.float = ...,
-        adam_beta2: _builtins.float = ...,
-        image_height: _builtins.int = ...,
-        image_width: _builtins.int = ...,
-        channels: _builtins.int = ...,
-        conditional: _builtins.bool = ...,
-        seed: _builtins.int = ...,
-        kl_weight: _builtins.float = ...,
+        latent_dim: _builtins.int | None = ...,
+        batch_size: _builtins.int | None = ...,
+        epochs: _builtins.int | None = ...,
+        max_steps: _builtins.int | None = ...,
+        learning_rate: _builtins.float | None = ...,
+        discriminator_learning_rate: _builtins.float | None = ...,
+        adam_beta1: _builtins.float | None = ...,
+        adam_beta2: _builtins.float | None = ...,
+        image_height: _builtins.int | None = ...,
+        image_width: _builtins.int | None = ...,
+        channels: _builtins.int | None = ...,
+        conditional: _builtins.bool | None = ...,
+        seed: _builtins.int | None = ...,
+        kl_weight: _builtins.float | None = ...,
         diff_augment: _abc.Iterable[Global___DiffAugmentPolicy.ValueType] | None = ...,
-        adaptive_augmentation: _builtins.bool = ...,
-        ada_target: _builtins.float = ...,
-        checkpoint_every_steps: _builtins.int = ...,
-        preview_every_steps: _builtins.int = ...,
+        adaptive_augmentation: _builtins.bool | None = ...,
+        ada_target: _builtins.float | None = ...,
+        checkpoint_every_steps: _builtins.int | None = ...,
+        preview_every_steps: _builtins.int | None = ...,
+        loss: Global___GanLoss.ValueType | None = ...,
+        r1_gamma: _builtins.float | None = ...,
+        discriminator_steps_per_generator_step: _builtins.int | None = ...,
+        ema_decay: _builtins.float | None = ...,
+        ada_interval: _builtins.int | None = ...,
+        ada_speed_images: _builtins.int | None = ...,
+        ada_initial_p: _builtins.float | None = ...,
+        base_width: _builtins.int | None = ...,
+        mixed_precision: _builtins.bool | None = ...,
+        kl_warmup_steps: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "diff_augment", b"diff_augment", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ada_initial_p: _TypeAlias = _typing.Literal["ada_initial_p"]  # noqa: Y015
+    _WhichOneofArgType__ada_initial_p: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p"]  # noqa: Y015
+    _WhichOneofReturnType__ada_interval: _TypeAlias = _typing.Literal["ada_interval"]  # noqa: Y015
+    _WhichOneofArgType__ada_interval: _TypeAlias = _typing.Literal["_ada_interval", b"_ada_interval"]  # noqa: Y015
+    _WhichOneofReturnType__ada_speed_images: _TypeAlias = _typing.Literal["ada_speed_images"]  # noqa: Y015
+    _WhichOneofArgType__ada_speed_images: _TypeAlias = _typing.Literal["_ada_speed_images", b"_ada_speed_images"]  # noqa: Y015
+    _WhichOneofReturnType__ada_target: _TypeAlias = _typing.Literal["ada_target"]  # noqa: Y015
+    _WhichOneofArgType__ada_target: _TypeAlias = _typing.Literal["_ada_target", b"_ada_target"]  # noqa: Y015
+    _WhichOneofReturnType__adam_beta1: _TypeAlias = _typing.Literal["adam_beta1"]  # noqa: Y015
+    _WhichOneofArgType__adam_beta1: _TypeAlias = _typing.Literal["_adam_beta1", b"_adam_beta1"]  # noqa: Y015
+    _WhichOneofReturnType__adam_beta2: _TypeAlias = _typing.Literal["adam_beta2"]  # noqa: Y015
+    _WhichOneofArgType__adam_beta2: _TypeAlias = _typing.Literal["_adam_beta2", b"_adam_beta2"]  # noqa: Y015
+    _WhichOneofReturnType__adaptive_augmentation: _TypeAlias = _typing.Literal["adaptive_augmentation"]  # noqa: Y015
+    _WhichOneofArgType__adaptive_augmentation: _TypeAlias = _typing.Literal["_adaptive_augmentation", b"_adaptive_augmentation"]  # noqa: Y015
+    _WhichOneofReturnType__base_width: _TypeAlias = _typing.Literal["base_width"]  # noqa: Y015
+    _WhichOneofArgType__base_width: _TypeAlias = _typing.Literal["_base_width", b"_base_width"]  # noqa: Y015
+    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
+    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
+    _WhichOneofReturnType__channels: _TypeAlias = _typing.Literal["channels"]  # noqa: Y015
+    _WhichOneofArgType__channels: _TypeAlias = _typing.Literal["_channels", b"_channels"]  # noqa: Y015
+    _WhichOneofReturnType__checkpoint_every_steps: _TypeAlias = _typing.Literal["checkpoint_every_steps"]  # noqa: Y015
+    _WhichOneofArgType__checkpoint_every_steps: _TypeAlias = _typing.Literal["_checkpoint_every_steps", b"_checkpoint_every_steps"]  # noqa: Y015
+    _WhichOneofReturnType__conditional: _TypeAlias = _typing.Literal["conditional"]  # noqa: Y015
+    _WhichOneofArgType__conditional: _TypeAlias = _typing.Literal["_conditional", b"_conditional"]  # noqa: Y015
+    _WhichOneofReturnType__discriminator_learning_rate: _TypeAlias = _typing.Literal["discriminator_learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__discriminator_learning_rate: _TypeAlias = _typing.Literal["_discriminator_learning_rate", b"_discriminator_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__discriminator_steps_per_generator_step: _TypeAlias = _typing.Literal["discriminator_steps_per_generator_step"]  # noqa: Y015
+    _WhichOneofArgType__discriminator_steps_per_generator_step: _TypeAlias = _typing.Literal["_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step"]  # noqa: Y015
+    _WhichOneofReturnType__ema_decay: _TypeAlias = _typing.Literal["ema_decay"]  # noqa: Y015
+    _WhichOneofArgType__ema_decay: _TypeAlias = _typing.Literal["_ema_decay", b"_ema_decay"]  # noqa: Y015
+    _WhichOneofReturnType__epochs: _TypeAlias = _typing.Literal["epochs"]  # noqa: Y015
+    _WhichOneofArgType__epochs: _TypeAlias = _typing.Literal["_epochs", b"_epochs"]  # noqa: Y015
+    _WhichOneofReturnType__image_height: _TypeAlias = _typing.Literal["image_height"]  # noqa: Y015
+    _WhichOneofArgType__image_height: _TypeAlias = _typing.Literal["_image_height", b"_image_height"]  # noqa: Y015
+    _WhichOneofReturnType__image_width: _TypeAlias = _typing.Literal["image_width"]  # noqa: Y015
+    _WhichOneofArgType__image_width: _TypeAlias = _typing.Literal["_image_width", b"_image_width"]  # noqa: Y015
+    _WhichOneofReturnType__kl_warmup_steps: _TypeAlias = _typing.Literal["kl_warmup_steps"]  # noqa: Y015
+    _WhichOneofArgType__kl_warmup_steps: _TypeAlias = _typing.Literal["_kl_warmup_steps", b"_kl_warmup_steps"]  # noqa: Y015
+    _WhichOneofReturnType__kl_weight: _TypeAlias = _typing.Literal["kl_weight"]  # noqa: Y015
+    _WhichOneofArgType__kl_weight: _TypeAlias = _typing.Literal["_kl_weight", b"_kl_weight"]  # noqa: Y015
+    _WhichOneofReturnType__latent_dim: _TypeAlias = _typing.Literal["latent_dim"]  # noqa: Y015
+    _WhichOneofArgType__latent_dim: _TypeAlias = _typing.Literal["_latent_dim", b"_latent_dim"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__loss: _TypeAlias = _typing.Literal["loss"]  # noqa: Y015
+    _WhichOneofArgType__loss: _TypeAlias = _typing.Literal["_loss", b"_loss"]  # noqa: Y015
+    _WhichOneofReturnType__max_steps: _TypeAlias = _typing.Literal["max_steps"]  # noqa: Y015
+    _WhichOneofArgType__max_steps: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps"]  # noqa: Y015
+    _WhichOneofReturnType__mixed_precision: _TypeAlias = _typing.Literal["mixed_precision"]  # noqa: Y015
+    _WhichOneofArgType__mixed_precision: _TypeAlias = _typing.Literal["_mixed_precision", b"_mixed_precision"]  # noqa: Y015
+    _WhichOneofReturnType__preview_every_steps: _TypeAlias = _typing.Literal["preview_every_steps"]  # noqa: Y015
+    _WhichOneofArgType__preview_every_steps: _TypeAlias = _typing.Literal["_preview_every_steps", b"_preview_every_steps"]  # noqa: Y015
+    _WhichOneofReturnType__r1_gamma: _TypeAlias = _typing.Literal["r1_gamma"]  # noqa: Y015
+    _WhichOneofArgType__r1_gamma: _TypeAlias = _typing.Literal["_r1_gamma", b"_r1_gamma"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_initial_p) -> _WhichOneofReturnType__ada_initial_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_interval) -> _WhichOneofReturnType__ada_interval | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_speed_images) -> _WhichOneofReturnType__ada_speed_images | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_target) -> _WhichOneofReturnType__ada_target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adam_beta1) -> _WhichOneofReturnType__adam_beta1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adam_beta2) -> _WhichOneofReturnType__adam_beta2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adaptive_augmentation) -> _WhichOneofReturnType__adaptive_augmentation | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__base_width) -> _WhichOneofReturnType__base_width | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__channels) -> _WhichOneofReturnType__channels | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__checkpoint_every_steps) -> _WhichOneofReturnType__checkpoint_every_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__conditional) -> _WhichOneofReturnType__conditional | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__discriminator_learning_rate) -> _WhichOneofReturnType__discriminator_learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__discriminator_steps_per_generator_step) -> _WhichOneofReturnType__discriminator_steps_per_generator_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ema_decay) -> _WhichOneofReturnType__ema_decay | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epochs) -> _WhichOneofReturnType__epochs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__image_height) -> _WhichOneofReturnType__image_height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__image_width) -> _WhichOneofReturnType__image_width | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kl_warmup_steps) -> _WhichOneofReturnType__kl_warmup_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kl_weight) -> _WhichOneofReturnType__kl_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latent_dim) -> _WhichOneofReturnType__latent_dim | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__loss) -> _WhichOneofReturnType__loss | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_steps) -> _WhichOneofReturnType__max_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mixed_precision) -> _WhichOneofReturnType__mixed_precision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preview_every_steps) -> _WhichOneofReturnType__preview_every_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__r1_gamma) -> _WhichOneofReturnType__r1_gamma | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___Hyperparameters: _TypeAlias = Hyperparameters  # noqa: Y015
+
+@_typing.final
+class TrainingDataSpec(_message.Message):
+    """Which items of the dataset version a job trains on, and how they become
+    training examples.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    TRAIN_SPLIT_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SPLIT_FIELD_NUMBER: _builtins.int
+    CROP_CATEGORY_IDS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_EXAMPLES_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """Optional subset, in the annotation-store's ListItems filter syntax."""
+    train_split: _builtins.str
+    """Split trained on; empty means "train"."""
+    holdout_split: _builtins.str
+    """Split held out for the quality report (e.g. "test"); empty holds out
+    ExportSpec.holdout_fraction of the train split instead (a stable draw per item).
+    """
+    max_examples: _builtins.int
+    """At most this many training examples; 0 means all."""
+    @_builtins.property
+    def crop_category_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Object-level generation: train on the crops of the boxes of these
+        categories (resized to the model's resolution) instead of whole images; the
+        class of a crop is its box's category.
+        """
+
+    @_builtins.property
+    def attribute_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Item attribute keys to condition on (e.g. "weather", "time"); each becomes
+        one categorical input whose values are those seen in the data.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        train_split: _builtins.str = ...,
+        holdout_split: _builtins.str = ...,
+        crop_category_ids: _abc.Iterable[_builtins.int] | None = ...,
+        attribute_keys: _abc.Iterable[_builtins.str] | None = ...,
+        max_examples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "diff_augment", b"diff_augment", "discriminator_learning_rate", b"discriminator_learning_rate", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "max_steps", b"max_steps", "preview_every_steps", b"preview_every_steps", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_keys", b"attribute_keys", "crop_category_ids", b"crop_category_ids", "filter", b"filter", "holdout_split", b"holdout_split", "max_examples", b"max_examples", "train_split", b"train_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Hyperparameters: _TypeAlias = Hyperparameters  # noqa: Y015
+Global___TrainingDataSpec: _TypeAlias = TrainingDataSpec  # noqa: Y015
+
+@_typing.final
+class AttributeSchema(_message.Message):
+    """One categorical conditioning input: its name and its values; index i of the
+    generator's `attributes` input column stands for values[i].
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributeSchema: _TypeAlias = AttributeSchema  # noqa: Y015
 
 @_typing.final
 class ExportSpec(_message.Message):
@@ -243,6 +514,7 @@ class ExportSpec(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     EVALUATION_SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     HOLDOUT_FRACTION_FIELD_NUMBER: _builtins.int
+    QUALITY_GATE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Registry model that receives the exported version: "models/{model}";
     created when it does not exist.
@@ -255,20 +527,75 @@ class ExportSpec(_message.Message):
     """Fraction of the dataset held out from training for the quality report's
     utility and privacy figures; 0 means the server default (0.1).
     """
+    @_builtins.property
+    def quality_gate(self) -> Global___QualityGate:
+        """Register the version only when the report passes this gate; a job whose
+        model fails it ends SUCCEEDED with no model_version and the report attached.
+        """
+
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         evaluation_sample_count: _builtins.int = ...,
         holdout_fraction: _builtins.float = ...,
+        quality_gate: Global___QualityGate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality_gate", b"quality_gate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_sample_count", b"evaluation_sample_count", "holdout_fraction", b"holdout_fraction", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_sample_count", b"evaluation_sample_count", "holdout_fraction", b"holdout_fraction", "model", b"model", "quality_gate", b"quality_gate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportSpec: _TypeAlias = ExportSpec  # noqa: Y015
+
+@_typing.final
+class QualityGate(_message.Message):
+    """Conditions a report must meet for its model to be registered. Unset
+    conditions are not checked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_TSTR_TO_TRTR_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_FRECHET_DISTANCE_FIELD_NUMBER: _builtins.int
+    MIN_PRECISION_FIELD_NUMBER: _builtins.int
+    MAX_MEMORIZATION_RATE_FIELD_NUMBER: _builtins.int
+    min_tstr_to_trtr_ratio: _builtins.float
+    """TSTR accuracy at least this fraction of TRTR accuracy (e.g. 0.9)."""
+    max_frechet_distance: _builtins.float
+    min_precision: _builtins.float
+    max_memorization_rate: _builtins.float
+    def __init__(
+        self,
+        *,
+        min_tstr_to_trtr_ratio: _builtins.float | None = ...,
+        max_frechet_distance: _builtins.float | None = ...,
+        min_precision: _builtins.float | None = ...,
+        max_memorization_rate: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_frechet_distance", b"_max_frechet_distance", "_max_memorization_rate", b"_max_memorization_rate", "_min_precision", b"_min_precision", "_min_tstr_to_trtr_ratio", b"_min_tstr_to_trtr_ratio", "max_frechet_distance", b"max_frechet_distance", "max_memorization_rate", b"max_memorization_rate", "min_precision", b"min_precision", "min_tstr_to_trtr_ratio", b"min_tstr_to_trtr_ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_frechet_distance", b"_max_frechet_distance", "_max_memorization_rate", b"_max_memorization_rate", "_min_precision", b"_min_precision", "_min_tstr_to_trtr_ratio", b"_min_tstr_to_trtr_ratio", "max_frechet_distance", b"max_frechet_distance", "max_memorization_rate", b"max_memorization_rate", "min_precision", b"min_precision", "min_tstr_to_trtr_ratio", b"min_tstr_to_trtr_ratio"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_frechet_distance: _TypeAlias = _typing.Literal["max_frechet_distance"]  # noqa: Y015
+    _WhichOneofArgType__max_frechet_distance: _TypeAlias = _typing.Literal["_max_frechet_distance", b"_max_frechet_distance"]  # noqa: Y015
+    _WhichOneofReturnType__max_memorization_rate: _TypeAlias = _typing.Literal["max_memorization_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_memorization_rate: _TypeAlias = _typing.Literal["_max_memorization_rate", b"_max_memorization_rate"]  # noqa: Y015
+    _WhichOneofReturnType__min_precision: _TypeAlias = _typing.Literal["min_precision"]  # noqa: Y015
+    _WhichOneofArgType__min_precision: _TypeAlias = _typing.Literal["_min_precision", b"_min_precision"]  # noqa: Y015
+    _WhichOneofReturnType__min_tstr_to_trtr_ratio: _TypeAlias = _typing.Literal["min_tstr_to_trtr_ratio"]  # noqa: Y015
+    _WhichOneofArgType__min_tstr_to_trtr_ratio: _TypeAlias = _typing.Literal["_min_tstr_to_trtr_ratio", b"_min_tstr_to_trtr_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_frechet_distance) -> _WhichOneofReturnType__max_frechet_distance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_memorization_rate) -> _WhichOneofReturnType__max_memorization_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_precision) -> _WhichOneofReturnType__min_precision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_tstr_to_trtr_ratio) -> _WhichOneofReturnType__min_tstr_to_trtr_ratio | None: ...
+
+Global___QualityGate: _TypeAlias = QualityGate  # noqa: Y015
 
 @_typing.final
 class TrainingProgress(_message.Message):
@@ -306,6 +633,11 @@ class TrainingProgress(_message.Message):
     LATEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
     PREVIEW_OBJECT_KEY_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ADA_P_FIELD_NUMBER: _builtins.int
+    LOSS_CURVE_OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    TRAIN_EXAMPLES_FIELD_NUMBER: _builtins.int
+    HOLDOUT_EXAMPLES_FIELD_NUMBER: _builtins.int
+    SKIPPED_ITEMS_FIELD_NUMBER: _builtins.int
     stage: Global___TrainingStage.ValueType
     step: _builtins.int
     """Optimizer steps done, and the total planned."""
@@ -319,6 +651,14 @@ class TrainingProgress(_message.Message):
     """Object key of the latest preview grid (PNG) in the shared object storage;
     empty when previews are off or none was rendered yet.
     """
+    ada_p: _builtins.float
+    """MODEL_KIND_ENHANCED_GAN: the current augmentation probability."""
+    loss_curve_object_key: _builtins.str
+    """Object key of the loss-curve PNG; GetTrainingPreview returns its bytes."""
+    train_examples: _builtins.int
+    """Training and held-out examples read, and items skipped (no single class label)."""
+    holdout_examples: _builtins.int
+    skipped_items: _builtins.int
     @_builtins.property
     def losses(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Latest loss values by name, e.g. "generator", "discriminator",
@@ -344,10 +684,15 @@ class TrainingProgress(_message.Message):
         latest_checkpoint: _builtins.str = ...,
         preview_object_key: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        ada_p: _builtins.float = ...,
+        loss_curve_object_key: _builtins.str = ...,
+        train_examples: _builtins.int = ...,
+        holdout_examples: _builtins.int = ...,
+        skipped_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta", b"eta", "latest_checkpoint", b"latest_checkpoint", "losses", b"losses", "preview_object_key", b"preview_object_key", "samples_per_second", b"samples_per_second", "stage", b"stage", "step", b"step", "total_steps", b"total_steps", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ada_p", b"ada_p", "epoch", b"epoch", "eta", b"eta", "holdout_examples", b"holdout_examples", "latest_checkpoint", b"latest_checkpoint", "loss_curve_object_key", b"loss_curve_object_key", "losses", b"losses", "preview_object_key", b"preview_object_key", "samples_per_second", b"samples_per_second", "skipped_items", b"skipped_items", "stage", b"stage", "step", b"step", "total_steps", b"total_steps", "train_examples", b"train_examples", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,6 +723,10 @@ class TrainingJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    QUALITY_REPORT_FIELD_NUMBER: _builtins.int
+    QUALITY_GATE_PASSED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. "trainingJobs/{training_job}"."""
     display_name: _builtins.str
@@ -393,6 +742,8 @@ class TrainingJob(_message.Message):
     """Output only. Number of runs: 1, plus one for each resume (manual or after a crash)."""
     model_version: _builtins.str
     """Output only. "models/{model}/versions/{version}" once registered."""
+    quality_gate_passed: _builtins.bool
+    """Output only: false when the quality gate refused the model."""
     @_builtins.property
     def hyperparameters(self) -> Global___Hyperparameters: ...
     @_builtins.property
@@ -423,6 +774,20 @@ class TrainingJob(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def data(self) -> Global___TrainingDataSpec:
+        """Which items, and how they become examples."""
+
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeSchema]:
+        """Output only: the attribute schema of the conditioning inputs."""
+
+    @_builtins.property
+    def quality_report(self) -> _quality_report_pb2.QualityReport:
+        """Output only, once evaluated: the quality report (also when the quality gate
+        kept the model out of the registry).
+        """
+
     def __init__(
         self,
         *,
@@ -445,10 +810,14 @@ class TrainingJob(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        data: Global___TrainingDataSpec | None = ...,
+        attributes: _abc.Iterable[Global___AttributeSchema] | None = ...,
+        quality_report: _quality_report_pb2.QualityReport | None = ...,
+        quality_gate_passed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "export", b"export", "hyperparameters", b"hyperparameters", "progress", b"progress", "start_time", b"start_time", "training_progress", b"training_progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "end_time", b"end_time", "error", b"error", "export", b"export", "hyperparameters", b"hyperparameters", "progress", b"progress", "quality_report", b"quality_report", "start_time", b"start_time", "training_progress", b"training_progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "category_ids", b"category_ids", "class_names", b"class_names", "create_time", b"create_time", "dataset_version", b"dataset_version", "device", b"device", "device_preference", b"device_preference", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "export", b"export", "hyperparameters", b"hyperparameters", "model_kind", b"model_kind", "model_version", b"model_version", "name", b"name", "progress", b"progress", "start_time", b"start_time", "state", b"state", "training_progress", b"training_progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attributes", b"attributes", "category_ids", b"category_ids", "class_names", b"class_names", "create_time", b"create_time", "data", b"data", "dataset_version", b"dataset_version", "device", b"device", "device_preference", b"device_preference", "display_name", b"display_name", "end_time", b"end_time", "error", b"error", "export", b"export", "hyperparameters", b"hyperparameters", "model_kind", b"model_kind", "model_version", b"model_version", "name", b"name", "progress", b"progress", "quality_gate_passed", b"quality_gate_passed", "quality_report", b"quality_report", "start_time", b"start_time", "state", b"state", "training_progress", b"training_progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,13 +27,15 @@ from simulacra_client.api.common.v1 import common_pb2 as simulacra_dot_common_do
 from simulacra_client.api.training.v1 import training_job_pb2 as simulacra_dot_training_dot_v1_dot_training__job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,simulacra/training/v1/training_service.proto\x12\x15simulacra.training.v1\x1a simulacra/common/v1/common.proto\x1a(simulacra/training/v1/training_job.proto\"h\n\x18\x43reateTrainingJobRequest\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x19\x43reateTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"%\n\x15GetTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x16GetTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"\x87\x01\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.simulacra.common.v1.JobState\x12\x17\n\x0f\x64\x61taset_version\x18\x04 \x01(\t\"n\n\x18ListTrainingJobsResponse\x12\x39\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\".simulacra.training.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x43\x61ncelTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x19\x43\x61ncelTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"(\n\x18ResumeTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x19ResumeTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"(\n\x18\x44\x65leteTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteTrainingJobResponse\"\'\n\x17WatchTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x18WatchTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"O\n\x16ListCheckpointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListCheckpointsResponse\x12\x36\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32!.simulacra.training.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbe\x07\n\x0fTrainingService\x12v\n\x11\x43reateTrainingJob\x12/.simulacra.training.v1.CreateTrainingJobRequest\x1a\x30.simulacra.training.v1.CreateTrainingJobResponse\x12m\n\x0eGetTrainingJob\x12,.simulacra.training.v1.GetTrainingJobRequest\x1a-.simulacra.training.v1.GetTrainingJobResponse\x12s\n\x10ListTrainingJobs\x12..simulacra.training.v1.ListTrainingJobsRequest\x1a/.simulacra.training.v1.ListTrainingJobsResponse\x12v\n\x11\x43\x61ncelTrainingJob\x12/.simulacra.training.v1.CancelTrainingJobRequest\x1a\x30.simulacra.training.v1.CancelTrainingJobResponse\x12v\n\x11ResumeTrainingJob\x12/.simulacra.training.v1.ResumeTrainingJobRequest\x1a\x30.simulacra.training.v1.ResumeTrainingJobResponse\x12v\n\x11\x44\x65leteTrainingJob\x12/.simulacra.training.v1.DeleteTrainingJobRequest\x1a\x30.simulacra.training.v1.DeleteTrainingJobResponse\x12u\n\x10WatchTrainingJob\x12..simulacra.training.v1.WatchTrainingJobRequest\x1a/.simulacra.training.v1.WatchTrainingJobResponse0\x01\x12p\n\x0fListCheckpoints\x12-.simulacra.training.v1.ListCheckpointsRequest\x1a..simulacra.training.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,simulacra/training/v1/training_service.proto\x12\x15simulacra.training.v1\x1a simulacra/common/v1/common.proto\x1a(simulacra/training/v1/training_job.proto\"h\n\x18\x43reateTrainingJobRequest\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x19\x43reateTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"%\n\x15GetTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x16GetTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"\x87\x01\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.simulacra.common.v1.JobState\x12\x17\n\x0f\x64\x61taset_version\x18\x04 \x01(\t\"n\n\x18ListTrainingJobsResponse\x12\x39\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\".simulacra.training.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x43\x61ncelTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x19\x43\x61ncelTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"\'\n\x17PauseTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x18PauseTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"(\n\x18ResumeTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x19ResumeTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"(\n\x18\x44\x65leteTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteTrainingJobResponse\"\'\n\x17WatchTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x18WatchTrainingJobResponse\x12\x38\n\x0ctraining_job\x18\x01 \x01(\x0b\x32\".simulacra.training.v1.TrainingJob\"O\n\x16ListCheckpointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListCheckpointsResponse\x12\x36\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32!.simulacra.training.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x19GetTrainingPreviewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".simulacra.training.v1.PreviewKind\"K\n\x1aGetTrainingPreviewResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x12\n\nobject_key\x18\x03 \x01(\t*{\n\x0bPreviewKind\x12\x1c\n\x18PREVIEW_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PREVIEW_KIND_SAMPLES\x10\x01\x12\x1b\n\x17PREVIEW_KIND_LOSS_CURVE\x10\x02\x12\x17\n\x13PREVIEW_KIND_REPORT\x10\x03\x32\xae\t\n\x0fTrainingService\x12v\n\x11\x43reateTrainingJob\x12/.simulacra.training.v1.CreateTrainingJobRequest\x1a\x30.simulacra.training.v1.CreateTrainingJobResponse\x12m\n\x0eGetTrainingJob\x12,.simulacra.training.v1.GetTrainingJobRequest\x1a-.simulacra.training.v1.GetTrainingJobResponse\x12s\n\x10ListTrainingJobs\x12..simulacra.training.v1.ListTrainingJobsRequest\x1a/.simulacra.training.v1.ListTrainingJobsResponse\x12v\n\x11\x43\x61ncelTrainingJob\x12/.simulacra.training.v1.CancelTrainingJobRequest\x1a\x30.simulacra.training.v1.CancelTrainingJobResponse\x12s\n\x10PauseTrainingJob\x12..simulacra.training.v1.PauseTrainingJobRequest\x1a/.simulacra.training.v1.PauseTrainingJobResponse\x12v\n\x11ResumeTrainingJob\x12/.simulacra.training.v1.ResumeTrainingJobRequest\x1a\x30.simulacra.training.v1.ResumeTrainingJobResponse\x12v\n\x11\x44\x65leteTrainingJob\x12/.simulacra.training.v1.DeleteTrainingJobRequest\x1a\x30.simulacra.training.v1.DeleteTrainingJobResponse\x12u\n\x10WatchTrainingJob\x12..simulacra.training.v1.WatchTrainingJobRequest\x1a/.simulacra.training.v1.WatchTrainingJobResponse0\x01\x12p\n\x0fListCheckpoints\x12-.simulacra.training.v1.ListCheckpointsRequest\x1a..simulacra.training.v1.ListCheckpointsResponse\x12y\n\x12GetTrainingPreview\x12\x30.simulacra.training.v1.GetTrainingPreviewRequest\x1a\x31.simulacra.training.v1.GetTrainingPreviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'simulacra_client.api.training.v1.training_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREVIEWKIND']._serialized_start=1655
+  _globals['_PREVIEWKIND']._serialized_end=1778
   _globals['_CREATETRAININGJOBREQUEST']._serialized_start=147
   _globals['_CREATETRAININGJOBREQUEST']._serialized_end=251
   _globals['_CREATETRAININGJOBRESPONSE']._serialized_start=253
@@ -50,22 +52,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=753
   _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=755
   _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=840
-  _globals['_RESUMETRAININGJOBREQUEST']._serialized_start=842
-  _globals['_RESUMETRAININGJOBREQUEST']._serialized_end=882
-  _globals['_RESUMETRAININGJOBRESPONSE']._serialized_start=884
-  _globals['_RESUMETRAININGJOBRESPONSE']._serialized_end=969
-  _globals['_DELETETRAININGJOBREQUEST']._serialized_start=971
-  _globals['_DELETETRAININGJOBREQUEST']._serialized_end=1011
-  _globals['_DELETETRAININGJOBRESPONSE']._serialized_start=1013
-  _globals['_DELETETRAININGJOBRESPONSE']._serialized_end=1040
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1042
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1081
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1083
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1167
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1169
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1248
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1250
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1356
-  _globals['_TRAININGSERVICE']._serialized_start=1359
-  _globals['_TRAININGSERVICE']._serialized_end=2317
+  _globals['_PAUSETRAININGJOBREQUEST']._serialized_start=842
+  _globals['_PAUSETRAININGJOBREQUEST']._serialized_end=881
+  _globals['_PAUSETRAININGJOBRESPONSE']._serialized_start=883
+  _globals['_PAUSETRAININGJOBRESPONSE']._serialized_end=967
+  _globals['_RESUMETRAININGJOBREQUEST']._serialized_start=969
+  _globals['_RESUMETRAININGJOBREQUEST']._serialized_end=1009
+  _globals['_RESUMETRAININGJOBRESPONSE']._serialized_start=1011
+  _globals['_RESUMETRAININGJOBRESPONSE']._serialized_end=1096
+  _globals['_DELETETRAININGJOBREQUEST']._serialized_start=1098
+  _globals['_DELETETRAININGJOBREQUEST']._serialized_end=1138
+  _globals['_DELETETRAININGJOBRESPONSE']._serialized_start=1140
+  _globals['_DELETETRAININGJOBRESPONSE']._serialized_end=1167
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1169
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1208
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1210
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1294
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1296
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1375
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1377
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1483
+  _globals['_GETTRAININGPREVIEWREQUEST']._serialized_start=1485
+  _globals['_GETTRAININGPREVIEWREQUEST']._serialized_end=1576
+  _globals['_GETTRAININGPREVIEWRESPONSE']._serialized_start=1578
+  _globals['_GETTRAININGPREVIEWRESPONSE']._serialized_end=1653
+  _globals['_TRAININGSERVICE']._serialized_start=1781
+  _globals['_TRAININGSERVICE']._serialized_end=2979
 # @@protoc_insertion_point(module_scope)

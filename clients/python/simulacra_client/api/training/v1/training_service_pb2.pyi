@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from simulacra_client.api.common.v1 import common_pb2 as _common_pb2
 from simulacra_client.api.training.v1 import training_job_pb2 as _training_job_pb2
 import builtins as _builtins
@@ -22,6 +23,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PreviewKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PreviewKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PreviewKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREVIEW_KIND_UNSPECIFIED: _PreviewKind.ValueType  # 0
+    PREVIEW_KIND_SAMPLES: _PreviewKind.ValueType  # 1
+    """The latest grid of samples, one row per class (the default)."""
+    PREVIEW_KIND_LOSS_CURVE: _PreviewKind.ValueType  # 2
+    """Every loss over the steps."""
+    PREVIEW_KIND_REPORT: _PreviewKind.ValueType  # 3
+    """The quality report's summary picture (samples and key figures)."""
+
+class PreviewKind(_PreviewKind, metaclass=_PreviewKindEnumTypeWrapper):
+    """Which picture GetTrainingPreview returns."""
+
+PREVIEW_KIND_UNSPECIFIED: PreviewKind.ValueType  # 0
+PREVIEW_KIND_SAMPLES: PreviewKind.ValueType  # 1
+"""The latest grid of samples, one row per class (the default)."""
+PREVIEW_KIND_LOSS_CURVE: PreviewKind.ValueType  # 2
+"""Every loss over the steps."""
+PREVIEW_KIND_REPORT: PreviewKind.ValueType  # 3
+"""The quality report's summary picture (samples and key figures)."""
+Global___PreviewKind: _TypeAlias = PreviewKind  # noqa: Y015
 
 @_typing.final
 class CreateTrainingJobRequest(_message.Message):
@@ -209,6 +236,45 @@ class CancelTrainingJobResponse(_message.Message):
 Global___CancelTrainingJobResponse: _TypeAlias = CancelTrainingJobResponse  # noqa: Y015
 
 @_typing.final
+class PauseTrainingJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseTrainingJobRequest: _TypeAlias = PauseTrainingJobRequest  # noqa: Y015
+
+@_typing.final
+class PauseTrainingJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAINING_JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def training_job(self) -> _training_job_pb2.TrainingJob: ...
+    def __init__(
+        self,
+        *,
+        training_job: _training_job_pb2.TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseTrainingJobResponse: _TypeAlias = PauseTrainingJobResponse  # noqa: Y015
+
+@_typing.final
 class ResumeTrainingJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -373,3 +439,54 @@ class ListCheckpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class GetTrainingPreviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The job: "trainingJobs/{training_job}"."""
+    kind: Global___PreviewKind.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___PreviewKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingPreviewRequest: _TypeAlias = GetTrainingPreviewRequest  # noqa: Y015
+
+@_typing.final
+class GetTrainingPreviewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PNG_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    png: _builtins.bytes
+    """PNG bytes (at most a few MiB)."""
+    step: _builtins.int
+    """The step the picture shows."""
+    object_key: _builtins.str
+    """Where it lives in the shared object storage."""
+    def __init__(
+        self,
+        *,
+        png: _builtins.bytes = ...,
+        step: _builtins.int = ...,
+        object_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_key", b"object_key", "png", b"png", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingPreviewResponse: _TypeAlias = GetTrainingPreviewResponse  # noqa: Y015

@@ -55,6 +55,11 @@ class TrainingServiceStub:
                 request_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.CancelTrainingJobRequest.SerializeToString,
                 response_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.CancelTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.PauseTrainingJob = channel.unary_unary(
+                '/simulacra.training.v1.TrainingService/PauseTrainingJob',
+                request_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobRequest.SerializeToString,
+                response_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobResponse.FromString,
+                _registered_method=True)
         self.ResumeTrainingJob = channel.unary_unary(
                 '/simulacra.training.v1.TrainingService/ResumeTrainingJob',
                 request_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ResumeTrainingJobRequest.SerializeToString,
@@ -74,6 +79,11 @@ class TrainingServiceStub:
                 '/simulacra.training.v1.TrainingService/ListCheckpoints',
                 request_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.GetTrainingPreview = channel.unary_unary(
+                '/simulacra.training.v1.TrainingService/GetTrainingPreview',
+                request_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewRequest.SerializeToString,
+                response_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewResponse.FromString,
                 _registered_method=True)
 
 
@@ -109,9 +119,19 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseTrainingJob(self, request, context):
+        """Asks a queued or running job to stop after its current step and write a
+        checkpoint; it ends in JOB_STATE_PAUSED until ResumeTrainingJob.
+        FAILED_PRECONDITION (JOB_NOT_PAUSABLE) when it has already ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResumeTrainingJob(self, request, context):
-        """Restarts a cancelled or failed job from its latest checkpoint (attempt + 1).
-        Jobs interrupted by a crash of the service are resumed this way on restart.
+        """Continues a paused, cancelled or failed job from its latest checkpoint
+        (attempt + 1); the loss history continues. Jobs interrupted by a crash of
+        the worker or of the service are resumed the same way, automatically.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +160,15 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingPreview(self, request, context):
+        """A picture of a job as PNG bytes: the latest preview grid (one row per
+        class), the loss curve, or the report summary. NOT_FOUND (PREVIEW_NOT_FOUND)
+        when none was rendered yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +192,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     request_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.CancelTrainingJobRequest.FromString,
                     response_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.CancelTrainingJobResponse.SerializeToString,
             ),
+            'PauseTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseTrainingJob,
+                    request_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobRequest.FromString,
+                    response_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobResponse.SerializeToString,
+            ),
             'ResumeTrainingJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeTrainingJob,
                     request_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ResumeTrainingJobRequest.FromString,
@@ -182,6 +216,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetTrainingPreview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingPreview,
+                    request_deserializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewRequest.FromString,
+                    response_serializer=simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +342,33 @@ class TrainingService:
             _registered_method=True)
 
     @staticmethod
+    def PauseTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.training.v1.TrainingService/PauseTrainingJob',
+            simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobRequest.SerializeToString,
+            simulacra_dot_training_dot_v1_dot_training__service__pb2.PauseTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ResumeTrainingJob(request,
             target,
             options=(),
@@ -400,6 +466,33 @@ class TrainingService:
             '/simulacra.training.v1.TrainingService/ListCheckpoints',
             simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsRequest.SerializeToString,
             simulacra_dot_training_dot_v1_dot_training__service__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingPreview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.training.v1.TrainingService/GetTrainingPreview',
+            simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewRequest.SerializeToString,
+            simulacra_dot_training_dot_v1_dot_training__service__pb2.GetTrainingPreviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,9 +45,15 @@ class TrainingServiceStub:
     checkpoint and ends in JOB_STATE_CANCELLED (resumable). A job that has
     already ended is returned unchanged.
     """
+    PauseTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_service_pb2.PauseTrainingJobRequest, _training_service_pb2.PauseTrainingJobResponse]
+    """Asks a queued or running job to stop after its current step and write a
+    checkpoint; it ends in JOB_STATE_PAUSED until ResumeTrainingJob.
+    FAILED_PRECONDITION (JOB_NOT_PAUSABLE) when it has already ended.
+    """
     ResumeTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_service_pb2.ResumeTrainingJobRequest, _training_service_pb2.ResumeTrainingJobResponse]
-    """Restarts a cancelled or failed job from its latest checkpoint (attempt + 1).
-    Jobs interrupted by a crash of the service are resumed this way on restart.
+    """Continues a paused, cancelled or failed job from its latest checkpoint
+    (attempt + 1); the loss history continues. Jobs interrupted by a crash of
+    the worker or of the service are resumed the same way, automatically.
     """
     DeleteTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_service_pb2.DeleteTrainingJobRequest, _training_service_pb2.DeleteTrainingJobResponse]
     """Deletes an ended job and its checkpoints; registered model versions stay.
@@ -59,6 +65,11 @@ class TrainingServiceStub:
     """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_training_service_pb2.ListCheckpointsRequest, _training_service_pb2.ListCheckpointsResponse]
     """Checkpoints of a job, newest first."""
+    GetTrainingPreview: _grpc.UnaryUnaryMultiCallable[_training_service_pb2.GetTrainingPreviewRequest, _training_service_pb2.GetTrainingPreviewResponse]
+    """A picture of a job as PNG bytes: the latest preview grid (one row per
+    class), the loss curve, or the report summary. NOT_FOUND (PREVIEW_NOT_FOUND)
+    when none was rendered yet.
+    """
 
 @_typing.type_check_only
 class TrainingServiceAsyncStub(TrainingServiceStub):
@@ -74,9 +85,15 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
     checkpoint and ends in JOB_STATE_CANCELLED (resumable). A job that has
     already ended is returned unchanged.
     """
+    PauseTrainingJob: _aio.UnaryUnaryMultiCallable[_training_service_pb2.PauseTrainingJobRequest, _training_service_pb2.PauseTrainingJobResponse]  # type: ignore[assignment]
+    """Asks a queued or running job to stop after its current step and write a
+    checkpoint; it ends in JOB_STATE_PAUSED until ResumeTrainingJob.
+    FAILED_PRECONDITION (JOB_NOT_PAUSABLE) when it has already ended.
+    """
     ResumeTrainingJob: _aio.UnaryUnaryMultiCallable[_training_service_pb2.ResumeTrainingJobRequest, _training_service_pb2.ResumeTrainingJobResponse]  # type: ignore[assignment]
-    """Restarts a cancelled or failed job from its latest checkpoint (attempt + 1).
-    Jobs interrupted by a crash of the service are resumed this way on restart.
+    """Continues a paused, cancelled or failed job from its latest checkpoint
+    (attempt + 1); the loss history continues. Jobs interrupted by a crash of
+    the worker or of the service are resumed the same way, automatically.
     """
     DeleteTrainingJob: _aio.UnaryUnaryMultiCallable[_training_service_pb2.DeleteTrainingJobRequest, _training_service_pb2.DeleteTrainingJobResponse]  # type: ignore[assignment]
     """Deletes an ended job and its checkpoints; registered model versions stay.
@@ -88,6 +105,11 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_training_service_pb2.ListCheckpointsRequest, _training_service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Checkpoints of a job, newest first."""
+    GetTrainingPreview: _aio.UnaryUnaryMultiCallable[_training_service_pb2.GetTrainingPreviewRequest, _training_service_pb2.GetTrainingPreviewResponse]  # type: ignore[assignment]
+    """A picture of a job as PNG bytes: the latest preview grid (one row per
+    class), the loss curve, or the report summary. NOT_FOUND (PREVIEW_NOT_FOUND)
+    when none was rendered yet.
+    """
 
 class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,13 +148,25 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def PauseTrainingJob(
+        self,
+        request: _training_service_pb2.PauseTrainingJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_service_pb2.PauseTrainingJobResponse, _abc.Awaitable[_training_service_pb2.PauseTrainingJobResponse]]:
+        """Asks a queued or running job to stop after its current step and write a
+        checkpoint; it ends in JOB_STATE_PAUSED until ResumeTrainingJob.
+        FAILED_PRECONDITION (JOB_NOT_PAUSABLE) when it has already ended.
+        """
+
+    @_abc_1.abstractmethod
     def ResumeTrainingJob(
         self,
         request: _training_service_pb2.ResumeTrainingJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_service_pb2.ResumeTrainingJobResponse, _abc.Awaitable[_training_service_pb2.ResumeTrainingJobResponse]]:
-        """Restarts a cancelled or failed job from its latest checkpoint (attempt + 1).
-        Jobs interrupted by a crash of the service are resumed this way on restart.
+        """Continues a paused, cancelled or failed job from its latest checkpoint
+        (attempt + 1); the loss history continues. Jobs interrupted by a crash of
+        the worker or of the service are resumed the same way, automatically.
         """
 
     @_abc_1.abstractmethod
@@ -162,5 +196,16 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_service_pb2.ListCheckpointsResponse, _abc.Awaitable[_training_service_pb2.ListCheckpointsResponse]]:
         """Checkpoints of a job, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetTrainingPreview(
+        self,
+        request: _training_service_pb2.GetTrainingPreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_service_pb2.GetTrainingPreviewResponse, _abc.Awaitable[_training_service_pb2.GetTrainingPreviewResponse]]:
+        """A picture of a job as PNG bytes: the latest preview grid (one row per
+        class), the loss curve, or the report summary. NOT_FOUND (PREVIEW_NOT_FOUND)
+        when none was rendered yet.
+        """
 
 def add_TrainingServiceServicer_to_server(servicer: TrainingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
