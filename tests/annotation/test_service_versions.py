@@ -81,7 +81,8 @@ async def test_a_version_reads_the_same_after_edits_deletes_and_category_deletio
     assert (await stub.GetItem(api.GetItemRequest(name=f"{v1}/items/b"))).item.version == 1
     with pytest.raises(grpc.RpcError) as caught:
         await stub.GetItem(api.GetItemRequest(name=f"{v1}/items/d"))
-    assert rpc_error(caught.value).code == grpc.StatusCode.NOT_FOUND
+    missing = rpc_error(caught.value)
+    assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "ITEM_NOT_FOUND")
 
     latest = await _snapshot(annotation, f"{dataset.name}/versions/latest")
     assert latest == await _snapshot(annotation, f"{dataset.name}/versions/2")
@@ -101,10 +102,12 @@ async def test_commit_without_changes_returns_the_latest_version(annotation: Ann
     # An empty batch, a failed delete and a refused category change nothing either.
     (ack,) = await annotation.upload(dataset.name, [[]])
     assert list(ack.item_names) == [] and not ack.replayed
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as no_item:
         await stub.DeleteItem(api.DeleteItemRequest(name=f"{dataset.name}/items/missing"))
-    with pytest.raises(grpc.RpcError):
-        await stub.DeleteCategory(api.DeleteCategoryRequest(name=f"{dataset.name}/categories/1"))  # in use
+    assert rpc_error(no_item.value).reason == "ITEM_NOT_FOUND"
+    with pytest.raises(grpc.RpcError) as in_use:
+        await stub.DeleteCategory(api.DeleteCategoryRequest(name=f"{dataset.name}/categories/1"))
+    assert rpc_error(in_use.value).reason == "CATEGORY_IN_USE"
     assert not (await stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))).created
     await annotation.upload_one(dataset.name, item_upload("y", image=png(seed=8)))
     third = await stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))

@@ -196,4 +196,4 @@ async def test_a_client_without_the_token_is_refused(server: ServiceServer) -> N
     with AnnotationClient(server.address) as anonymous:
         with pytest.raises(UnauthenticatedError) as caught:
             await asyncio.to_thread(lambda: list(anonymous.list_datasets()))
-    assert caught.value.code is grpc.StatusCode.UNAUTHENTICATED
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN")

@@ -351,7 +351,7 @@ async def test_bearer_token_is_required_except_for_health(settings: Settings, st
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
         refused = await rpc_error(listing.read())
-        assert refused.code is grpc.StatusCode.UNAUTHENTICATED
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN")
         malformed = await rpc_error(unary(anonymous, "Echo")(Tensor(), metadata=(("authorization", "Basic s3cret-token"),)))
         assert malformed.reason == "INVALID_TOKEN"
 
@@ -412,13 +412,16 @@ async def test_tls_server_accepts_clients_trusting_its_ca_and_refuses_plaintext(
         assert (await bounded(unary(by_pem, "Echo")(Tensor(data=b"pem")))).data == b"pem"
     async with open_aio_channel(server.address, token="t0ken") as plaintext:
         refused = await rpc_error(unary(plaintext, "Echo")(Tensor(), timeout=5))
-        assert refused.code is grpc.StatusCode.UNAVAILABLE
+        # Refused by the transport, before any RPC ran: no ErrorInfo, the connection itself failed.
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "")
+        assert "failed to connect" in refused.message
     # A client trusting another CA refuses the server.
     (tmp_path / "other").mkdir()
     stranger = make_tls_files(tmp_path / "other")
     async with open_aio_channel(server.address, tls_ca=str(stranger.ca_cert), token="t0ken") as untrusting:
         distrust = await rpc_error(unary(untrusting, "Echo")(Tensor(), timeout=5))
-        assert distrust.code is grpc.StatusCode.UNAVAILABLE
+        assert (distrust.code, distrust.reason) == (grpc.StatusCode.UNAVAILABLE, "")
+        assert "handshake failed" in distrust.message.lower() and "certificate" in distrust.message.lower()
 
 
 # ---- message size -------------------------------------------------------------------------
@@ -430,12 +433,17 @@ async def test_messages_over_the_limit_are_refused_with_resource_exhausted(setti
         assert len((await bounded(unary(generous_client, "Echo")(Tensor(data=b"x" * 32 * 1024)))).data) == 32 * 1024
         too_big = await rpc_error(unary(generous_client, "Echo")(Tensor(data=b"x" * 100 * 1024)))
         assert too_big.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    # The SDK applies its own limit before sending.
-    async with open_aio_channel(server.address, max_message_bytes=64 * 1024) as strict_client:
-        not_sent = await rpc_error(unary(strict_client, "Echo")(Tensor(data=b"x" * 100 * 1024)))
-        assert not_sent.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The SDK applies its own limit before sending. Its limit (96 KiB) differs from the
+    # server's (64 KiB), so that each refusal names whose limit it was.
+    sdk_limit, server_limit = 96 * 1024, 64 * 1024
+    async with open_aio_channel(server.address, max_message_bytes=sdk_limit) as strict_client:
+        by_server = await rpc_error(unary(strict_client, "Echo")(Tensor(data=b"x" * 80 * 1024)))
+        not_sent = await rpc_error(unary(strict_client, "Echo")(Tensor(data=b"x" * 128 * 1024)))
         # The server still serves (the refusal broke nothing).
         assert (await bounded(unary(strict_client, "Echo")(Tensor(data=b"ok")))).data == b"ok"
+    assert by_server.code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"vs. {server_limit})" in by_server.message
+    assert not_sent.code is grpc.StatusCode.RESOURCE_EXHAUSTED and f"vs. {sdk_limit})" in not_sent.message
+    assert "Sent message larger" in not_sent.message and "Received message larger" in by_server.message
 
 
 # ---- metrics and request logs ----------------------------------------------------------------
