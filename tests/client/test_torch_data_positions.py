@@ -9,7 +9,7 @@ import pytest
 
 from simulacra_client.positions import MixSchedule, rank_to_global, worker_positions
 from simulacra_client.torch_data.mixing import balance_weights
-from simulacra_client.torch_data.synthetic import generator_name, runs
+from simulacra_client.torch_data.synthetic import generator_name, runs, shard_index
 
 
 @pytest.mark.parametrize(("start", "workers", "block"), [(0, 1, 1), (0, 2, 8), (13, 3, 5), (7, 4, 1)])
@@ -54,6 +54,9 @@ def test_balance_fills_every_class_up_to_the_largest() -> None:
 def test_sample_runs_and_generator_names() -> None:
     assert runs([3, 4, 5, 9, 10, 2]) == [(3, 3), (9, 2), (2, 1)]
     assert runs(list(islice(range(5000), 2100))) == [(0, 1024), (1024, 1024), (2048, 52)]
+    # The rank's shard: indices i >= start with i % ranks == rank, in order.
+    assert [shard_index(p, 5, 1, 3) for p in range(4)] == [i for i in range(5, 20) if i % 3 == 1][:4]
+    assert [shard_index(p, 5, 0, 1) for p in range(3)] == [5, 6, 7]
     assert generator_name("digits") == "models/digits/versions/latest"
     assert generator_name("digits@production") == "models/digits/versions/production"
     assert generator_name("models/digits/versions/3") == "models/digits/versions/3"

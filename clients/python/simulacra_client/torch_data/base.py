@@ -39,6 +39,12 @@ class Connection:
     tls_ca: str | bytes | None = None
 
 
+def lineage(source: str, *, item: str = "", version: int = 0, generator: str = "", seed: int = 0, index: int = -1) -> dict[str, Any]:
+    """Where a sample came from, with the same keys for every source (so that mixed batches collate):
+    a real ``item`` of dataset ``version``, or sample ``index`` of ``generator`` with ``seed``."""
+    return {"source": source, "item": item, "version": version, "generator": generator, "seed": seed, "index": index}
+
+
 @dataclass
 class Sample:
     """One sample of a source: ``image`` C x H x W uint8, its ``label``, and where it came from."""

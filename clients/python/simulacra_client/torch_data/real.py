@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from simulacra_client.annotation import AnnotationClient, StreamedItem, version_name
-from simulacra_client.torch_data.base import Connection, Fetcher, ResumableDataset, Sample
+from simulacra_client.torch_data.base import Connection, Fetcher, ResumableDataset, Sample, lineage
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -98,8 +98,7 @@ class _ItemFetcher(Fetcher):
         chosen = chosen or (item.annotations[0] if item.annotations else None)
         if chosen is not None:
             label = self._labels.get(chosen.category_id, self._dataset.unlabelled)
-        lineage = {"source": "real", "item": item.name, "version": int(item.version)}
-        return Sample(decode_image(item.image.data), label, lineage)
+        return Sample(decode_image(item.image.data), label, lineage("real", item=item.name, version=int(item.version)))
 
     def close(self) -> None:
         self._stream = None

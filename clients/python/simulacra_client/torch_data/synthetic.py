@@ -1,18 +1,14 @@
 """``SyntheticDataset``: a generator's deterministic sample stream, as a resumable torch dataset.
 
 Sample i of (generator version, seed, class mix) is a pure function on the
-sampling service (see docs/contracts.md), so the dataset reads by index:
-position p of rank r is sample ``start_index + rank_to_global(p, r, R, RANK_BLOCK)``
-(blocks of RANK_BLOCK indices dealt to the ranks in turn: disjoint, and
-together every index), fetched with StreamSamples(start_index, count) for each
-run of consecutive indices. Workers split a rank's positions in blocks (see
-``simulacra_client.positions``). The generator is resolved to a version number
+sampling service (see docs/contracts.md), so the dataset reads by index. Rank r
+of R reads the stream's shard r of R (the indices i with i % R == r, from
+``start_index``): position p of the rank is the p-th index of that shard. Each
+DataLoader worker reads its blocks of positions (see
+``simulacra_client.positions``), each block one StreamSamples call
+(start_index, count, shard). The generator is resolved to a version number
 when the dataset is made, so that an alias that moves does not change a
 resumed stream.
-
-The sampling contract has no shard fields yet; when it gets them this module
-keeps its index arithmetic (which is what sharding computes) and nothing
-changes for users.
 """
 
 from __future__ import annotations
@@ -29,11 +25,8 @@ from simulacra_client.api.sampling.v1 import sampling_service_pb2 as rpc
 from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as rpc_grpc
 from simulacra_client.channel import open_channel
 from simulacra_client.errors import from_rpc_error
-from simulacra_client.positions import rank_to_global
-from simulacra_client.torch_data.base import Connection, Fetcher, ResumableDataset, Sample
+from simulacra_client.torch_data.base import Connection, Fetcher, ResumableDataset, Sample, lineage
 
-RANK_BLOCK = 256
-"""Indices dealt to data-parallel ranks in blocks of this size."""
 MAX_RUN = 1024
 """Most samples asked of one StreamSamples call."""
 
@@ -53,8 +46,13 @@ def tensor_array(tensor: common_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.data, dtype=np.uint8).reshape(tuple(tensor.shape))
 
 
+def shard_index(position: int, start_index: int, rank: int, ranks: int) -> int:
+    """The sample index of a rank's ``position``: the position-th index i >= start_index with i % ranks == rank."""
+    return start_index + (rank - start_index) % ranks + position * ranks
+
+
 def runs(indices: Sequence[int]) -> list[tuple[int, int]]:
-    """``(first, count)`` of each run of consecutive indices (count <= MAX_RUN)."""
+    """``(first, count)`` of each run of consecutive positions (count <= MAX_RUN)."""
     out: list[tuple[int, int]] = []
     for index in indices:
         if out and out[-1][0] + out[-1][1] == index and out[-1][1] < MAX_RUN:
@@ -73,11 +71,11 @@ class _SampleFetcher(Fetcher):
 
     def get(self, positions: Sequence[int]) -> list[Sample]:
         d = self._dataset
-        indices = [d.start_index + rank_to_global(p, d.rank, d.world_size, RANK_BLOCK) for p in positions]
         samples: list[Sample] = []
-        for first, count in runs(indices):
+        for first, count in runs(positions):
             request = rpc.StreamSamplesRequest(
-                generator=d.generator, seed=d.seed, start_index=first, count=count,
+                generator=d.generator, seed=d.seed, start_index=shard_index(first, d.start_index, d.rank, d.world_size), count=count,
+                shard_index=d.rank, shard_count=d.world_size if d.world_size > 1 else 0,
                 batch_size=min(count, d.batch_size), format=gen_pb.SAMPLE_FORMAT_UINT8,
                 class_mix=gen_pb.ClassMix(weights=d.class_mix) if d.class_mix else None,
             )
@@ -86,10 +84,9 @@ class _SampleFetcher(Fetcher):
             try:
                 for response in self._stub.StreamSamples(request, timeout=d.timeout):
                     images = tensor_array(response.samples)
-                    for offset, (image, label) in enumerate(zip(images, response.labels)):
-                        index = response.start_index + offset
-                        lineage = {"source": "synthetic", "generator": response.generator, "seed": d.seed, "index": index}
-                        samples.append(Sample(image, d.label_map.get(int(label), int(label)), lineage))
+                    for image, label, index in zip(images, response.labels, response.indices):
+                        origin = lineage("synthetic", generator=response.generator, seed=d.seed, index=int(index))
+                        samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin))
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
         return samples
