@@ -192,13 +192,52 @@ def test_failed_migration_leaves_the_schema_as_it_was(database_url: str, tmp_pat
 
 def test_migration_scripts_ship_inside_the_package() -> None:
     migrations = importlib.resources.files("simulacra_services.core.db") / "migrations"
-    names = {entry.name for entry in (migrations / "versions").iterdir()}
-    assert any(name.startswith(f"{db.head_revision()}_") and name.endswith(".py") for name in names)
     assert (migrations / "env.py").is_file()
     assert (migrations / "script.py.mako").is_file()
+    chains = {"core": "simulacra_services.core.db.migrations.versions", "annotation": "simulacra_services.annotation.migrations"}
+    names = set()
+    for package in chains.values():
+        names |= {entry.name for entry in importlib.resources.files(package).iterdir()}
+    for head in db.head_revisions():
+        assert any(name.startswith(f"{head}_") and name.endswith(".py") for name in names), head
+    assert "0001_idempotency_keys.py" in names and "0002_annotation_store_tables.py" in names
     # Setuptools ships .py files only in packages it finds (those with __init__.py).
     packages = setuptools.find_packages(str(Path(__file__).parents[2] / "services"), include=["simulacra_services*"])
-    assert "simulacra_services.core.db.migrations.versions" in packages
+    assert set(chains.values()) <= set(packages)
+
+
+def test_each_service_chain_is_found() -> None:
+    from simulacra_services.core.db.migrate import chain_folders
+
+    folders = chain_folders()
+    assert folders["core"].name == "versions" and folders["annotation"].name == "migrations"
+    assert (folders["annotation"] / "0002_annotation_store_tables.py").is_file()
+
+
+def test_a_database_migrated_before_the_chains_were_split_upgrades_in_place(engine: Engine) -> None:
+    # Revision ids did not change when annotation's revisions moved to its own chain: a
+    # database at the old single chain's last head (0003) upgrades in place, keeping its rows.
+    from alembic import command
+
+    from simulacra_services.core.db.migrate import alembic_config
+
+    with db.transaction(engine) as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+        conn.execute(
+            text(
+                "INSERT INTO annotation_datasets (dataset_id, display_name, description, labels, create_time, update_time,"
+                " seq, item_count, annotation_count, latest_version) VALUES ('old', '', '', '{}', :t, :t, 0, 0, 0, 0)"
+            ),
+            {"t": dt.datetime(2026, 1, 1)},
+        )
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == "0003"
+    db.migrate(engine)
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == db.head_revision()
+        assert conn.execute(text("SELECT dataset_id FROM annotation_datasets")).scalar_one() == "old"
 
 
 def test_revision_autogenerates_a_migration_for_a_new_table(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ turns a change there into a migration.
 
 from .engine import create_engine, is_sqlite, normalize_url, transaction, write_transaction
 from .idempotency import forget_requests_before, idempotency_keys, recorded_digest, remember_request
-from .migrate import SchemaTooNewError, current_revision, head_revision, migrate
+from .migrate import SchemaTooNewError, current_revision, head_revision, head_revisions, migrate
 from .schema import NAMING_CONVENTION, UtcDateTime, import_all_tables, metadata, utcnow
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "current_revision",
     "forget_requests_before",
     "head_revision",
+    "head_revisions",
     "idempotency_keys",
     "import_all_tables",
     "is_sqlite",

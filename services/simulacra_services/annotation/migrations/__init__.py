@@ -1,0 +1,1 @@
+"""The annotation-store's migration chain (revision files; see ``simulacra_services.core.db.migrate``)."""
