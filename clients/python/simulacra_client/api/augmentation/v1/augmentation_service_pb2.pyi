@@ -288,6 +288,7 @@ class AugmentedItem(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     APPLIED_OPS_FIELD_NUMBER: _builtins.int
     DROPPED_ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    APPLIED_OP_PATHS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key of the input item."""
     seed: _builtins.int
@@ -308,6 +309,12 @@ class AugmentedItem(_message.Message):
     def applied_ops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Indices (into PipelineSpec.ops) of the ops that fired, in order."""
 
+    @_builtins.property
+    def applied_op_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of the ops that fired, in order: "3" for PipelineSpec.ops[3],
+        "3.1" for ops[1] of the group at ops[3]. applied_ops lists their top-level indices.
+        """
+
     def __init__(
         self,
         *,
@@ -317,10 +324,11 @@ class AugmentedItem(_message.Message):
         seed: _builtins.int = ...,
         applied_ops: _abc.Iterable[_builtins.int] | None = ...,
         dropped_annotations: _builtins.int = ...,
+        applied_op_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "applied_ops", b"applied_ops", "dropped_annotations", b"dropped_annotations", "image", b"image", "key", b"key", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "applied_op_paths", b"applied_op_paths", "applied_ops", b"applied_ops", "dropped_annotations", b"dropped_annotations", "image", b"image", "key", b"key", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,7 +408,13 @@ class AugmentStreamConfig(_message.Message):
     PIPELINE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    START_POSITION_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
+    start_position: _builtins.int
+    """Position of the stream's first item. A client resuming a broken stream under
+    SEED_POLICY_POSITION sets it to the number of items it has received, and
+    gets the same items it would have had without the break.
+    """
     @_builtins.property
     def pipeline(self) -> Global___PipelineSource: ...
     @_builtins.property
@@ -413,10 +427,11 @@ class AugmentStreamConfig(_message.Message):
         pipeline: Global___PipelineSource | None = ...,
         seed: _builtins.int = ...,
         categories: _abc.Iterable[_annotation_pb2.Category] | None = ...,
+        start_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "pipeline", b"pipeline", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "pipeline", b"pipeline", "seed", b"seed", "start_position", b"start_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -458,8 +473,11 @@ class AugmentStreamResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     PIPELINE_DIGEST_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     pipeline_digest: _builtins.str
     """sha256 of the pipeline spec in use."""
+    position: _builtins.int
+    """Stream position of the first of these items."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AugmentedItem]:
         """One per item of the matching request, in order."""
@@ -469,14 +487,95 @@ class AugmentStreamResponse(_message.Message):
         *,
         items: _abc.Iterable[Global___AugmentedItem] | None = ...,
         pipeline_digest: _builtins.str = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "pipeline_digest", b"pipeline_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "pipeline_digest", b"pipeline_digest", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AugmentStreamResponse: _TypeAlias = AugmentStreamResponse  # noqa: Y015
+
+@_typing.final
+class PreviewAugmentationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    seed: _builtins.int
+    count: _builtins.int
+    """Number of augmentations, 1-64; 0 means 8."""
+    columns: _builtins.int
+    """Tiles per row; 0 means min(count, 4)."""
+    @_builtins.property
+    def pipeline(self) -> Global___PipelineSource: ...
+    @_builtins.property
+    def item(self) -> Global___AugmentItem:
+        """The item to augment; its key seeds the augmentations as in AugmentBatch
+        (augmentation i uses copy index i).
+        """
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[_annotation_pb2.Category]: ...
+    def __init__(
+        self,
+        *,
+        pipeline: Global___PipelineSource | None = ...,
+        seed: _builtins.int = ...,
+        item: Global___AugmentItem | None = ...,
+        count: _builtins.int = ...,
+        columns: _builtins.int = ...,
+        categories: _abc.Iterable[_annotation_pb2.Category] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "pipeline", b"pipeline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "columns", b"columns", "count", b"count", "item", b"item", "pipeline", b"pipeline", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewAugmentationsRequest: _TypeAlias = PreviewAugmentationsRequest  # noqa: Y015
+
+@_typing.final
+class PreviewAugmentationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PNG_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    SEEDS_FIELD_NUMBER: _builtins.int
+    PIPELINE_DIGEST_FIELD_NUMBER: _builtins.int
+    png: _builtins.bytes
+    """PNG of the grid: tiles in row-major order, each the augmented image with its
+    boxes, polygons, masks and keypoints drawn.
+    """
+    width: _builtins.int
+    height: _builtins.int
+    pipeline_digest: _builtins.str
+    @_builtins.property
+    def seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The item seed of each tile."""
+
+    def __init__(
+        self,
+        *,
+        png: _builtins.bytes = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        seeds: _abc.Iterable[_builtins.int] | None = ...,
+        pipeline_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "pipeline_digest", b"pipeline_digest", "png", b"png", "seeds", b"seeds", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewAugmentationsResponse: _TypeAlias = PreviewAugmentationsResponse  # noqa: Y015
 
 @_typing.final
 class AugmentDatasetJob(_message.Message):

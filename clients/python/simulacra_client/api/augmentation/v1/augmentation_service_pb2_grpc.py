@@ -65,6 +65,11 @@ class AugmentationServiceStub:
                 request_serializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamRequest.SerializeToString,
                 response_deserializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamResponse.FromString,
                 _registered_method=True)
+        self.PreviewAugmentations = channel.unary_unary(
+                '/simulacra.augmentation.v1.AugmentationService/PreviewAugmentations',
+                request_serializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsRequest.SerializeToString,
+                response_deserializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsResponse.FromString,
+                _registered_method=True)
         self.CreateAugmentDatasetJob = channel.unary_unary(
                 '/simulacra.augmentation.v1.AugmentationService/CreateAugmentDatasetJob',
                 request_serializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.CreateAugmentDatasetJobRequest.SerializeToString,
@@ -132,6 +137,16 @@ class AugmentationServiceServicer:
     def AugmentStream(self, request_iterator, context):
         """Augments a stream of items: the first request names the pipeline and seed,
         every request with items gets exactly one response with the same items, in order.
+        At most 8 requests are in flight: the server reads the next request only
+        when fewer responses are pending (backpressure).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewAugmentations(self, request, context):
+        """Renders `count` augmentations of one item side by side, annotations drawn,
+        as one PNG (for people choosing a pipeline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +221,11 @@ def add_AugmentationServiceServicer_to_server(servicer, server):
                     servicer.AugmentStream,
                     request_deserializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamRequest.FromString,
                     response_serializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamResponse.SerializeToString,
+            ),
+            'PreviewAugmentations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewAugmentations,
+                    request_deserializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsRequest.FromString,
+                    response_serializer=simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsResponse.SerializeToString,
             ),
             'CreateAugmentDatasetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAugmentDatasetJob,
@@ -395,6 +415,33 @@ class AugmentationService:
             '/simulacra.augmentation.v1.AugmentationService/AugmentStream',
             simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamRequest.SerializeToString,
             simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.AugmentStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewAugmentations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.augmentation.v1.AugmentationService/PreviewAugmentations',
+            simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsRequest.SerializeToString,
+            simulacra_dot_augmentation_dot_v1_dot_augmentation__service__pb2.PreviewAugmentationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

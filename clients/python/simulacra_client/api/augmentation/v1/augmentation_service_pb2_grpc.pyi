@@ -48,6 +48,12 @@ class AugmentationServiceStub:
     AugmentStream: _grpc.StreamStreamMultiCallable[_augmentation_service_pb2.AugmentStreamRequest, _augmentation_service_pb2.AugmentStreamResponse]
     """Augments a stream of items: the first request names the pipeline and seed,
     every request with items gets exactly one response with the same items, in order.
+    At most 8 requests are in flight: the server reads the next request only
+    when fewer responses are pending (backpressure).
+    """
+    PreviewAugmentations: _grpc.UnaryUnaryMultiCallable[_augmentation_service_pb2.PreviewAugmentationsRequest, _augmentation_service_pb2.PreviewAugmentationsResponse]
+    """Renders `count` augmentations of one item side by side, annotations drawn,
+    as one PNG (for people choosing a pipeline).
     """
     CreateAugmentDatasetJob: _grpc.UnaryUnaryMultiCallable[_augmentation_service_pb2.CreateAugmentDatasetJobRequest, _augmentation_service_pb2.CreateAugmentDatasetJobResponse]
     """Starts a job that augments every item of a dataset version into a new,
@@ -81,6 +87,12 @@ class AugmentationServiceAsyncStub(AugmentationServiceStub):
     AugmentStream: _aio.StreamStreamMultiCallable[_augmentation_service_pb2.AugmentStreamRequest, _augmentation_service_pb2.AugmentStreamResponse]  # type: ignore[assignment]
     """Augments a stream of items: the first request names the pipeline and seed,
     every request with items gets exactly one response with the same items, in order.
+    At most 8 requests are in flight: the server reads the next request only
+    when fewer responses are pending (backpressure).
+    """
+    PreviewAugmentations: _aio.UnaryUnaryMultiCallable[_augmentation_service_pb2.PreviewAugmentationsRequest, _augmentation_service_pb2.PreviewAugmentationsResponse]  # type: ignore[assignment]
+    """Renders `count` augmentations of one item side by side, annotations drawn,
+    as one PNG (for people choosing a pipeline).
     """
     CreateAugmentDatasetJob: _aio.UnaryUnaryMultiCallable[_augmentation_service_pb2.CreateAugmentDatasetJobRequest, _augmentation_service_pb2.CreateAugmentDatasetJobResponse]  # type: ignore[assignment]
     """Starts a job that augments every item of a dataset version into a new,
@@ -147,6 +159,18 @@ class AugmentationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_augmentation_service_pb2.AugmentStreamResponse], _abc.AsyncIterator[_augmentation_service_pb2.AugmentStreamResponse]]:
         """Augments a stream of items: the first request names the pipeline and seed,
         every request with items gets exactly one response with the same items, in order.
+        At most 8 requests are in flight: the server reads the next request only
+        when fewer responses are pending (backpressure).
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewAugmentations(
+        self,
+        request: _augmentation_service_pb2.PreviewAugmentationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_augmentation_service_pb2.PreviewAugmentationsResponse, _abc.Awaitable[_augmentation_service_pb2.PreviewAugmentationsResponse]]:
+        """Renders `count` augmentations of one item side by side, annotations drawn,
+        as one PNG (for people choosing a pipeline).
         """
 
     @_abc_1.abstractmethod

@@ -207,6 +207,9 @@ class AnnotationPolicy(_message.Message):
     MIN_VISIBILITY_FIELD_NUMBER: _builtins.int
     MIN_AREA_PIXELS_FIELD_NUMBER: _builtins.int
     KEEP_OUTSIDE_KEYPOINTS_FIELD_NUMBER: _builtins.int
+    MIN_WIDTH_FIELD_NUMBER: _builtins.int
+    MIN_HEIGHT_FIELD_NUMBER: _builtins.int
+    DROP_UNTRANSFORMABLE_FIELD_NUMBER: _builtins.int
     min_visibility: _builtins.float
     """An annotation whose visible fraction of area falls below this is dropped
     (0 keeps every annotation that is still at least partly visible).
@@ -214,8 +217,18 @@ class AnnotationPolicy(_message.Message):
     min_area_pixels: _builtins.float
     """An annotation whose visible area falls below this many pixels is dropped."""
     keep_outside_keypoints: _builtins.bool
-    """Keypoints moved outside the image are kept with visibility "not labelled"
-    when true, removed from the annotation when false.
+    """A keypoint moved outside the image gets visibility 0 ("not labelled"); its
+    coordinates are kept when true and zeroed (COCO's convention) when false.
+    """
+    min_width: _builtins.float
+    """An annotation whose box (or tight box of its shape) is narrower / lower than
+    this many pixels is dropped.
+    """
+    min_height: _builtins.float
+    drop_untransformable: _builtins.bool
+    """Annotations a transform cannot move consistently (a 3D cuboid under a
+    rotation, flip, shear or perspective) are dropped when true; when false the
+    item fails with INVALID_ARGUMENT, reason ANNOTATION_NOT_TRANSFORMABLE.
     """
     def __init__(
         self,
@@ -223,10 +236,13 @@ class AnnotationPolicy(_message.Message):
         min_visibility: _builtins.float = ...,
         min_area_pixels: _builtins.float = ...,
         keep_outside_keypoints: _builtins.bool = ...,
+        min_width: _builtins.float = ...,
+        min_height: _builtins.float = ...,
+        drop_untransformable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_outside_keypoints", b"keep_outside_keypoints", "min_area_pixels", b"min_area_pixels", "min_visibility", b"min_visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop_untransformable", b"drop_untransformable", "keep_outside_keypoints", b"keep_outside_keypoints", "min_area_pixels", b"min_area_pixels", "min_height", b"min_height", "min_visibility", b"min_visibility", "min_width", b"min_width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,7 +250,11 @@ Global___AnnotationPolicy: _TypeAlias = AnnotationPolicy  # noqa: Y015
 
 @_typing.final
 class Op(_message.Message):
-    """One step of a pipeline."""
+    """One step of a pipeline. Each op (and each group) draws its random choices
+    from its own stream keyed by (item seed, op path), where the path is the op's
+    index, nested as "2.0.1" inside groups. Scalar parameters whose default is not
+    zero are `optional`, so that an explicit 0 is told apart from "unset".
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -253,6 +273,25 @@ class Op(_message.Message):
     RAIN_FIELD_NUMBER: _builtins.int
     NIGHT_FIELD_NUMBER: _builtins.int
     NORMALIZE_FIELD_NUMBER: _builtins.int
+    TRANSPOSE_FIELD_NUMBER: _builtins.int
+    PERSPECTIVE_FIELD_NUMBER: _builtins.int
+    CROP_FIELD_NUMBER: _builtins.int
+    RANDOM_CROP_FIELD_NUMBER: _builtins.int
+    CENTER_CROP_FIELD_NUMBER: _builtins.int
+    PAD_FIELD_NUMBER: _builtins.int
+    BRIGHTNESS_CONTRAST_FIELD_NUMBER: _builtins.int
+    GAMMA_FIELD_NUMBER: _builtins.int
+    HUE_SATURATION_VALUE_FIELD_NUMBER: _builtins.int
+    GRAYSCALE_FIELD_NUMBER: _builtins.int
+    MOTION_BLUR_FIELD_NUMBER: _builtins.int
+    JPEG_FIELD_NUMBER: _builtins.int
+    SNOW_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    SUN_FLARE_FIELD_NUMBER: _builtins.int
+    SEQUENTIAL_FIELD_NUMBER: _builtins.int
+    ONE_OF_FIELD_NUMBER: _builtins.int
+    SOME_OF_FIELD_NUMBER: _builtins.int
+    RANDOM_ORDER_FIELD_NUMBER: _builtins.int
     REGISTERED_FIELD_NUMBER: _builtins.int
     probability: _builtins.float
     """Probability in [0, 1] that the op is applied to an item; unset means 1."""
@@ -285,6 +324,46 @@ class Op(_message.Message):
     @_builtins.property
     def normalize(self) -> Global___NormalizeOp: ...
     @_builtins.property
+    def transpose(self) -> Global___TransposeOp: ...
+    @_builtins.property
+    def perspective(self) -> Global___PerspectiveOp: ...
+    @_builtins.property
+    def crop(self) -> Global___CropOp: ...
+    @_builtins.property
+    def random_crop(self) -> Global___RandomCropOp: ...
+    @_builtins.property
+    def center_crop(self) -> Global___CenterCropOp: ...
+    @_builtins.property
+    def pad(self) -> Global___PadOp: ...
+    @_builtins.property
+    def brightness_contrast(self) -> Global___BrightnessContrastOp: ...
+    @_builtins.property
+    def gamma(self) -> Global___GammaOp: ...
+    @_builtins.property
+    def hue_saturation_value(self) -> Global___HueSaturationValueOp: ...
+    @_builtins.property
+    def grayscale(self) -> Global___GrayscaleOp: ...
+    @_builtins.property
+    def motion_blur(self) -> Global___MotionBlurOp: ...
+    @_builtins.property
+    def jpeg(self) -> Global___JpegOp: ...
+    @_builtins.property
+    def snow(self) -> Global___SnowOp: ...
+    @_builtins.property
+    def shadow(self) -> Global___ShadowOp: ...
+    @_builtins.property
+    def sun_flare(self) -> Global___SunFlareOp: ...
+    @_builtins.property
+    def sequential(self) -> Global___SequentialOp:
+        """Composition: groups of ops, nestable (at most 8 deep, 256 ops in all)."""
+
+    @_builtins.property
+    def one_of(self) -> Global___OneOfOp: ...
+    @_builtins.property
+    def some_of(self) -> Global___SomeOfOp: ...
+    @_builtins.property
+    def random_order(self) -> Global___RandomOrderOp: ...
+    @_builtins.property
     def registered(self) -> Global___RegisteredOp:
         """Escape hatch for ops the server registers beyond the typed ones above."""
 
@@ -306,15 +385,34 @@ class Op(_message.Message):
         rain: Global___RainOp | None = ...,
         night: Global___NightOp | None = ...,
         normalize: Global___NormalizeOp | None = ...,
+        transpose: Global___TransposeOp | None = ...,
+        perspective: Global___PerspectiveOp | None = ...,
+        crop: Global___CropOp | None = ...,
+        random_crop: Global___RandomCropOp | None = ...,
+        center_crop: Global___CenterCropOp | None = ...,
+        pad: Global___PadOp | None = ...,
+        brightness_contrast: Global___BrightnessContrastOp | None = ...,
+        gamma: Global___GammaOp | None = ...,
+        hue_saturation_value: Global___HueSaturationValueOp | None = ...,
+        grayscale: Global___GrayscaleOp | None = ...,
+        motion_blur: Global___MotionBlurOp | None = ...,
+        jpeg: Global___JpegOp | None = ...,
+        snow: Global___SnowOp | None = ...,
+        shadow: Global___ShadowOp | None = ...,
+        sun_flare: Global___SunFlareOp | None = ...,
+        sequential: Global___SequentialOp | None = ...,
+        one_of: Global___OneOfOp | None = ...,
+        some_of: Global___SomeOfOp | None = ...,
+        random_order: Global___RandomOrderOp | None = ...,
         registered: Global___RegisteredOp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "color_jitter", b"color_jitter", "cutout", b"cutout", "fog", b"fog", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "horizontal_flip", b"horizontal_flip", "kind", b"kind", "night", b"night", "normalize", b"normalize", "probability", b"probability", "rain", b"rain", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "color_jitter", b"color_jitter", "cutout", b"cutout", "fog", b"fog", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "horizontal_flip", b"horizontal_flip", "kind", b"kind", "night", b"night", "normalize", b"normalize", "probability", b"probability", "rain", b"rain", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
     _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "registered"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "transpose", "perspective", "crop", "random_crop", "center_crop", "pad", "brightness_contrast", "gamma", "hue_saturation_value", "grayscale", "motion_blur", "jpeg", "snow", "shadow", "sun_flare", "sequential", "one_of", "some_of", "random_order", "registered"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
@@ -608,21 +706,25 @@ class GaussianNoiseOp(_message.Message):
     PER_CHANNEL_FIELD_NUMBER: _builtins.int
     mean: _builtins.float
     per_channel: _builtins.bool
-    """Independent noise per channel when true, one noise image for all channels when false."""
+    """Independent noise per channel when true (the default), one noise image for all channels when false."""
     @_builtins.property
-    def std(self) -> Global___FloatRange: ...
+    def std(self) -> Global___FloatRange:
+        """Unset means 0.02."""
+
     def __init__(
         self,
         *,
         std: Global___FloatRange | None = ...,
         mean: _builtins.float = ...,
-        per_channel: _builtins.bool = ...,
+        per_channel: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["std", b"std"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_per_channel", b"_per_channel", "per_channel", b"per_channel", "std", b"std"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean", b"mean", "per_channel", b"per_channel", "std", b"std"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_per_channel", b"_per_channel", "mean", b"mean", "per_channel", b"per_channel", "std", b"std"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__per_channel: _TypeAlias = _typing.Literal["per_channel"]  # noqa: Y015
+    _WhichOneofArgType__per_channel: _TypeAlias = _typing.Literal["_per_channel", b"_per_channel"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__per_channel) -> _WhichOneofReturnType__per_channel | None: ...
 
 Global___GaussianNoiseOp: _TypeAlias = GaussianNoiseOp  # noqa: Y015
 
@@ -665,7 +767,7 @@ class CutoutOp(_message.Message):
     WIDTH_FRACTION_FIELD_NUMBER: _builtins.int
     FILL_VALUE_FIELD_NUMBER: _builtins.int
     count: _builtins.int
-    """Number of rectangles."""
+    """Number of rectangles (1-64); unset means 1."""
     fill_value: _builtins.float
     """Fill in the image's own scale (0..255 or 0..1)."""
     @_builtins.property
@@ -679,24 +781,24 @@ class CutoutOp(_message.Message):
     def __init__(
         self,
         *,
-        count: _builtins.int = ...,
+        count: _builtins.int | None = ...,
         height_fraction: Global___FloatRange | None = ...,
         width_fraction: Global___FloatRange | None = ...,
         fill_value: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["height_fraction", b"height_fraction", "width_fraction", b"width_fraction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "height_fraction", b"height_fraction", "width_fraction", b"width_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "fill_value", b"fill_value", "height_fraction", b"height_fraction", "width_fraction", b"width_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "fill_value", b"fill_value", "height_fraction", b"height_fraction", "width_fraction", b"width_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
+    _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count) -> _WhichOneofReturnType__count | None: ...
 
 Global___CutoutOp: _TypeAlias = CutoutOp  # noqa: Y015
 
 @_typing.final
 class FogOp(_message.Message):
-    """Haze that grows denser with distance from the bottom of the image, or with
-    depth when the item carries a depth map.
-    """
+    """Haze that grows denser towards the top of the image (farther away in a road scene)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -864,3 +966,529 @@ class RegisteredOp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisteredOp: _TypeAlias = RegisteredOp  # noqa: Y015
+
+@_typing.final
+class TransposeOp(_message.Message):
+    """Swaps rows and columns (mirror about the main diagonal); output is W x H.
+    Keypoint flip_pairs trade places, as for every mirroring transform.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransposeOp: _TypeAlias = TransposeOp  # noqa: Y015
+
+@_typing.final
+class PerspectiveOp(_message.Message):
+    """Moves each image corner by up to `scale` of the image size and warps the
+    image (and annotations) with the resulting homography.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCALE_FIELD_NUMBER: _builtins.int
+    INTERPOLATION_FIELD_NUMBER: _builtins.int
+    BORDER_MODE_FIELD_NUMBER: _builtins.int
+    FILL_VALUE_FIELD_NUMBER: _builtins.int
+    interpolation: Global___Interpolation.ValueType
+    border_mode: Global___BorderMode.ValueType
+    fill_value: _builtins.float
+    @_builtins.property
+    def scale(self) -> Global___FloatRange:
+        """Unset means [0.05, 0.1]."""
+
+    def __init__(
+        self,
+        *,
+        scale: Global___FloatRange | None = ...,
+        interpolation: Global___Interpolation.ValueType = ...,
+        border_mode: Global___BorderMode.ValueType = ...,
+        fill_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scale", b"scale"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["border_mode", b"border_mode", "fill_value", b"fill_value", "interpolation", b"interpolation", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PerspectiveOp: _TypeAlias = PerspectiveOp  # noqa: Y015
+
+@_typing.final
+class CropOp(_message.Message):
+    """Cuts a fixed region; INVALID_ARGUMENT (CROP_OUT_OF_IMAGE) when it does not fit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    x: _builtins.int
+    y: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        x: _builtins.int = ...,
+        y: _builtins.int = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CropOp: _TypeAlias = CropOp  # noqa: Y015
+
+@_typing.final
+class RandomCropOp(_message.Message):
+    """Cuts a region of a fixed size at a random position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RandomCropOp: _TypeAlias = RandomCropOp  # noqa: Y015
+
+@_typing.final
+class CenterCropOp(_message.Message):
+    """Cuts a region of a fixed size from the centre."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CenterCropOp: _TypeAlias = CenterCropOp  # noqa: Y015
+
+@_typing.final
+class PadOp(_message.Message):
+    """Adds borders of the given sizes in pixels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    BORDER_MODE_FIELD_NUMBER: _builtins.int
+    FILL_VALUE_FIELD_NUMBER: _builtins.int
+    top: _builtins.int
+    bottom: _builtins.int
+    left: _builtins.int
+    right: _builtins.int
+    border_mode: Global___BorderMode.ValueType
+    fill_value: _builtins.float
+    def __init__(
+        self,
+        *,
+        top: _builtins.int = ...,
+        bottom: _builtins.int = ...,
+        left: _builtins.int = ...,
+        right: _builtins.int = ...,
+        border_mode: Global___BorderMode.ValueType = ...,
+        fill_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["border_mode", b"border_mode", "bottom", b"bottom", "fill_value", b"fill_value", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PadOp: _TypeAlias = PadOp  # noqa: Y015
+
+@_typing.final
+class BrightnessContrastOp(_message.Message):
+    """x * contrast + brightness, brightness as a fraction of full scale
+    (Albumentations' RandomBrightnessContrast with contrast = 1 + contrast_limit).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRIGHTNESS_FIELD_NUMBER: _builtins.int
+    CONTRAST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def brightness(self) -> Global___FloatRange:
+        """Unset means 0."""
+
+    @_builtins.property
+    def contrast(self) -> Global___FloatRange:
+        """Unset means 1."""
+
+    def __init__(
+        self,
+        *,
+        brightness: Global___FloatRange | None = ...,
+        contrast: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["brightness", b"brightness", "contrast", b"contrast"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brightness", b"brightness", "contrast", b"contrast"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrightnessContrastOp: _TypeAlias = BrightnessContrastOp  # noqa: Y015
+
+@_typing.final
+class GammaOp(_message.Message):
+    """x ** gamma on [0, 1] intensities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GAMMA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gamma(self) -> Global___FloatRange:
+        """Unset means 1."""
+
+    def __init__(
+        self,
+        *,
+        gamma: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gamma", b"gamma"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gamma", b"gamma"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GammaOp: _TypeAlias = GammaOp  # noqa: Y015
+
+@_typing.final
+class HueSaturationValueOp(_message.Message):
+    """Shifts in HSV: hue in degrees, saturation and value as fractions of full scale."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HUE_SHIFT_DEGREES_FIELD_NUMBER: _builtins.int
+    SATURATION_SHIFT_FIELD_NUMBER: _builtins.int
+    VALUE_SHIFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hue_shift_degrees(self) -> Global___FloatRange: ...
+    @_builtins.property
+    def saturation_shift(self) -> Global___FloatRange: ...
+    @_builtins.property
+    def value_shift(self) -> Global___FloatRange: ...
+    def __init__(
+        self,
+        *,
+        hue_shift_degrees: Global___FloatRange | None = ...,
+        saturation_shift: Global___FloatRange | None = ...,
+        value_shift: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hue_shift_degrees", b"hue_shift_degrees", "saturation_shift", b"saturation_shift", "value_shift", b"value_shift"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hue_shift_degrees", b"hue_shift_degrees", "saturation_shift", b"saturation_shift", "value_shift", b"value_shift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HueSaturationValueOp: _TypeAlias = HueSaturationValueOp  # noqa: Y015
+
+@_typing.final
+class GrayscaleOp(_message.Message):
+    """Luma (ITU-R 601) in every channel; the channel count is kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrayscaleOp: _TypeAlias = GrayscaleOp  # noqa: Y015
+
+@_typing.final
+class MotionBlurOp(_message.Message):
+    """Blurs along a line of kernel_size pixels at a random angle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_SIZE_FIELD_NUMBER: _builtins.int
+    ANGLE_DEGREES_FIELD_NUMBER: _builtins.int
+    kernel_size: _builtins.int
+    """Odd, 3-255; unset means 7."""
+    @_builtins.property
+    def angle_degrees(self) -> Global___FloatRange:
+        """Unset means [0, 360]."""
+
+    def __init__(
+        self,
+        *,
+        kernel_size: _builtins.int | None = ...,
+        angle_degrees: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kernel_size", b"_kernel_size", "angle_degrees", b"angle_degrees", "kernel_size", b"kernel_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kernel_size", b"_kernel_size", "angle_degrees", b"angle_degrees", "kernel_size", b"kernel_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__kernel_size: _TypeAlias = _typing.Literal["kernel_size"]  # noqa: Y015
+    _WhichOneofArgType__kernel_size: _TypeAlias = _typing.Literal["_kernel_size", b"_kernel_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kernel_size) -> _WhichOneofReturnType__kernel_size | None: ...
+
+Global___MotionBlurOp: _TypeAlias = MotionBlurOp  # noqa: Y015
+
+@_typing.final
+class JpegOp(_message.Message):
+    """JPEG compression artefacts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUALITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quality(self) -> Global___FloatRange:
+        """Quality 1-100; unset means [50, 90]."""
+
+    def __init__(
+        self,
+        *,
+        quality: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JpegOp: _TypeAlias = JpegOp  # noqa: Y015
+
+@_typing.final
+class SnowOp(_message.Message):
+    """Snow cover on the brighter parts of the scene, and flakes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    FLAKE_DENSITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def coverage(self) -> Global___FloatRange:
+        """0 (none) to 1; unset means [0.2, 0.4]."""
+
+    @_builtins.property
+    def flake_density(self) -> Global___FloatRange:
+        """Flakes per 10,000 pixels; unset means 30."""
+
+    def __init__(
+        self,
+        *,
+        coverage: Global___FloatRange | None = ...,
+        flake_density: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "flake_density", b"flake_density"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "flake_density", b"flake_density"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnowOp: _TypeAlias = SnowOp  # noqa: Y015
+
+@_typing.final
+class ShadowOp(_message.Message):
+    """Darkens random quadrilaterals (cast shadows)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    DARKNESS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """1-16; unset means 1."""
+    @_builtins.property
+    def darkness(self) -> Global___FloatRange:
+        """0 (none) to 1 (black); unset means 0.5."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int | None = ...,
+        darkness: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "darkness", b"darkness"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count", b"_count", "count", b"count", "darkness", b"darkness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__count: _TypeAlias = _typing.Literal["count"]  # noqa: Y015
+    _WhichOneofArgType__count: _TypeAlias = _typing.Literal["_count", b"_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count) -> _WhichOneofReturnType__count | None: ...
+
+Global___ShadowOp: _TypeAlias = ShadowOp  # noqa: Y015
+
+@_typing.final
+class SunFlareOp(_message.Message):
+    """A bright radial glow centred in the upper half of the frame."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RADIUS_FIELD_NUMBER: _builtins.int
+    INTENSITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def radius(self) -> Global___FloatRange:
+        """Radius as a fraction of the longer side; unset means [0.1, 0.25]."""
+
+    @_builtins.property
+    def intensity(self) -> Global___FloatRange:
+        """0 to 1; unset means [0.5, 0.8]."""
+
+    def __init__(
+        self,
+        *,
+        radius: Global___FloatRange | None = ...,
+        intensity: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["intensity", b"intensity", "radius", b"radius"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["intensity", b"intensity", "radius", b"radius"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SunFlareOp: _TypeAlias = SunFlareOp  # noqa: Y015
+
+@_typing.final
+class SequentialOp(_message.Message):
+    """Runs its ops in order (with the group's probability as one unit)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Op]: ...
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___Op] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SequentialOp: _TypeAlias = SequentialOp  # noqa: Y015
+
+@_typing.final
+class OneOfOp(_message.Message):
+    """Runs exactly one of its ops, picked with probability proportional to its weight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Op]: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """One per op, >= 0, not all 0; empty means equal weights."""
+
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___Op] | None = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneOfOp: _TypeAlias = OneOfOp  # noqa: Y015
+
+@_typing.final
+class SomeOfOp(_message.Message):
+    """Runs between min_count and max_count of its ops (a uniform count, then a
+    uniform choice without repetition), in their listed order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    MIN_COUNT_FIELD_NUMBER: _builtins.int
+    MAX_COUNT_FIELD_NUMBER: _builtins.int
+    min_count: _builtins.int
+    """Unset means 1."""
+    max_count: _builtins.int
+    """Unset means min_count."""
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Op]: ...
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___Op] | None = ...,
+        min_count: _builtins.int | None = ...,
+        max_count: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_count", b"_max_count", "_min_count", b"_min_count", "max_count", b"max_count", "min_count", b"min_count"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_count", b"_max_count", "_min_count", b"_min_count", "max_count", b"max_count", "min_count", b"min_count", "ops", b"ops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_count: _TypeAlias = _typing.Literal["max_count"]  # noqa: Y015
+    _WhichOneofArgType__max_count: _TypeAlias = _typing.Literal["_max_count", b"_max_count"]  # noqa: Y015
+    _WhichOneofReturnType__min_count: _TypeAlias = _typing.Literal["min_count"]  # noqa: Y015
+    _WhichOneofArgType__min_count: _TypeAlias = _typing.Literal["_min_count", b"_min_count"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_count) -> _WhichOneofReturnType__max_count | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_count) -> _WhichOneofReturnType__min_count | None: ...
+
+Global___SomeOfOp: _TypeAlias = SomeOfOp  # noqa: Y015
+
+@_typing.final
+class RandomOrderOp(_message.Message):
+    """Runs all of its ops in a random order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Op]: ...
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___Op] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RandomOrderOp: _TypeAlias = RandomOrderOp  # noqa: Y015

@@ -1,0 +1,423 @@
+"""The friendly client of the augmentation service: numpy in, numpy out.
+
+Pipelines are data: a ``Pipeline`` builder, a JSON file of our form (the proto3
+JSON of ``simulacra.augmentation.v1.PipelineSpec``) or an Albumentations
+pipeline saved with ``albumentations.save(..., data_format="json")`` /
+``to_dict`` (``from_albumentations``), for the ops both have::
+
+    from simulacra_client import AugmentationClient, Pipeline
+
+    pipeline = (Pipeline()
+                .add("random_resized_crop", height=224, width=224, scale=(0.5, 1.0))
+                .add("horizontal_flip", probability=0.5)
+                .one_of([Pipeline.op("fog"), Pipeline.op("rain")], weights=[1, 2], probability=0.3))
+    with AugmentationClient("127.0.0.1:50052") as client:
+        out = client.augment([image], pipeline, seed=7, keys=["datasets/d/items/1"])
+        out[0].image  # numpy [H, W, C]
+
+Only grpcio, protobuf and numpy are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from google.protobuf import json_format
+
+from simulacra_client.api.annotation.v1 import annotation_pb2
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as rpc
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as rpc_grpc
+from simulacra_client.api.augmentation.v1 import pipeline_pb2
+from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
+from simulacra_client.raw import RawClient
+from simulacra_client.retry import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["AugmentationClient", "AugmentedImage", "Pipeline", "from_albumentations", "load_pipeline"]
+
+MAX_BATCH_ITEMS = 256
+_GROUPS = ("sequential", "one_of", "some_of", "random_order")
+
+
+def _value(value: Any) -> Any:
+    """Tuples (a, b) are ranges {"min": a, "max": b}; everything else passes through."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return {"min": float(value[0]), "max": float(value[1])}
+    if isinstance(value, Pipeline):
+        return value.to_dict()["ops"]
+    return value
+
+
+class Pipeline:
+    """A pipeline built in Python; ``to_dict()`` is its JSON form."""
+
+    def __init__(self, ops: Sequence[Mapping[str, Any]] = (), *, seed_policy: str = "", annotation_policy: Mapping[str, Any] | None = None) -> None:
+        self._ops: list[dict[str, Any]] = [dict(op) for op in ops]
+        self._seed_policy = seed_policy
+        self._policy = dict(annotation_policy or {})
+
+    @staticmethod
+    def op(name: str, probability: float | None = None, **params: Any) -> dict[str, Any]:
+        """One op as data: ``Pipeline.op("rotate", angle_degrees=(-10, 10))``."""
+        body = {key: _value(value) for key, value in params.items()}
+        return {name: body} if probability is None else {name: body, "probability": probability}
+
+    def add(self, name: str, probability: float | None = None, **params: Any) -> Pipeline:
+        self._ops.append(self.op(name, probability, **params))
+        return self
+
+    def _group(self, kind: str, ops: Sequence[Mapping[str, Any]], probability: float | None, **params: Any) -> Pipeline:
+        body: dict[str, Any] = {"ops": [dict(op) for op in ops], **{k: v for k, v in params.items() if v is not None}}
+        self._ops.append({kind: body} if probability is None else {kind: body, "probability": probability})
+        return self
+
+    def sequential(self, ops: Sequence[Mapping[str, Any]], probability: float | None = None) -> Pipeline:
+        return self._group("sequential", ops, probability)
+
+    def one_of(self, ops: Sequence[Mapping[str, Any]], weights: Sequence[float] | None = None, probability: float | None = None) -> Pipeline:
+        return self._group("one_of", ops, probability, weights=list(weights) if weights else None)
+
+    def some_of(self, ops: Sequence[Mapping[str, Any]], min_count: int = 1, max_count: int | None = None, probability: float | None = None) -> Pipeline:
+        return self._group("some_of", ops, probability, min_count=min_count, max_count=max_count)
+
+    def random_order(self, ops: Sequence[Mapping[str, Any]], probability: float | None = None) -> Pipeline:
+        return self._group("random_order", ops, probability)
+
+    def annotation_policy(self, **policy: Any) -> Pipeline:
+        self._policy.update(policy)
+        return self
+
+    def seed_policy(self, policy: str) -> Pipeline:
+        self._seed_policy = policy
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"ops": self._ops}
+        if self._seed_policy:
+            data["seed_policy"] = self._seed_policy
+        if self._policy:
+            data["annotation_policy"] = self._policy
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+PipelineLike = Union[Pipeline, Mapping[str, Any], pipeline_pb2.PipelineSpec, str, "os.PathLike[str]"]
+
+
+def load_pipeline(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Our JSON form from a file, a JSON string or a dict; Albumentations JSON is converted."""
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        text = str(source)
+        data = json.loads(text) if text.lstrip().startswith("{") else json.loads(Path(text).read_text())
+    if "transform" in data or "__class_fullname__" in data:
+        return from_albumentations(data)
+    return data
+
+
+def spec_of(pipeline: PipelineLike) -> pipeline_pb2.PipelineSpec:
+    if isinstance(pipeline, pipeline_pb2.PipelineSpec):
+        return pipeline
+    data = pipeline.to_dict() if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    return json_format.ParseDict(data, pipeline_pb2.PipelineSpec())
+
+
+# ---------------------------------------------------------------------------
+# Albumentations
+# ---------------------------------------------------------------------------
+
+_INTERPOLATION = {0: "INTERPOLATION_NEAREST", 1: "INTERPOLATION_BILINEAR", 2: "INTERPOLATION_BICUBIC"}
+_BORDER = {0: "BORDER_MODE_CONSTANT", 1: "BORDER_MODE_REPLICATE", 4: "BORDER_MODE_REFLECT", 2: "BORDER_MODE_REFLECT"}
+
+
+def _range(value: Any, offset: float = 0.0, scale: float = 1.0) -> dict[str, float]:
+    low, high = (value, value) if isinstance(value, (int, float)) else value
+    return {"min": float(low) * scale + offset, "max": float(high) * scale + offset}
+
+
+def _axis(value: Any, axis: str) -> Any:
+    return value[axis] if isinstance(value, Mapping) else value
+
+
+def _albumentation(t: Mapping[str, Any]) -> dict[str, Any]:
+    name = t["__class_fullname__"].rsplit(".", 1)[-1]
+    p = float(t.get("p", 1.0))
+    if name in ("Compose", "Sequential", "OneOf", "SomeOf"):
+        children = [_albumentation(c) for c in t["transforms"]]
+        if name == "OneOf":
+            weights = [float(c.get("p", 1.0)) for c in t["transforms"]]
+            for child in children:
+                child.pop("probability", None)
+            return {"one_of": {"ops": children, "weights": weights}, "probability": p}
+        if name == "SomeOf":
+            n = t.get("n", 1)
+            return {"some_of": {"ops": children, "min_count": n, "max_count": n}, "probability": p}
+        return {"sequential": {"ops": children}, "probability": p}
+    interp = {"interpolation": _INTERPOLATION.get(t.get("interpolation", 1), "INTERPOLATION_BILINEAR")}
+    border = {"border_mode": _BORDER.get(t.get("border_mode", 0), "BORDER_MODE_CONSTANT"), "fill_value": float(t.get("fill", 0) or 0)}
+    if name in ("HorizontalFlip", "VerticalFlip", "Transpose", "ToGray"):
+        op = {"HorizontalFlip": "horizontal_flip", "VerticalFlip": "vertical_flip", "Transpose": "transpose", "ToGray": "grayscale"}[name]
+        body: dict[str, Any] = {}
+    elif name == "Rotate":
+        op, body = "rotate", {"angle_degrees": _range(t["limit"]), **interp, **border}
+    elif name == "Affine":
+        scale = t.get("scale", 1.0)
+        sx, sy = _axis(scale, "x"), _axis(scale, "y")
+        if sx != sy:
+            raise ValueError("Albumentations Affine with different x and y scales has no equivalent here")
+        translate = t.get("translate_percent") or {"x": (0, 0), "y": (0, 0)}
+        shear = t.get("shear", 0) or 0
+        op, body = "affine", {
+            "scale": _range(sx),
+            "translate_x": _range(_axis(translate, "x")),
+            "translate_y": _range(_axis(translate, "y")),
+            "rotate_degrees": _range(t.get("rotate", 0)),
+            "shear_x_degrees": _range(_axis(shear, "x")),
+            "shear_y_degrees": _range(_axis(shear, "y")),
+            **interp,
+            **border,
+        }
+    elif name == "Perspective":
+        op, body = "perspective", {"scale": _range(t["scale"]), **interp, **border}
+    elif name == "RandomResizedCrop":
+        height, width = t["size"]
+        op, body = "random_resized_crop", {"height": height, "width": width, "scale": _range(t["scale"]), "ratio": _range(t["ratio"]), **interp}
+    elif name == "Resize":
+        op, body = "resize", {"height": t["height"], "width": t["width"], **interp}
+    elif name == "Crop":
+        op, body = "crop", {"x": t["x_min"], "y": t["y_min"], "width": t["x_max"] - t["x_min"], "height": t["y_max"] - t["y_min"]}
+    elif name in ("CenterCrop", "RandomCrop"):
+        op, body = ("center_crop" if name == "CenterCrop" else "random_crop"), {"height": t["height"], "width": t["width"]}
+    elif name == "ColorJitter":
+        op, body = "color_jitter", {k: _range(t[k]) for k in ("brightness", "contrast", "saturation", "hue")}
+    elif name == "RandomBrightnessContrast":
+        op, body = "brightness_contrast", {"brightness": _range(t["brightness_limit"]), "contrast": _range(t["contrast_limit"], offset=1.0)}
+    elif name == "RandomGamma":
+        op, body = "gamma", {"gamma": _range(t["gamma_limit"], scale=0.01)}
+    elif name == "GaussianBlur":
+        op, body = "gaussian_blur", {"sigma": _range(t["sigma_limit"])}
+    elif name == "GaussNoise":
+        op, body = "gaussian_noise", {"std": _range(t["std_range"]), "per_channel": bool(t.get("per_channel", True))}
+    elif name == "ImageCompression":
+        op, body = "jpeg", {"quality": _range(t["quality_range"])}
+    elif name == "Normalize":
+        op, body = "normalize", {"mean": list(t["mean"]), "std": list(t["std"]), "max_pixel_value": float(t.get("max_pixel_value", 255.0))}
+    else:
+        raise ValueError(f"Albumentations transform {name} has no equivalent op here")
+    return {op: body, "probability": p}
+
+
+def from_albumentations(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Our JSON form of an Albumentations pipeline serialized with ``albumentations.to_dict``."""
+    root = data.get("transform", data)
+    converted = _albumentation(root)
+    if "sequential" in converted and converted.get("probability", 1.0) == 1.0:
+        return {"ops": converted["sequential"]["ops"]}
+    return {"ops": [converted]}
+
+
+# ---------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------
+
+_DTYPES = {common_pb2.DATA_TYPE_UINT8: np.dtype("uint8"), common_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4")}
+
+
+def _tensor(image: np.ndarray) -> common_pb2.Tensor:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.dtype == np.uint8:
+        dtype = common_pb2.DATA_TYPE_UINT8
+    elif image.dtype == np.float32:
+        dtype = common_pb2.DATA_TYPE_FLOAT32
+    else:
+        raise ValueError(f"images are uint8 or float32, got {image.dtype}")
+    return common_pb2.Tensor(dtype=dtype, shape=list(image.shape), data=np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<")).tobytes())
+
+
+def _image(tensor: common_pb2.Tensor) -> np.ndarray:
+    return np.frombuffer(tensor.data, dtype=_DTYPES[tensor.dtype]).reshape(tuple(tensor.shape)).astype(_DTYPES[tensor.dtype].newbyteorder("="))
+
+
+@dataclass(frozen=True)
+class AugmentedImage:
+    key: str
+    image: np.ndarray
+    annotations: list[annotation_pb2.Annotation]
+    seed: int
+    applied_op_paths: tuple[str, ...]
+    dropped_annotations: int
+
+
+def _augmented(message: rpc.AugmentedItem) -> AugmentedImage:
+    return AugmentedImage(
+        key=message.key,
+        image=_image(message.image),
+        annotations=list(message.annotations),
+        seed=message.seed,
+        applied_op_paths=tuple(message.applied_op_paths),
+        dropped_annotations=message.dropped_annotations,
+    )
+
+
+@dataclass
+class ItemInput:
+    """An image with its annotations (``annotation_pb2.Annotation`` messages) and key."""
+
+    image: np.ndarray
+    key: str = ""
+    annotations: Sequence[annotation_pb2.Annotation] = field(default_factory=list)
+    seed: int | None = None
+
+    def to_proto(self) -> rpc.AugmentItem:
+        message = rpc.AugmentItem(key=self.key, image=_tensor(self.image), annotations=list(self.annotations))
+        if self.seed is not None:
+            message.seed = self.seed
+        return message
+
+
+class AugmentationClient:
+    """A connection to the augmentation service. Use as a context manager, or call ``close()``."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self.address = address
+        self._raw = RawClient.connect(
+            address, rpc_grpc.AugmentationServiceStub, rpc, token=token, tls_ca=tls_ca,
+            max_message_bytes=max_message_bytes, timeout=timeout, retry=retry,
+        )
+        self.stub = self._raw.stub
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> AugmentationClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _source(pipeline: PipelineLike | str) -> rpc.PipelineSource:
+        if isinstance(pipeline, str) and pipeline.startswith("pipelines/"):
+            return rpc.PipelineSource(pipeline_name=pipeline)
+        return rpc.PipelineSource(pipeline_spec=spec_of(pipeline))
+
+    @staticmethod
+    def _items(images: Sequence[np.ndarray | ItemInput], keys: Sequence[str] | None) -> list[ItemInput]:
+        items = []
+        for index, image in enumerate(images):
+            item = image if isinstance(image, ItemInput) else ItemInput(image=image)
+            if keys is not None:
+                item = ItemInput(item.image, keys[index], item.annotations, item.seed)
+            items.append(item)
+        return items
+
+    def augment(
+        self,
+        images: Sequence[np.ndarray | ItemInput],
+        pipeline: PipelineLike | str,
+        *,
+        seed: int = 0,
+        keys: Sequence[str] | None = None,
+        categories: Sequence[annotation_pb2.Category] = (),
+    ) -> list[AugmentedImage]:
+        """Augment images (or ``ItemInput`` with annotations), in batches of at most 256, in order."""
+        items = self._items(images, keys)
+        source = self._source(pipeline)
+        out: list[AugmentedImage] = []
+        for start in range(0, len(items), MAX_BATCH_ITEMS):
+            request = rpc.AugmentBatchRequest(
+                pipeline=source, seed=seed, items=[i.to_proto() for i in items[start : start + MAX_BATCH_ITEMS]], categories=list(categories)
+            )
+            out.extend(_augmented(m) for m in self._raw.call("AugmentBatch", request).items)
+        return out
+
+    def stream(
+        self,
+        items: Iterable[np.ndarray | ItemInput],
+        pipeline: PipelineLike | str,
+        *,
+        seed: int = 0,
+        batch_size: int = 16,
+        start_position: int = 0,
+        categories: Sequence[annotation_pb2.Category] = (),
+    ) -> Iterator[AugmentedImage]:
+        """Augment an iterable of items over one stream, ``batch_size`` per request, in order."""
+
+        def requests() -> Iterator[rpc.AugmentStreamRequest]:
+            config = rpc.AugmentStreamConfig(pipeline=self._source(pipeline), seed=seed, categories=list(categories), start_position=start_position)
+            yield rpc.AugmentStreamRequest(config=config)
+            batch: list[rpc.AugmentItem] = []
+            for item in items:
+                batch.append((item if isinstance(item, ItemInput) else ItemInput(image=item)).to_proto())
+                if len(batch) == batch_size:
+                    yield rpc.AugmentStreamRequest(items=batch)
+                    batch = []
+            if batch:
+                yield rpc.AugmentStreamRequest(items=batch)
+
+        for response in self._raw.exchange("AugmentStream", requests()):
+            for message in response.items:
+                yield _augmented(message)
+
+    def preview(
+        self,
+        image: np.ndarray | ItemInput,
+        pipeline: PipelineLike | str,
+        *,
+        count: int = 8,
+        columns: int = 0,
+        seed: int = 0,
+        key: str = "preview",
+        categories: Sequence[annotation_pb2.Category] = (),
+    ) -> bytes:
+        """PNG bytes of a grid of ``count`` augmentations with annotations drawn."""
+        item = image if isinstance(image, ItemInput) else ItemInput(image=image, key=key)
+        if not item.key:
+            item = ItemInput(item.image, key, item.annotations, item.seed)
+        request = rpc.PreviewAugmentationsRequest(
+            pipeline=self._source(pipeline), seed=seed, item=item.to_proto(), count=count, columns=columns, categories=list(categories)
+        )
+        return self._raw.call("PreviewAugmentations", request).png
+
+    # -- stored pipelines -----------------------------------------------------------
+
+    def create_pipeline(self, pipeline_id: str, pipeline: PipelineLike, *, description: str = "") -> pipeline_pb2.Pipeline:
+        body = pipeline_pb2.Pipeline(description=description, spec=spec_of(pipeline))
+        return self._raw.call("CreatePipeline", rpc.CreatePipelineRequest(pipeline_id=pipeline_id, pipeline=body)).pipeline
+
+    def get_pipeline(self, name: str) -> pipeline_pb2.Pipeline:
+        name = name if name.startswith("pipelines/") else f"pipelines/{name}"
+        return self._raw.call("GetPipeline", rpc.GetPipelineRequest(name=name)).pipeline
+
+    def list_pipelines(self, *, page_size: int = 0) -> Iterator[pipeline_pb2.Pipeline]:
+        request = rpc.ListPipelinesRequest(page_size=page_size)
+        while True:
+            page = self._raw.call("ListPipelines", request)
+            yield from page.pipelines
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def delete_pipeline(self, name: str) -> None:
+        name = name if name.startswith("pipelines/") else f"pipelines/{name}"
+        self._raw.call("DeletePipeline", rpc.DeletePipelineRequest(name=name))

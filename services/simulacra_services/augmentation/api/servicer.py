@@ -1,0 +1,195 @@
+"""AugmentationService: each RPC checks its request, calls the domain layer, converts the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
+from simulacra_services.augmentation.api import convert
+from simulacra_services.augmentation.domain.batches import BatchRunner
+from simulacra_services.augmentation.engine import Augmenter, Item
+from simulacra_services.augmentation.engine import preview as preview_grid
+from simulacra_services.augmentation.engine.pipeline import MAX_IMAGE_PIXELS
+from simulacra_services.augmentation.persistence.pipelines import PipelineRepository, check_pipeline_id
+from simulacra_services.core import errors
+from simulacra_services.core.api import pagination
+
+MAX_IN_FLIGHT = 8
+MAX_PREVIEW = 64
+_PIPELINE_PREFIX = "pipelines/"
+
+
+def _invalid(reason: str, field: str, message: str, **metadata: object) -> errors.SimulacraError:
+    return errors.InvalidArgument(reason, f"{field}: {message}", {"field": field, **metadata})
+
+
+def pipeline_id_of(name: str, field: str = "name") -> str:
+    if not name.startswith(_PIPELINE_PREFIX):
+        raise _invalid("INVALID_NAME", field, f"expected pipelines/{{pipeline}}, got {name[:100]!r}")
+    pipeline_id = name[len(_PIPELINE_PREFIX) :]
+    check_pipeline_id(pipeline_id, field)
+    return pipeline_id
+
+
+class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
+    def __init__(self, pipelines: PipelineRepository, runner: BatchRunner, *, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        self._pipelines = pipelines
+        self._runner = runner
+        self._max_pixels = max_image_pixels
+
+    # -- pipelines ------------------------------------------------------------
+
+    async def CreatePipeline(self, request: pb.CreatePipelineRequest, context: grpc.aio.ServicerContext) -> pb.CreatePipelineResponse:
+        spec = convert.spec_from_proto(request.pipeline.spec, "pipeline.spec")
+        stored = await asyncio.to_thread(self._pipelines.create, request.pipeline_id, request.pipeline.description, spec)
+        return pb.CreatePipelineResponse(pipeline=convert.pipeline_to_proto(stored))
+
+    async def GetPipeline(self, request: pb.GetPipelineRequest, context: grpc.aio.ServicerContext) -> pb.GetPipelineResponse:
+        stored = await asyncio.to_thread(self._pipelines.get, pipeline_id_of(request.name))
+        return pb.GetPipelineResponse(pipeline=convert.pipeline_to_proto(stored))
+
+    async def ListPipelines(self, request: pb.ListPipelinesRequest, context: grpc.aio.ServicerContext) -> pb.ListPipelinesResponse:
+        page = pagination.PageRequest.parse(request.page_size, request.page_token, pagination.fingerprint(rpc="ListPipelines"))
+        rows = await asyncio.to_thread(self._pipelines.list, page.cursor, page.size + 1)
+        stored, token = page.finish(rows, lambda row: row.pipeline_id)
+        return pb.ListPipelinesResponse(pipelines=[convert.pipeline_to_proto(s) for s in stored], next_page_token=token)
+
+    async def DeletePipeline(self, request: pb.DeletePipelineRequest, context: grpc.aio.ServicerContext) -> pb.DeletePipelineResponse:
+        await asyncio.to_thread(self._pipelines.delete, pipeline_id_of(request.name))
+        return pb.DeletePipelineResponse()
+
+    # -- batch, stream, preview ---------------------------------------------------
+
+    async def _augmenter(self, source: pb.PipelineSource, categories: object, field: str) -> Augmenter:
+        which = source.WhichOneof("source")
+        if which == "pipeline_spec":
+            spec = convert.spec_from_proto(source.pipeline_spec, f"{field}.pipeline_spec")
+        elif which == "pipeline_name":
+            spec = (await asyncio.to_thread(self._pipelines.get, pipeline_id_of(source.pipeline_name, f"{field}.pipeline_name"))).spec
+        else:
+            raise _invalid("MISSING_PIPELINE", field, "set pipeline_name or pipeline_spec")
+        return Augmenter(spec, convert.categories_from_proto(categories))
+
+    def _items(self, messages: object, field: str) -> list[Item]:
+        return [convert.item_from_proto(m, f"{field}[{i}]", self._max_pixels) for i, m in enumerate(messages)]  # type: ignore[call-overload]
+
+    async def AugmentBatch(self, request: pb.AugmentBatchRequest, context: grpc.aio.ServicerContext) -> pb.AugmentBatchResponse:
+        augmenter = await self._augmenter(request.pipeline, request.categories, "pipeline")
+        results = await self._runner.run(augmenter, self._items(request.items, "items"), request.seed)
+        response = pb.AugmentBatchResponse(pipeline_digest=augmenter.digest)
+        for result in results:
+            convert.augmented_to_proto(result, response.items.add())
+        return response
+
+    async def AugmentStream(self, request_iterator: AsyncIterator[pb.AugmentStreamRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AugmentStreamResponse]:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("config"):
+            raise _invalid("MISSING_CONFIG", "config", "the first request of a stream carries the config (pipeline and seed)")
+        config = first.config
+        augmenter = await self._augmenter(config.pipeline, config.categories, "config.pipeline")
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        ordered: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+        position = config.start_position
+
+        def submit(request: pb.AugmentStreamRequest) -> None:
+            nonlocal position
+            items = self._items(request.items, "items")
+            start = position
+            position += len(items)
+            task = asyncio.ensure_future(self._runner.run(augmenter, items, config.seed, start_position=start))
+            task.start_position = start  # type: ignore[attr-defined]
+            ordered.put_nowait(task)
+
+        async def read() -> None:
+            try:
+                if first.items:
+                    await slots.acquire()
+                    submit(first)
+                async for request in requests:
+                    if request.HasField("config"):
+                        raise _invalid("CONFIG_ALREADY_SENT", "config", "only the first request of a stream carries a config")
+                    await slots.acquire()
+                    submit(request)
+            except BaseException as error:  # handed to the writer, which raises it in order
+                failed: asyncio.Future = asyncio.get_running_loop().create_future()
+                failed.set_exception(error if isinstance(error, Exception) else errors.Cancelled("CANCELLED", "stream cancelled"))
+                ordered.put_nowait(failed)
+                return
+            ordered.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                task = await ordered.get()
+                if task is None:
+                    break
+                try:
+                    results = await task
+                finally:
+                    slots.release()
+                response = pb.AugmentStreamResponse(pipeline_digest=augmenter.digest, position=task.start_position)
+                for result in results:
+                    convert.augmented_to_proto(result, response.items.add())
+                yield response
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            while not ordered.empty():
+                pending = ordered.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def PreviewAugmentations(self, request: pb.PreviewAugmentationsRequest, context: grpc.aio.ServicerContext) -> pb.PreviewAugmentationsResponse:
+        count = request.count or 8
+        if not 1 <= count <= MAX_PREVIEW:
+            raise _invalid("PARAM_OUT_OF_RANGE", "count", f"must lie in [1, {MAX_PREVIEW}], got {count}", value=count, limit=MAX_PREVIEW)
+        if not 0 <= request.columns <= MAX_PREVIEW:
+            raise _invalid("PARAM_OUT_OF_RANGE", "columns", f"must lie in [0, {MAX_PREVIEW}], got {request.columns}", value=request.columns)
+        augmenter = await self._augmenter(request.pipeline, request.categories, "pipeline")
+        if not request.HasField("item"):
+            raise _invalid("MISSING_ITEM", "item", "a preview needs an item")
+        item = convert.item_from_proto(request.item, "item", self._max_pixels)
+        results = []
+        for index in range(count):
+            copy = Item(item.image, item.annotations, item.key, None if item.seed is None else (item.seed + index) % 2**64)
+            results.extend(await self._runner.run(augmenter, [copy], request.seed, copy_index=index, path="item"))
+        image = await asyncio.to_thread(preview_grid.grid, results, request.columns)
+        data = await asyncio.to_thread(preview_grid.png, image)
+        return pb.PreviewAugmentationsResponse(
+            png=data, width=image.shape[1], height=image.shape[0], seeds=[r.seed for r in results], pipeline_digest=augmenter.digest
+        )
+
+    # -- dataset jobs (not served yet) ------------------------------------------------
+
+    def _jobs_not_ready(self, method: str) -> errors.SimulacraError:
+        return errors.Unimplemented(
+            "NOT_YET_IMPLEMENTED",
+            f"augmentation does not serve {method} yet: dataset jobs wait for the shared job runner",
+            {"service": "simulacra.augmentation.v1.AugmentationService", "method": method},
+        )
+
+    async def CreateAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
+        raise self._jobs_not_ready("CreateAugmentDatasetJob")
+
+    async def GetAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
+        raise self._jobs_not_ready("GetAugmentDatasetJob")
+
+    async def ListAugmentDatasetJobs(self, request, context):  # noqa: ANN001, ANN201
+        raise self._jobs_not_ready("ListAugmentDatasetJobs")
+
+    async def CancelAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
+        raise self._jobs_not_ready("CancelAugmentDatasetJob")
+
+    async def WatchAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
+        raise self._jobs_not_ready("WatchAugmentDatasetJob")
+        yield  # pragma: no cover - makes this a server-streaming handler

@@ -1,0 +1,1 @@
+"""What the service does with the engine: checked batches on a worker pool, stored pipelines resolved."""

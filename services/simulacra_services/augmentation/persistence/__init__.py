@@ -1,0 +1,1 @@
+"""Where the augmentation service keeps its state (object storage)."""
