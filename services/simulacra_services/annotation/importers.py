@@ -325,10 +325,10 @@ def plan_mnist(source: MnistSource, read_blob: BlobReader, live_files: set[tuple
     with in_file(source.labels.path):
         labels = mnist.parse_idx(read_blob(source.labels.sha256), "mnist.labels")
     mnist.check_digits(images, labels, "mnist.images", "mnist.labels")
-    count = len(labels) if source.limit == 0 else min(source.limit, len(labels))
-    used = sorted({int(label) for label in labels[:count]})
+    chosen = mnist.stratified_subset(labels, source.limit)  # every digit when limit is 0
+    used = sorted({int(label) for label in labels[chosen]})
     plan = ImportPlan(categories=[Category(label + 1, mnist.category_name(label)) for label in used], items=[])
-    for index in range(count):
+    for index in chosen.tolist():
         png = mnist.encode_png(images[index])
         file_name = f"mnist/{index:05d}.png"
         if (file_name, hashlib.sha256(png).hexdigest()) in live_files:

@@ -113,3 +113,33 @@ def encode_png(pixels: np.ndarray) -> bytes:
 def category_name(label: int) -> str:
     """Digit d is the category named "d" (with id d + 1)."""
     return str(label)
+
+
+SUBSET_SEED = 0
+"""The seed of ``stratified_subset`` for an import's ``limit``: the same limit always takes the same digits."""
+
+
+def stratified_subset(labels: np.ndarray, limit: int, *, seed: int = SUBSET_SEED) -> np.ndarray:
+    """Indexes (ascending) of ``limit`` digits drawn so that each class keeps its share.
+
+    MNIST files are often sorted by class, so the first N digits would hold
+    the first classes only. Each class's digits are put in a random order
+    (``seed``); the k-th of a class of n digits gets the rank (k + 0.5) / n,
+    and the ``limit`` lowest ranks are taken: every class gets its share of
+    ``limit`` within one digit, the same seed gives the same subset, and a
+    larger limit takes a superset (a re-run with a larger limit only adds).
+    """
+    labels = np.asarray(labels)
+    if limit <= 0 or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    class_order = rng.permutation(len(classes))  # breaks ties between classes of equal size
+    rank = np.empty(len(labels))
+    tie = np.empty(len(labels))
+    for position, label in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+        tie[members] = class_order[position]
+    chosen = np.lexsort((tie, rank))[:limit]
+    return np.sort(chosen)

