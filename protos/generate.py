@@ -76,10 +76,45 @@ def generate(out_dir: Path) -> None:
             dest = out_dir / src.relative_to(generated)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(HEADER + rewrite(src.read_text()))
+        _generate_vendored(protoc, well_known, out_dir)
         for package in sorted({p.parent for p in out_dir.rglob("*.py")} | {p for p in out_dir.rglob("*") if p.is_dir()}):
             init = package / "__init__.py"
             if not init.exists():
                 init.write_text(HEADER)
+
+
+VENDORED_ROOT = PROTO_ROOT / "third_party"
+_VENDORED_IMPORT = re.compile(r"^from inference import ", re.MULTILINE)
+_VENDORED_QUALIFIED = re.compile(r"(?<![\w.])inference\.(\w+_pb2(?:_grpc)?)\b")
+
+
+def _generate_vendored(protoc, well_known: Path, out_dir: Path) -> None:  # noqa: ANN001
+    """Contracts of other projects under protos/third_party/ (the Open Inference Protocol's
+    package ``inference``), into ``simulacra_client.api.inference``. Only the sampling service
+    imports them; the SDK's own modules never do (tritonclient registers the same names)."""
+    files = sorted(VENDORED_ROOT.glob("inference/*.proto"))
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{VENDORED_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            f"--mypy_out={tmp}",
+            f"--mypy_grpc_out={tmp}",
+            *[str(f.relative_to(VENDORED_ROOT)) for f in files],
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed on protos/third_party")
+        for src in sorted((Path(tmp) / "inference").rglob("*")):
+            if src.is_dir():
+                continue
+            dest = out_dir / "inference" / src.relative_to(Path(tmp) / "inference")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            text = _VENDORED_IMPORT.sub("from simulacra_client.api.inference import ", src.read_text())
+            dest.write_text(HEADER + _VENDORED_QUALIFIED.sub(r"simulacra_client.api.inference.\1", text))
 
 
 def main(argv: list[str] | None = None) -> int:

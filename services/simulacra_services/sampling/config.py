@@ -29,6 +29,8 @@ class SamplingConfig:
     max_loaded_generators: int = 16
     poll_seconds: float = 0.0
     """Registry polling for moved aliases (Triton's POLL mode); 0: EXPLICIT mode, LoadGenerator only."""
+    default_alias: str = "latest"
+    """What an empty KServe model_version means: an alias, or "latest"."""
     offload_samples: int = 8
     """Calls with at least this many samples draw noise and encode on a worker thread."""
     batching: BatchingPolicy = field(default_factory=BatchingPolicy)

@@ -11,17 +11,21 @@ import asyncio
 
 import grpc
 
+from simulacra_client.api.inference import grpc_service_pb2_grpc as inference_grpc
 from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
 from simulacra_services.core.config import Settings
 from simulacra_services.core.registry import ModelRegistry
 from simulacra_services.core.server import CloseHook, ServiceDefinition
 from simulacra_services.core.storage import open_object_store
+from simulacra_services.sampling.api.inference import SERVICE_NAME as INFERENCE_SERVICE
+from simulacra_services.sampling.api.inference import InferenceServicer
 from simulacra_services.sampling.api.servicer import SamplingServicer
 from simulacra_services.sampling.config import SamplingConfig
 from simulacra_services.sampling.serving.metrics import SamplingMetrics
 from simulacra_services.sampling.serving.pool import GeneratorPool
 
-SERVICE_NAMES = ("simulacra.sampling.v1.SamplingService",)
+SERVICE_NAMES = ("simulacra.sampling.v1.SamplingService", INFERENCE_SERVICE)
+"""The native API and the Open Inference Protocol (KServe v2), on one port."""
 
 
 async def register(server: grpc.aio.Server, settings: Settings, *, config: SamplingConfig | None = None) -> CloseHook:
@@ -31,6 +35,7 @@ async def register(server: grpc.aio.Server, settings: Settings, *, config: Sampl
     pool = GeneratorPool(ModelRegistry(objects), chosen, SamplingMetrics())
     await pool.start()
     api_grpc.add_SamplingServiceServicer_to_server(SamplingServicer(pool, chosen, settings.max_message_bytes), server)
+    inference_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(pool, chosen), server)
 
     async def close() -> None:
         try:
