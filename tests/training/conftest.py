@@ -54,3 +54,33 @@ async def annotation_store(tmp_path):
 async def digits(annotation_store):
     """(store, "datasets/digits/versions/N") with 36 digits of 3 classes."""
     return annotation_store, await asyncio.to_thread(annotation_store.import_digits, "digits")
+
+
+@dataclass
+class Training:
+    """A running training service (and the annotation-store it reads from)."""
+
+    service: object
+    store: Store
+    settings: object
+
+    @property
+    def channel(self):
+        return self.service.channel
+
+    @property
+    def address(self) -> str:
+        return self.service.address
+
+
+def training_settings(store: Store, data_dir):
+    return local_settings(data_dir, annotation_address=store.address)
+
+
+@pytest.fixture
+async def training(annotation_store, tmp_path):
+    from simulacra_services.training.service import DEFINITION
+
+    settings = training_settings(annotation_store, tmp_path / "training")
+    async with running_service(DEFINITION, settings, worker_threads=1, lease_seconds=3.0) as service:
+        yield Training(service, annotation_store, settings)

@@ -4,8 +4,10 @@ backend: a rename for local files, a single PUT for S3), with its sha256 verifie
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import io
+import json
 
 import torch
 
@@ -31,13 +33,24 @@ class CheckpointStore:
     def key(self, step: int) -> str:
         return f"{self.prefix}/checkpoints/{step:010d}.pt"
 
-    def save(self, step: int, state: dict) -> CheckpointInfo:
+    def save(self, step: int, state: dict, *, epoch: int = 0, losses: dict | None = None) -> CheckpointInfo:
+        """Writes the state, then a small JSON sidecar (step, losses, checksum) that listings read."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
         key = self.key(step)
         self.objects.put(key, data, content_type="application/octet-stream")
-        return CheckpointInfo(step, key, hashlib.sha256(data).hexdigest(), len(data))
+        info = CheckpointInfo(step, key, hashlib.sha256(data).hexdigest(), len(data))
+        sidecar = info.to_json() | {
+            "epoch": epoch, "losses": losses or {}, "create_time": dt.datetime.now(dt.timezone.utc).isoformat()
+        }
+        self.objects.put(key.removesuffix(".pt") + ".json", json.dumps(sidecar).encode(), content_type="application/json")
+        return info
+
+    def list(self) -> list[dict]:
+        """Every checkpoint's sidecar, newest first."""
+        keys = [o.key for o in self.objects.list(f"{self.prefix}/checkpoints/") if o.key.endswith(".json")]
+        return [json.loads(self.objects.get(key)) for key in sorted(keys, reverse=True)]
 
     def load(self, info: CheckpointInfo) -> dict:
         data = self.objects.get(info.object_key)

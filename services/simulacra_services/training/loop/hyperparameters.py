@@ -104,7 +104,7 @@ def resolve(kind: str, given: dict) -> Hyperparameters:
     for name, (low, high) in _RANGES.items():
         if not low <= values[name] <= high:
             raise InvalidHyperparameter(name, f"must be in [{low}, {high}], got {values[name]}")
-    if kind == "vae" and values["channels"] not in (1, 3):
+    if values["channels"] not in (1, 3):
         raise InvalidHyperparameter("channels", "must be 1 or 3")
     if kind != "vae" and values["discriminator_learning_rate"] <= 0:
         raise InvalidHyperparameter("discriminator_learning_rate", "must be > 0 for a GAN")

@@ -119,8 +119,8 @@ class TrainingPipeline:
 
     def _save_checkpoint(self, run: TrainingRun, fingerprint: str) -> None:
         state = run.state_dict() | {"data_fingerprint": fingerprint}
-        info = self.checkpoints.save(run.step, state)
         losses = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k != "step"}
+        info = self.checkpoints.save(run.step, state, epoch=run.epoch, losses=losses)
         self.emit(protocol.CHECKPOINT, **info.to_json(), epoch=run.epoch, losses=losses)
 
     def _preview(self, run: TrainingRun, config: ModelConfig, data: LoadedData) -> None:

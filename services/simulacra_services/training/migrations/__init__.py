@@ -1,0 +1,1 @@
+"""The training service's migration chain (revision files; see ``simulacra_services.core.db.migrate``)."""
