@@ -8,7 +8,6 @@ the registry is another service's job).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,13 +47,15 @@ class Sampling:
     settings: Settings
     config: SamplingConfig
     registry: ModelRegistry
+    metrics_port: int = METRICS_OFF
+    """0: a free port, for the tests that scrape metrics."""
     server: ServiceServer | None = None
     channel: grpc.aio.Channel | None = None
     stub: api_grpc.SamplingServiceStub = field(init=False)
 
     async def start(self) -> None:
-        definition = dataclasses.replace(DEFINITION, register=_with_config(self.config))
-        self.server = ServiceServer(definition, self.settings, port=0, metrics_port=METRICS_OFF)
+        definition = DEFINITION.with_dependencies(config=self.config)
+        self.server = ServiceServer(definition, self.settings, port=0, metrics_port=self.metrics_port)
         await self.server.start()
         self.channel = open_aio_channel(self.server.address)
         self.stub = api_grpc.SamplingServiceStub(self.channel)
@@ -79,13 +80,6 @@ class Sampling:
     async def stream(self, generator: str, **fields: object) -> list[api.StreamSamplesResponse]:
         call = self.stub.StreamSamples(api.StreamSamplesRequest(generator=generator, **fields), timeout=60)
         return [response async for response in call]
-
-
-def _with_config(config: SamplingConfig):  # noqa: ANN202
-    async def register(server: grpc.aio.Server, settings: Settings):  # noqa: ANN202
-        return await DEFINITION.register(server, settings, config=config)  # type: ignore[call-arg]
-
-    return register
 
 
 def local_settings(tmp_path: Path) -> Settings:

@@ -177,13 +177,27 @@ async def test_hot_reload_under_concurrent_streams_drops_nothing(sampling: Sampl
     await sampling.stub.LoadGenerator(api.LoadGeneratorRequest(name=alias))
     expected_v1 = array((await sampling.sample("models/digits/versions/1", 60, seed=4)).samples)
 
+    started = asyncio.Semaphore(0)
+
     async def one_stream(k: int) -> list[api.StreamSamplesResponse]:
         call = sampling.stub.StreamSamples(api.StreamSamplesRequest(generator=alias, seed=4, count=60, batch_size=3, max_in_flight=1))
-        return [r async for r in call]
+        responses = []
+        async for response in call:
+            responses.append(response)
+            if len(responses) == 1:
+                started.release()
+        return responses
 
     streams = [asyncio.ensure_future(one_stream(k)) for k in range(16)]
-    await asyncio.sleep(0.05)
+    for _ in range(16):  # every stream is under way (19 of its 20 messages still to come) before the alias moves
+        await asyncio.wait_for(started.acquire(), 30)
     sampling.registry.set_alias("digits", "production", 2)
+    expected_v2 = array((await sampling.sample("models/digits/versions/2", 60, seed=4)).samples)
+
+    async def unary_during_swap() -> list[api.SampleResponse]:
+        return [await sampling.sample(alias, 1, seed=4, start_index=i) for i in range(20)]
+
+    unary = asyncio.ensure_future(unary_during_swap())
     reloaded = (await sampling.stub.LoadGenerator(api.LoadGeneratorRequest(name=alias))).generator
     assert reloaded.name == "models/digits/versions/2"
     after = await sampling.sample(alias, 2, seed=4)
@@ -193,6 +207,9 @@ async def test_hot_reload_under_concurrent_streams_drops_nothing(sampling: Sampl
         assert indices == list(range(60))
         assert {r.generator for r in responses} == {"models/digits/versions/1"}
         assert np.array_equal(samples, expected_v1)
+    for i, response in enumerate(await unary):  # none failed; each is whole on one version
+        expected = {"models/digits/versions/1": expected_v1, "models/digits/versions/2": expected_v2}[response.generator]
+        assert np.array_equal(array(response.samples)[0], expected[i])
     assert after.generator == "models/digits/versions/2"
     assert not np.array_equal(array(after.samples), expected_v1[:2])
 

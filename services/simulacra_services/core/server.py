@@ -78,6 +78,9 @@ class ServiceDefinition:
     """``register(server, settings, **dependencies)``: adds the servicers (and opens storage or the
     database); may return an async close hook run at shutdown. Keyword arguments are the service's
     optional dependencies (defaults build them from the settings)."""
+    wants_metrics_registry: bool = False
+    """When true, ``register`` also gets ``metrics_registry=``: the server's Prometheus registry,
+    for the service's own metrics (served on the same endpoint as the RPC metrics)."""
 
     def with_dependencies(self, **dependencies: object) -> ServiceDefinition:
         """The same service with ``dependencies`` handed to ``register`` (tests, embedding)."""
@@ -192,7 +195,8 @@ class ServiceServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
-            self._close_hook = await definition.register(server, settings)
+            extra = {"metrics_registry": metrics.registry} if definition.wants_metrics_registry else {}
+            self._close_hook = await definition.register(server, settings, **extra)
             self._port = self._bind(server)
             await server.start()
             if self._wanted_metrics_port is not None:

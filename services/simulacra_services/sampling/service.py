@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from simulacra_client.api.inference import grpc_service_pb2_grpc as inference_grpc
 from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
@@ -28,11 +29,14 @@ SERVICE_NAMES = ("simulacra.sampling.v1.SamplingService", INFERENCE_SERVICE)
 """The native API and the Open Inference Protocol (KServe v2), on one port."""
 
 
-async def register(server: grpc.aio.Server, settings: Settings, *, config: SamplingConfig | None = None) -> CloseHook:
-    """Dependency ``config`` (tests, embedding): the sampling settings; default: SIMULACRA_SAMPLING_* from the environment."""
+async def register(
+    server: grpc.aio.Server, settings: Settings, *, config: SamplingConfig | None = None, metrics_registry: CollectorRegistry | None = None
+) -> CloseHook:
+    """Dependency ``config`` (tests, embedding): the sampling settings; default: SIMULACRA_SAMPLING_* from
+    the environment. ``metrics_registry`` comes from the server: per-generator metrics join its endpoint."""
     chosen = config if config is not None else SamplingConfig.from_env()
     objects = await asyncio.to_thread(open_object_store, settings)
-    pool = GeneratorPool(ModelRegistry(objects), chosen, SamplingMetrics())
+    pool = GeneratorPool(ModelRegistry(objects), chosen, SamplingMetrics(metrics_registry))
     await pool.start()
     api_grpc.add_SamplingServiceServicer_to_server(SamplingServicer(pool, chosen, settings.max_message_bytes), server)
     inference_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(pool, chosen), server)
@@ -52,4 +56,5 @@ DEFINITION = ServiceDefinition(
     error_domain="sampling.simulacra.dev",
     service_names=SERVICE_NAMES,
     register=register,
+    wants_metrics_registry=True,
 )

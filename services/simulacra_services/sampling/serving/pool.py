@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from simulacra_services.core import errors
 from simulacra_services.core.registry import LATEST, ModelRegistry, ModelVersionRecord, parse_model_version_name
 from simulacra_services.sampling.config import SamplingConfig
-from simulacra_services.sampling.runtime.session import GeneratorSession, SessionOptions
+from simulacra_services.sampling.runtime.session import GeneratorSession, SessionOptions, choose_providers
 from simulacra_services.sampling.serving.generator import LoadedGenerator
 from simulacra_services.sampling.serving.metrics import SamplingMetrics
 
@@ -108,8 +108,14 @@ class GeneratorPool:
 
     # ---- load / unload ------------------------------------------------------------
     async def load(self, name: str, request: LoadRequest) -> LoadedGenerator:
-        """Resolve ``name`` afresh, load that version and bind the alias to it (hot reload)."""
+        """Resolve ``name`` afresh, load that version and bind the alias to it (hot reload).
+
+        Options apply when the version is loaded; a version already in memory keeps its session
+        (unload it first to change its provider), but a bad provider is refused either way.
+        """
         model, ref = parse_model_version_name(name)
+        if request.provider:
+            choose_providers(request.provider)
         record = await self.resolve(model, ref)
         generator = await self._load(record, request)
         if request.pin and not generator.pinned:
