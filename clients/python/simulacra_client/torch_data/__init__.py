@@ -2,6 +2,7 @@
 
 - ``SyntheticDataset``: a generator's deterministic sample stream (sampling service).
 - ``RealDataset``: the items of an annotation-store version, any split and filter.
+- ``Augmented(source, ...)``: a source augmented by the augmentation service, seeded per sample.
 - ``mix(real, synthetic, ratio=..., balance=...)``: deterministic interleaving.
 - ``ResumableLoader``: a DataLoader whose ``state_dict()`` resumes the exact sequence.
 
@@ -20,12 +21,14 @@ except ImportError as error:  # pragma: no cover - exercised by a subprocess tes
         "simulacra_client.torch_data needs PyTorch and Pillow: pip install 'simulacra-client[torch]'"
     ) from error
 
+from simulacra_client.torch_data.augmented import Augmented
 from simulacra_client.torch_data.base import ResumableDataset, ResumableLoader, Sample
 from simulacra_client.torch_data.mixing import Mixed, mix
 from simulacra_client.torch_data.real import RealDataset, decode_image, to_tensors
 from simulacra_client.torch_data.synthetic import SyntheticDataset
 
 __all__ = [
+    "Augmented",
     "Mixed",
     "RealDataset",
     "ResumableDataset",
