@@ -17,7 +17,6 @@ one ``JobCancelledError``. Only grpcio, protobuf and numpy are needed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -38,10 +37,9 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as rpc_grpc
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
 from simulacra_client.errors import SimulacraRpcError, from_rpc_error
-from simulacra_client.raw import RawClient
-from simulacra_client.retry import DEFAULT_RETRY, Backoff, RetryPolicy
+from simulacra_client.raw import RawClient, ServiceClient
+from simulacra_client.retry import Backoff
 
 __all__ = [
     "AnnotationClient",
@@ -216,33 +214,132 @@ def check_relative_path(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Requests: built here once for AnnotationClient and AsyncAnnotationClient
+# ---------------------------------------------------------------------------
+
+
+def create_dataset_request(
+    dataset: str, *, display_name: str = "", description: str = "", labels: dict[str, str] | None = None, categories: Sequence[pb.Category] = ()
+) -> rpc.CreateDatasetRequest:
+    body = pb.Dataset(display_name=display_name, description=description, labels=labels or {})
+    return rpc.CreateDatasetRequest(dataset_id=dataset_name(dataset).split("/")[1], dataset=body, categories=list(categories))
+
+
+def jobs_parent(dataset: str) -> str:
+    """The parent of a job listing: one dataset, or every one (``-``)."""
+    return "datasets/-" if dataset in ("-", "datasets/-") else dataset_name(dataset)
+
+
+def create_import_job_request(dataset: str, job: pb.ImportJob, request_id: str | None = None) -> rpc.CreateImportJobRequest:
+    return rpc.CreateImportJobRequest(parent=dataset_name(dataset), import_job=job, request_id=request_id or str(uuid.uuid4()))
+
+
+def create_export_job_request(reference: str, job: pb.ExportJob, request_id: str | None = None) -> rpc.CreateExportJobRequest:
+    version = version_name(reference)
+    exported = pb.ExportJob()
+    exported.CopyFrom(job)
+    exported.version = version
+    parent = version.rsplit("/versions/", 1)[0]
+    return rpc.CreateExportJobRequest(parent=parent, export_job=exported, request_id=request_id or str(uuid.uuid4()))
+
+
+def stream_items_request(
+    parent: str, cursor: str, filter: str, view: int, shard_index: int, shard_count: int, max_items_per_response: int
+) -> rpc.StreamItemsRequest:
+    return rpc.StreamItemsRequest(
+        parent=parent, filter=filter, view=view, start_cursor=cursor, shard_index=shard_index,
+        shard_count=shard_count, max_items_per_response=max_items_per_response,
+    )
+
+
+def streamed_items(response: rpc.StreamItemsResponse, cursor: str, skip: int) -> tuple[list[StreamedItem], int]:
+    """The items of a StreamItems response read from ``cursor``, less the first ``skip``; the skip left."""
+    items, last = response.items, len(response.items) - 1
+    streamed = [
+        StreamedItem(items[index], response.cursor if index == last else f"{cursor}+{index + 1}")
+        for index in range(min(skip, len(items)), len(items))
+    ]
+    return streamed, max(0, skip - len(items))
+
+
+def check_batching(batch_size: int, max_in_flight: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_ITEMS:
+        raise ValueError(f"batch_size must be 1..{MAX_BATCH_ITEMS}, got {batch_size}")
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+
+
+def item_batches(
+    dataset: str, items: Iterable[pb.Item | tuple[str, pb.Item]], batch_size: int, box_bounds_policy: int
+) -> Iterator[rpc.UploadItemsRequest]:
+    """UploadItems messages of ``batch_size`` items (``Item`` or ``(item_id, Item)``), each with its own request id."""
+    parent = dataset_name(dataset)
+    batch: list[rpc.UploadItemsRequest.ItemUpload] = []
+    for entry in items:
+        item_id, item = entry if isinstance(entry, tuple) else ("", entry)
+        batch.append(rpc.UploadItemsRequest.ItemUpload(item_id=item_id, item=item))
+        if len(batch) == batch_size:
+            yield rpc.UploadItemsRequest(parent=parent, request_id=str(uuid.uuid4()), items=batch, box_bounds_policy=box_bounds_policy)
+            batch = []
+    if batch:
+        yield rpc.UploadItemsRequest(parent=parent, request_id=str(uuid.uuid4()), items=batch, box_bounds_policy=box_bounds_policy)
+
+
+def mnist_files(images: np.ndarray, labels: np.ndarray | Sequence[int]) -> tuple[bytes, bytes]:
+    """The IDX image and label files of digits: ``images`` N x H x W uint8, ``labels`` N integers 0..255."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be an N x H x W uint8 array, got {images.dtype} {images.shape}")
+    if labels.shape != (images.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError(f"labels must be {images.shape[0]} integers 0..255, got shape {labels.shape}")
+    return idx_bytes(images), idx_bytes(labels.astype(np.uint8))
+
+
+def mnist_import_job(image_digest: str, label_digest: str, *, split: str = "", limit: int = 0) -> pb.ImportJob:
+    source = pb.MnistImportSource(
+        images=pb.ManifestFile(path="images-idx3-ubyte", sha256=image_digest),
+        labels=pb.ManifestFile(path="labels-idx1-ubyte", sha256=label_digest),
+        split=split,
+        limit=limit,
+    )
+    return pb.ImportJob(mnist=source)
+
+
+def job_progress(job: Any, stage: str, progress: ProgressCallback | None) -> None:
+    _notify(progress, ProgressEvent(stage, job.progress.done, job.progress.total, "items", job.progress.message))
+
+
+def job_outcome(job: Any) -> Any:
+    """The final job when it SUCCEEDED; JobFailedError or JobCancelledError otherwise."""
+    if job is None:  # pragma: no cover - a watch always yields
+        raise RuntimeError("the job watch ended without a snapshot")
+    if job.state == common_pb2.JOB_STATE_FAILED:
+        raise JobFailedError(job)
+    if job.state == common_pb2.JOB_STATE_CANCELLED:
+        raise JobCancelledError(job)
+    return job
+
+
+# ---------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------
 
 
-class AnnotationClient:
-    """A connection to the annotation-store. Use as a context manager, or call ``close()``."""
+class AnnotationClient(ServiceClient):
+    """A connection to the annotation-store. Use as a context manager, or call ``close()``.
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        tls_ca: str | os.PathLike[str] | bytes | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        timeout: float = 60.0,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.retry = retry
-        self._max_message_bytes = max_message_bytes
-        self._raw = RawClient.connect(
-            address, rpc_grpc.AnnotationServiceStub, rpc, token=token, tls_ca=tls_ca,
-            max_message_bytes=max_message_bytes, timeout=timeout, retry=retry,
-        )
-        self._channel = self._raw.channel
-        self.stub = self._raw.stub
+    Arguments: ``address`` (host:port), ``token``, ``tls_ca``, ``max_message_bytes``,
+    ``timeout`` (seconds per unary call) and ``retry`` (``simulacra_client.retry``; None: never).
+    """
+
+    RAW = RawClient
+    STUB = rpc_grpc.AnnotationServiceStub
+    SERVICES = rpc
+
+    @property
+    def _channel(self) -> grpc.Channel:
+        return self._raw.channel
 
     def close(self) -> None:
         self._channel.close()
@@ -275,9 +372,7 @@ class AnnotationClient:
         labels: dict[str, str] | None = None,
         categories: Sequence[pb.Category] = (),
     ) -> pb.Dataset:
-        dataset_id = dataset_name(dataset).split("/")[1]
-        body = pb.Dataset(display_name=display_name, description=description, labels=labels or {})
-        request = rpc.CreateDatasetRequest(dataset_id=dataset_id, dataset=body, categories=list(categories))
+        request = create_dataset_request(dataset, display_name=display_name, description=description, labels=labels, categories=categories)
         return self._call("CreateDataset", request).dataset
 
     def get_dataset(self, dataset: str) -> pb.Dataset:
@@ -335,21 +430,15 @@ class AnnotationClient:
         ``resume_attempts`` times in a row, so no item is lost or repeated.
         """
         cursor, skip = split_stream_cursor(start_cursor)
-        backoff = Backoff(self._resume_policy(resume_attempts))
+        backoff = Backoff(self.resume_policy(resume_attempts))
         parent = version_name(reference)
         while True:
-            request = rpc.StreamItemsRequest(
-                parent=parent, filter=filter, view=view, start_cursor=cursor, shard_index=shard_index,
-                shard_count=shard_count, max_items_per_response=max_items_per_response,
-            )
-            call = self.stub.StreamItems(request)
+            call = self.stub.StreamItems(stream_items_request(parent, cursor, filter, view, shard_index, shard_count, max_items_per_response))
             try:
                 for response in call:
                     backoff.reset()
-                    items, last = response.items, len(response.items) - 1
-                    for index in range(min(skip, len(items)), len(items)):
-                        yield StreamedItem(items[index], response.cursor if index == last else f"{cursor}+{index + 1}")
-                    skip = max(0, skip - len(items))
+                    streamed, skip = streamed_items(response, cursor, skip)
+                    yield from streamed
                     cursor = response.cursor
                 return
             except grpc.RpcError as error:
@@ -375,26 +464,15 @@ class AnnotationClient:
         item names in order. A rejected batch raises its error; every batch
         acknowledged before it stays written (see ``UploadItems`` in the contract).
         """
-        if not 1 <= batch_size <= MAX_BATCH_ITEMS:
-            raise ValueError(f"batch_size must be 1..{MAX_BATCH_ITEMS}, got {batch_size}")
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        parent = dataset_name(dataset)
+        check_batching(batch_size, max_in_flight)
         slots = threading.Semaphore(max_in_flight)
         stop = threading.Event()
 
         def batches() -> Iterator[rpc.UploadItemsRequest]:
-            batch: list[rpc.UploadItemsRequest.ItemUpload] = []
-            for entry in items:
-                item_id, item = entry if isinstance(entry, tuple) else ("", entry)
-                batch.append(rpc.UploadItemsRequest.ItemUpload(item_id=item_id, item=item))
-                if len(batch) == batch_size:
-                    if not _acquire(slots, stop):
-                        return
-                    yield rpc.UploadItemsRequest(parent=parent, request_id=str(uuid.uuid4()), items=batch, box_bounds_policy=box_bounds_policy)
-                    batch = []
-            if batch and _acquire(slots, stop):
-                yield rpc.UploadItemsRequest(parent=parent, request_id=str(uuid.uuid4()), items=batch, box_bounds_policy=box_bounds_policy)
+            for request in item_batches(dataset, items, batch_size, box_bounds_policy):
+                if not _acquire(slots, stop):
+                    return
+                yield request
 
         names: list[str] = []
         try:
@@ -496,15 +574,13 @@ class AnnotationClient:
 
     # ---- import jobs ------------------------------------------------------
     def create_import_job(self, dataset: str, job: pb.ImportJob, *, request_id: str | None = None) -> pb.ImportJob:
-        request = rpc.CreateImportJobRequest(parent=dataset_name(dataset), import_job=job, request_id=request_id or str(uuid.uuid4()))
-        return self._call("CreateImportJob", request).import_job
+        return self._call("CreateImportJob", create_import_job_request(dataset, job, request_id)).import_job
 
     def get_import_job(self, name: str) -> pb.ImportJob:
         return self._call("GetImportJob", rpc.GetImportJobRequest(name=name)).import_job
 
     def list_import_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ImportJob]:
-        parent = "datasets/-" if dataset in ("-", "datasets/-") else dataset_name(dataset)
-        return self._paged("ListImportJobs", rpc.ListImportJobsRequest(parent=parent, filter=filter), "import_jobs")
+        return self._paged("ListImportJobs", rpc.ListImportJobsRequest(parent=jobs_parent(dataset), filter=filter), "import_jobs")
 
     def cancel_import_job(self, name: str) -> pb.ImportJob:
         return self._call("CancelImportJob", rpc.CancelImportJobRequest(name=name)).import_job
@@ -519,20 +595,13 @@ class AnnotationClient:
 
     # ---- export jobs ------------------------------------------------------
     def create_export_job(self, reference: str, job: pb.ExportJob, *, request_id: str | None = None) -> pb.ExportJob:
-        version = version_name(reference)
-        exported = pb.ExportJob()
-        exported.CopyFrom(job)
-        exported.version = version
-        parent = version.rsplit("/versions/", 1)[0]
-        request = rpc.CreateExportJobRequest(parent=parent, export_job=exported, request_id=request_id or str(uuid.uuid4()))
-        return self._call("CreateExportJob", request).export_job
+        return self._call("CreateExportJob", create_export_job_request(reference, job, request_id)).export_job
 
     def get_export_job(self, name: str) -> pb.ExportJob:
         return self._call("GetExportJob", rpc.GetExportJobRequest(name=name)).export_job
 
     def list_export_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ExportJob]:
-        parent = "datasets/-" if dataset in ("-", "datasets/-") else dataset_name(dataset)
-        return self._paged("ListExportJobs", rpc.ListExportJobsRequest(parent=parent, filter=filter), "export_jobs")
+        return self._paged("ListExportJobs", rpc.ListExportJobsRequest(parent=jobs_parent(dataset), filter=filter), "export_jobs")
 
     def cancel_export_job(self, name: str) -> pb.ExportJob:
         return self._call("CancelExportJob", rpc.CancelExportJobRequest(name=name)).export_job
@@ -543,12 +612,8 @@ class AnnotationClient:
     def wait_export_job(self, name: str, *, progress: ProgressCallback | None = None) -> pb.ExportJob:
         return _finish(self.watch_export_job(name), "exporting", progress)
 
-    def _resume_policy(self, attempts: int) -> RetryPolicy:
-        """The client's retry policy, with ``attempts`` reopenings of a broken stream in a row."""
-        return dataclasses.replace(self.retry or DEFAULT_RETRY, max_attempts=1 + max(0, attempts))
-
     def _watch(self, method: str, request: Any, field: str, get: Callable[[], Any]) -> Iterator[Any]:
-        backoff = Backoff(self._resume_policy(_WATCH_RETRIES))
+        backoff = Backoff(self.resume_policy(_WATCH_RETRIES))
         while True:
             try:
                 for response in getattr(self.stub, method)(request):
@@ -650,21 +715,8 @@ class AnnotationClient:
 
         Writes the two IDX files in memory, uploads them and runs the MNIST import.
         """
-        images = np.asarray(images)
-        labels = np.asarray(labels)
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be an N x H x W uint8 array, got {images.dtype} {images.shape}")
-        if labels.shape != (images.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-            raise ValueError(f"labels must be {images.shape[0]} integers 0..255, got shape {labels.shape}")
-        image_file, label_file = idx_bytes(images), idx_bytes(labels.astype(np.uint8))
-        image_digest, label_digest = self.upload_blobs([image_file, label_file], progress=progress)
-        source = pb.MnistImportSource(
-            images=pb.ManifestFile(path="images-idx3-ubyte", sha256=image_digest),
-            labels=pb.ManifestFile(path="labels-idx1-ubyte", sha256=label_digest),
-            split=split,
-            limit=limit,
-        )
-        job = self.create_import_job(dataset, pb.ImportJob(mnist=source))
+        image_digest, label_digest = self.upload_blobs(list(mnist_files(images, labels)), progress=progress)
+        job = self.create_import_job(dataset, mnist_import_job(image_digest, label_digest, split=split, limit=limit))
         return self.wait_import_job(job.name, progress=progress)
 
     # ---- exports ------------------------------------------------------------
@@ -744,14 +796,8 @@ def _read_chunks(source: BlobSource, size: int) -> Iterator[tuple[int, bytes]]:
 def _finish(snapshots: Iterator[Any], stage: str, progress: ProgressCallback | None) -> Any:
     job = None
     for job in snapshots:
-        _notify(progress, ProgressEvent(stage, job.progress.done, job.progress.total, "items", job.progress.message))
-    if job is None:  # pragma: no cover - _watch always yields
-        raise RuntimeError("the job watch ended without a snapshot")
-    if job.state == common_pb2.JOB_STATE_FAILED:
-        raise JobFailedError(job)
-    if job.state == common_pb2.JOB_STATE_CANCELLED:
-        raise JobCancelledError(job)
-    return job
+        job_progress(job, stage, progress)
+    return job_outcome(job)
 
 
 def _coco_file_names(path: Path) -> list[str]:

@@ -37,6 +37,7 @@ the services whose idempotent methods the channel retries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -95,18 +96,7 @@ class _RawBase(Generic[StubT]):
         self.stub: StubT = stub_class(channel)
         self.timeout = timeout
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is _UNSET else timeout
-
-    def _method(self, name: str) -> Any:
-        try:
-            return getattr(self.stub, name)
-        except AttributeError:
-            raise AttributeError(f"{type(self.stub).__name__} has no method {name!r}") from None
-
-
-class RawClient(_RawBase[StubT]):
-    """A service's typed stub on a blocking channel, with deadlines, request ids and typed errors."""
+    _open: Any = staticmethod(open_channel)  # the subclass's channel opener
 
     @classmethod
     def connect(
@@ -121,13 +111,26 @@ class RawClient(_RawBase[StubT]):
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         options: ChannelOptions = (),
-    ) -> RawClient[StubT]:
-        """A client on a channel of its own (closed by ``close``), retrying ``services``' idempotent methods."""
-        channel = open_channel(
+    ) -> Any:
+        """A client on a channel of its own (closed by ``close``) that retries ``services``' idempotent methods."""
+        channel = cls._open(
             address, token=token, tls_ca=tls_ca, max_message_bytes=max_message_bytes,
             options=[*retry_options(services, retry), *options],
         )
         return cls(channel, stub_class, timeout=timeout)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is _UNSET else timeout
+
+    def _method(self, name: str) -> Any:
+        try:
+            return getattr(self.stub, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self.stub).__name__} has no method {name!r}") from None
+
+
+class RawClient(_RawBase[StubT]):
+    """A service's typed stub on a blocking channel, with deadlines, request ids and typed errors."""
 
     def close(self) -> None:
         self.channel.close()
@@ -147,13 +150,7 @@ class RawClient(_RawBase[StubT]):
 
     def stream(self, method: str, request: Message, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> Iterator[Any]:
         """A server stream's responses; no deadline unless given. Stopping early cancels the call."""
-        call = self._method(method)(with_request_id(request), timeout=timeout, metadata=metadata or None)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()  # a no-op once the stream ended; frees the server when the caller stops early
+        return _responses(self._method(method)(with_request_id(request), timeout=timeout, metadata=metadata or None))
 
     def send(self, method: str, requests: Iterable[Message], *, timeout: float | None = _UNSET, metadata: Sequence[tuple[str, str]] = ()) -> Any:
         """A client stream: the one response, or the typed error."""
@@ -164,37 +161,13 @@ class RawClient(_RawBase[StubT]):
 
     def exchange(self, method: str, requests: Iterable[Message], *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> Iterator[Any]:
         """A bidirectional stream's responses (and the client-stream-to-stream RPCs such as UploadItems)."""
-        call = self._method(method)(iter(requests), timeout=timeout, metadata=metadata or None)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        return _responses(self._method(method)(iter(requests), timeout=timeout, metadata=metadata or None))
 
 
 class AsyncRawClient(_RawBase[StubT]):
     """The asyncio twin of ``RawClient`` (``grpc.aio``), for use inside an event loop."""
 
-    @classmethod
-    def connect(
-        cls,
-        address: str,
-        stub_class: type[StubT],
-        services: Services,
-        *,
-        token: str | None = None,
-        tls_ca: str | os.PathLike[str] | bytes | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-        options: ChannelOptions = (),
-    ) -> AsyncRawClient[StubT]:
-        channel = open_aio_channel(
-            address, token=token, tls_ca=tls_ca, max_message_bytes=max_message_bytes,
-            options=[*retry_options(services, retry), *options],
-        )
-        return cls(channel, stub_class, timeout=timeout)
+    _open = staticmethod(open_aio_channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -211,22 +184,67 @@ class AsyncRawClient(_RawBase[StubT]):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    async def stream(self, method: str, request: Message, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Any]:
-        call = self._method(method)(with_request_id(request), timeout=timeout, metadata=metadata or None)
-        try:
-            async for response in call:
-                yield response
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+    def stream(self, method: str, request: Message, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Any]:
+        return _async_responses(self._method(method)(with_request_id(request), timeout=timeout, metadata=metadata or None))
 
-    async def exchange(self, method: str, requests: Iterable[Message], *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Any]:
-        call = self._method(method)(iter(requests), timeout=timeout, metadata=metadata or None)
-        try:
-            async for response in call:
-                yield response
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+    def exchange(self, method: str, requests: Iterable[Message], *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Any]:
+        """``requests`` may also be an async iterator."""
+        source = requests if hasattr(requests, "__aiter__") else iter(requests)
+        return _async_responses(self._method(method)(source, timeout=timeout, metadata=metadata or None))
+
+
+def _responses(call: Any) -> Iterator[Any]:
+    try:
+        yield from call
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+    finally:
+        call.cancel()  # a no-op once the stream ended; frees the server when the caller stops early
+
+
+async def _async_responses(call: Any) -> AsyncIterator[Any]:
+    try:
+        async for response in call:
+            yield response
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+    finally:
+        call.cancel()
+
+
+class ServiceClient:
+    """The base of a friendly client: one service, a raw client under it, the connection arguments.
+
+    A subclass names ``RAW`` (``RawClient``, or ``AsyncRawClient`` for an
+    asyncio client), ``STUB`` (the generated stub class) and ``SERVICES`` (the
+    generated ``*_pb2`` module of its contract), then speaks through
+    ``self._raw`` (``call``, ``stream``, ``send``, ``exchange``) or ``self.stub``.
+    """
+
+    RAW: Any = RawClient
+    STUB: Any = None
+    SERVICES: Any = None
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.retry = retry
+        self._max_message_bytes = max_message_bytes
+        self._raw = self.RAW.connect(
+            address, self.STUB, self.SERVICES, token=token, tls_ca=tls_ca,
+            max_message_bytes=max_message_bytes, timeout=timeout, retry=retry,
+        )
+        self.stub = self._raw.stub
+
+    def resume_policy(self, attempts: int) -> RetryPolicy:
+        """The client's retry policy with ``attempts`` reopenings in a row (of a broken stream, a watch)."""
+        return dataclasses.replace(self.retry or DEFAULT_RETRY, max_attempts=1 + max(0, attempts))
