@@ -6,8 +6,23 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 
 from simulacra_services.training.worker import protocol
+
+
+def _exit_with_parent() -> None:
+    """A worker whose server died (kill -9) must not train on beside the worker of the server that
+    takes the job over: it exits at once when its parent is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> int:
@@ -23,6 +38,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    _exit_with_parent()
 
     import torch
 
