@@ -7,7 +7,8 @@ costs the same stream as 0.7), then which children a group runs, then the
 op's parameters. Consecutive geometric ops only compose their matrices; the
 image and the annotations are resampled once per run of geometric ops, when a
 pixel op needs the pixels or the pipeline ends (the StyleGAN2-ADA idea: one
-interpolation instead of one per op).
+interpolation instead of one per op). The annotations are moved once, at the
+end, through the recorded resamplings (``targets.TargetTransform``).
 
 Fusion means the pixels of the composed map are taken from the source image:
 a crop followed by a pad does not bring back the cropped-away content only
@@ -28,7 +29,7 @@ from simulacra_services.augmentation.engine import rng as rng_module
 from simulacra_services.augmentation.engine.params import invalid
 from simulacra_services.augmentation.engine.registry import GeometricOp, ImageOp
 from simulacra_services.augmentation.engine.spec import GroupNode, Node, OpNode, PipelineSpec, digest
-from simulacra_services.augmentation.engine.targets import TargetTransform
+from simulacra_services.augmentation.engine.targets import Step, TargetTransform
 from simulacra_services.augmentation.engine.warp import Resampling, is_identity, warp
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
@@ -73,6 +74,7 @@ class _State:
     height: int = 0
     width: int = 0
     resampling: Resampling | None = None
+    steps: list[Step] = field(default_factory=list)
     dropped: int = 0
 
 
@@ -124,8 +126,7 @@ class Augmenter:
             if isinstance(op, GeometricOp):
                 sampled = op.sample(node.values, generator, state.height, state.width)
                 step = op.warp(node.values, sampled, state.height, state.width)
-                first = state.resampling is None
-                state.resampling = (state.resampling or Resampling()).merge(step.interpolation, step.border_mode, step.fill_value, first)
+                state.resampling = (state.resampling or Resampling()).merge(step.interpolation, step.border_mode, step.fill_value)
                 state.matrix = step.matrix @ state.matrix
                 state.height, state.width = step.height, step.width
             else:
@@ -135,6 +136,9 @@ class Augmenter:
                 state.image = op.apply(state.image, node.values, sampled)
             applied.append(node_path)
         self._flush(state)
+        if state.steps and state.annotations:
+            transform = TargetTransform(state.steps, item.image.shape[:2], self.spec.annotation_policy, self.categories, state.path)
+            state.annotations, state.dropped = transform.apply(state.annotations)
         return Augmented(
             key=item.key,
             image=state.image,
@@ -173,10 +177,7 @@ class Augmenter:
             return
         if not ((state.height, state.width) == (in_h, in_w) and is_identity(state.matrix)):
             state.image = warp(state.image, state.matrix, state.height, state.width, state.resampling)
-            if state.annotations:
-                transform = TargetTransform(state.matrix, (in_h, in_w), (state.height, state.width), self.spec.annotation_policy, self.categories, state.path)
-                state.annotations, dropped = transform.apply(state.annotations)
-                state.dropped += dropped
+            state.steps.append(Step(state.matrix, state.height, state.width))
         state.matrix = np.eye(3)
         state.resampling = None
 

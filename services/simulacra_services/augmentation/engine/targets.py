@@ -5,7 +5,9 @@ Rules (also in docs/augmentation.md):
 - Boxes of an object that also has a polygon or a mask (same non-empty
   ``instance_id``) become the box of the transformed, clipped shape: tight, not
   the swollen box of the transformed box corners. A box alone becomes the box
-  of its transformed corners, clipped to the frame (Albumentations' rule).
+  of its transformed corners (Albumentations' rule) after the quadrilateral
+  they form is clipped to the frame: where the frame cuts a turned box, the
+  box of what is visible.
 - Polygons are clipped to the frame (Sutherland-Hodgman), part by part; parts
   left with no area disappear. Masks and pixel maps are resampled with
   nearest-neighbour and a zero border; depth values are never blended.
@@ -105,6 +107,15 @@ def jacobian_det(matrix: np.ndarray, x: float, y: float) -> float:
     return float(np.linalg.det(a) / w**3)
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One resampling of the image: ``matrix`` into an ``height`` x ``width`` frame."""
+
+    matrix: np.ndarray
+    height: int
+    width: int
+
+
 @dataclasses.dataclass
 class _Shape:
     """An object's transformed shape, for the tight box of its instance."""
@@ -114,24 +125,33 @@ class _Shape:
 
 
 class TargetTransform:
-    """Moves the annotations of one item through one fused geometric step."""
+    """Moves the annotations of one item through the resamplings of a pipeline, all at once.
+
+    Annotations are moved once, at the end, through every step: shapes are
+    transformed and clipped to each step's frame (content cut away by one step
+    is lost to the next, as it is in the pixels), and a box keeps the exact
+    quadrilateral of its corners until the end, so that two rotations around a
+    pixel op do not swell it twice.
+    """
 
     def __init__(
         self,
-        matrix: np.ndarray,
+        steps: Sequence[Step],
         in_size: tuple[int, int],
-        out_size: tuple[int, int],
         policy: AnnotationPolicy,
         categories: Mapping[int, Category],
         path: str = "annotations",
     ) -> None:
-        self.matrix = matrix
+        self.steps = list(steps)
         self.in_h, self.in_w = in_size
-        self.out_h, self.out_w = out_size
+        self.out_h, self.out_w = self.steps[-1].height, self.steps[-1].width
+        self.matrix = np.eye(3)
+        for step in self.steps:
+            self.matrix = step.matrix @ self.matrix
         self.policy = policy
         self.categories = categories
         self.path = path
-        self.mirrored = jacobian_det(matrix, self.in_w / 2.0, self.in_h / 2.0) < 0
+        self.mirrored = jacobian_det(self.matrix, self.in_w / 2.0, self.in_h / 2.0) < 0
 
     def apply(self, annotations: Sequence[Annotation]) -> tuple[list[Annotation], int]:
         shapes: dict[str, _Shape] = {}
@@ -139,7 +159,7 @@ class TargetTransform:
         # Shapes first: the boxes of their instances follow them.
         for index, annotation in enumerate(annotations):
             if isinstance(annotation.geometry, (Polygon, Mask)):
-                results[index], shape = self._shape(annotation, index)
+                results[index], shape = self._shape(annotation)
                 if annotation.instance_id and shape is not None:
                     known = shapes.get(annotation.instance_id)
                     if known is None or isinstance(annotation.geometry, Polygon):
@@ -168,16 +188,32 @@ class TargetTransform:
     def _with(self, annotation: Annotation, geometry: object, area: float) -> Annotation:
         return dataclasses.replace(annotation, geometry=geometry, area=None if annotation.area is None else float(area))
 
+    def _through(self, points: np.ndarray) -> tuple[np.ndarray, float]:
+        """A closed polygon through every step, clipped to each frame; and its unclipped final area."""
+        clipped = points
+        for step in self.steps:
+            if len(clipped) < 3:
+                break
+            clipped = clip_polygon(transform_points(step.matrix, clipped), step.width, step.height)
+        return clipped, polygon_area(transform_points(self.matrix, points))
+
+    def _points_inside(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Points through every step, and whether each stayed inside every frame."""
+        inside = np.ones(len(points), dtype=bool)
+        for step in self.steps:
+            points = transform_points(step.matrix, points)
+            inside &= (points[:, 0] >= 0) & (points[:, 0] <= step.width) & (points[:, 1] >= 0) & (points[:, 1] <= step.height)
+        return points, inside
+
     # -- kinds ----------------------------------------------------------------
 
-    def _shape(self, annotation: Annotation, index: int) -> tuple[Annotation | None, _Shape | None]:
+    def _shape(self, annotation: Annotation) -> tuple[Annotation | None, _Shape | None]:
         geometry = annotation.geometry
         if isinstance(geometry, Polygon):
             parts, total, visible = [], 0.0, 0.0
             for part in geometry.parts:
-                moved = transform_points(self.matrix, np.asarray(part, dtype=np.float64).reshape(-1, 2))
-                total += polygon_area(moved)
-                clipped = clip_polygon(moved, self.out_w, self.out_h)
+                clipped, full = self._through(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+                total += full
                 area = polygon_area(clipped)
                 if len(clipped) >= 3 and area > _EPS:
                     parts.append(clipped)
@@ -185,7 +221,7 @@ class TargetTransform:
             if not parts:
                 return None, _Shape((0.0, 0.0, 0.0, 0.0), 0.0)
             x0, y0, x1, y1 = _bounds(np.concatenate(parts))
-            fraction = visible / total if total > _EPS else 0.0
+            fraction = min(visible / total, 1.0) if total > _EPS else 0.0
             shape = _Shape((x0, y0, x1, y1), fraction)
             if not self._keep(fraction, visible, x1 - x0, y1 - y0):
                 return None, shape
@@ -194,12 +230,17 @@ class TargetTransform:
         assert isinstance(geometry, Mask)
         pixels = rle.decode(rle.counts_of(geometry.counts, geometry.height, geometry.width), geometry.height, geometry.width)
         before = float(pixels.sum())
-        moved = warp(pixels, self.matrix, self.out_h, self.out_w, Resampling(), nearest=True)
+        moved = pixels
+        for step in self.steps:
+            moved = warp(moved, step.matrix, step.height, step.width, Resampling(), nearest=True)
         after = float(moved.sum())
         counts = rle.encode(moved)
         x, y, w, h = rle.to_bbox(counts, self.out_h)
-        ys, xs = np.nonzero(pixels) if before else (np.array([0.0]), np.array([0.0]))
-        scale = abs(jacobian_det(self.matrix, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)) if before else 1.0
+        if before:
+            ys, xs = np.nonzero(pixels)
+            scale = abs(jacobian_det(self.matrix, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5))
+        else:
+            scale = 1.0
         fraction = min(after / (before * scale), 1.0) if before and scale > _EPS else 0.0
         shape = _Shape((x, y, x + w, y + h), fraction)
         if not self._keep(fraction, after, w, h):
@@ -230,11 +271,13 @@ class TargetTransform:
             visible = shape.visible
         else:
             corners = np.array([[box.x, box.y], [box.x + box.w, box.y], [box.x + box.w, box.y + box.h], [box.x, box.y + box.h]])
-            ux0, uy0, ux1, uy1 = _bounds(transform_points(self.matrix, corners))
-            x0, y0 = max(ux0, 0.0), max(uy0, 0.0)
-            x1, y1 = min(ux1, float(self.out_w)), min(uy1, float(self.out_h))
-            full = (ux1 - ux0) * (uy1 - uy0)
-            visible = max(x1 - x0, 0.0) * max(y1 - y0, 0.0) / full if full > _EPS else 0.0
+            # The box of the clipped quadrilateral: where the frame cuts a turned box, this is the
+            # box of what is visible, not the (looser) clipped box of all four corners.
+            clipped, full = self._through(corners)
+            if len(clipped) < 3 or full <= _EPS:
+                return None
+            x0, y0, x1, y1 = _bounds(clipped)
+            visible = min(polygon_area(clipped) / full, 1.0)
         w, h = x1 - x0, y1 - y0
         if not self._keep(visible, w * h, w, h):
             return None
@@ -245,47 +288,48 @@ class TargetTransform:
         u = np.array([math.cos(a), math.sin(a)]) * box.w / 2.0
         v = np.array([-math.sin(a), math.cos(a)]) * box.h / 2.0
         c = np.array([box.cx, box.cy])
-        moved = transform_points(self.matrix, np.array([c - u - v, c + u - v, c + u + v, c - u + v]))
+        corners = np.array([c - u - v, c + u - v, c + u + v, c - u + v])
+        moved = transform_points(self.matrix, corners)
         e1, e2 = moved[1] - moved[0], moved[3] - moved[0]
-        centre = moved.mean(axis=0)
         if abs(float(np.dot(e1, e2))) <= 1e-6 * (np.linalg.norm(e1) * np.linalg.norm(e2) + _EPS):
             w, h = float(np.linalg.norm(e1)), float(np.linalg.norm(e2))
             angle = math.degrees(math.atan2(e1[1], e1[0]))
         else:
-            (cx, cy), (w, h), angle = cv2.minAreaRect(moved.astype(np.float32))
-            centre = np.array([cx, cy])
+            _, (w, h), angle = cv2.minAreaRect(moved.astype(np.float32))
         angle = (angle + 180.0) % 360.0 - 180.0
         if angle >= 180.0:
             angle -= 360.0
-        total = polygon_area(moved)
-        visible = polygon_area(clip_polygon(moved, self.out_w, self.out_h))
-        fraction = visible / total if total > _EPS else 0.0
-        inside = 0.0 <= centre[0] <= self.out_w and 0.0 <= centre[1] <= self.out_h
-        if not inside or not self._keep(fraction, visible, w, h):
+        clipped, total = self._through(corners)
+        visible = polygon_area(clipped) if len(clipped) >= 3 else 0.0
+        fraction = min(visible / total, 1.0) if total > _EPS else 0.0
+        centre, inside = self._points_inside(c.reshape(1, 2))
+        if not inside[0] or not self._keep(fraction, visible, w, h):
             return None
-        return self._with(annotation, RotatedBox(float(centre[0]), float(centre[1]), w, h, float(angle)), w * h)
+        return self._with(annotation, RotatedBox(float(centre[0, 0]), float(centre[0, 1]), float(w), float(h), float(angle)), w * h)
 
     def _keypoints(self, annotation: Annotation, keypoints: Keypoints, field: str) -> Annotation:
         points = list(keypoints.points)
         if self.mirrored:
             category = self.categories.get(annotation.category_id)
             if category is None:
-                raise invalid("CATEGORY_REQUIRED", f"{field}.category_id", f"keypoints of category {annotation.category_id} need the category (its flip_pairs) to be sent", category_id=annotation.category_id)
+                raise invalid(
+                    "CATEGORY_REQUIRED",
+                    f"{field}.category_id",
+                    f"keypoints of category {annotation.category_id} need the category (its flip_pairs) to be sent",
+                    category_id=annotation.category_id,
+                )
             for left, right in category.flip_pairs:
                 if left < len(points) and right < len(points):
                     points[left], points[right] = points[right], points[left]
-        coords = transform_points(self.matrix, np.array([[p.x, p.y] for p in points], dtype=np.float64).reshape(-1, 2))
+        coords, inside = self._points_inside(np.array([[p.x, p.y] for p in points], dtype=np.float64).reshape(-1, 2))
         moved = []
-        for point, (x, y) in zip(points, coords):
+        for point, (x, y), stayed in zip(points, coords, inside):
             x, y = float(x), float(y)
-            visibility = point.visibility
-            if visibility == 0:
-                moved.append(Keypoint(x, y, 0) if self.policy.keep_outside_keypoints else Keypoint(0.0, 0.0, 0))
-                continue
-            if not (0.0 <= x <= self.out_w and 0.0 <= y <= self.out_h):
+            if point.visibility == 0 or not stayed:
+                # A labelled point that left a frame is gone from the pixels: "not labelled" now.
                 moved.append(Keypoint(x, y, 0) if self.policy.keep_outside_keypoints else Keypoint(0.0, 0.0, 0))
             else:
-                moved.append(Keypoint(x, y, visibility))
+                moved.append(Keypoint(x, y, point.visibility))
         area = None if annotation.area is None else annotation.area * abs(jacobian_det(self.matrix, self.in_w / 2.0, self.in_h / 2.0))
         return dataclasses.replace(annotation, geometry=Keypoints(points=tuple(moved)), area=area)
 
@@ -310,9 +354,10 @@ class TargetTransform:
     def _pixel_map(self, annotation: Annotation, pixel_map: PixelMap, field: str) -> Annotation:
         if pixel_map.data is None:
             raise invalid("ANNOTATION_NOT_TRANSFORMABLE", f"{field}.pixel_map.tensor", "a pixel map needs its data inline to be augmented")
-        array = np.frombuffer(pixel_map.data, dtype=np.dtype(pixel_map.dtype.value).newbyteorder("<")).reshape(pixel_map.shape)
-        moved = warp(np.ascontiguousarray(array.astype(array.dtype.newbyteorder("="))), self.matrix, self.out_h, self.out_w, Resampling(), nearest=True)
+        little = np.dtype(pixel_map.dtype.value).newbyteorder("<")
+        moved = np.frombuffer(pixel_map.data, dtype=little).reshape(pixel_map.shape).astype(little.newbyteorder("="))
+        for step in self.steps:
+            moved = warp(moved, step.matrix, step.height, step.width, Resampling(), nearest=True)
         shape = (self.out_h, self.out_w) + tuple(pixel_map.shape[2:])
-        moved = moved.reshape(shape)
-        data = moved.astype(moved.dtype.newbyteorder("<")).tobytes()
+        data = np.ascontiguousarray(moved.reshape(shape), dtype=little).tobytes()
         return dataclasses.replace(annotation, geometry=dataclasses.replace(pixel_map, shape=shape, data=data, sha256=""))

@@ -34,14 +34,14 @@ class Resampling:
     """How a fused run resamples the image: the finest interpolation any of its ops asked for,
     and the border of the last op that named one."""
 
-    interpolation: str = "INTERPOLATION_BILINEAR"
+    interpolation: str | None = None  # None: no op of the run named one (bilinear)
     border_mode: str = "BORDER_MODE_CONSTANT"
     fill_value: float = 0.0
 
-    def merge(self, interpolation: str | None, border_mode: str | None, fill_value: float | None, first: bool) -> Resampling:
+    def merge(self, interpolation: str | None, border_mode: str | None, fill_value: float | None) -> Resampling:
         interp = self.interpolation
-        if interpolation is not None:
-            interp = interpolation if first or _RANK[interpolation] > _RANK[interp] else interp
+        if interpolation is not None and (interp is None or _RANK[interpolation] > _RANK[interp]):
+            interp = interpolation
         return Resampling(
             interpolation=interp,
             border_mode=border_mode if border_mode is not None else self.border_mode,
@@ -126,7 +126,7 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_h: int, out_w: int, resampli
     ``nearest`` forces nearest-neighbour and a zero constant border (masks, label and depth maps).
     """
     in_h, in_w = image.shape[:2]
-    interp = cv2.INTER_NEAREST if nearest else _INTERPOLATION[resampling.interpolation]
+    interp = cv2.INTER_NEAREST if nearest else _INTERPOLATION[resampling.interpolation or "INTERPOLATION_BILINEAR"]
     border = cv2.BORDER_CONSTANT if nearest else _BORDER[resampling.border_mode]
     fill = 0.0 if nearest else resampling.fill_value
     if (out_h, out_w) == (in_h, in_w) and is_identity(matrix):
@@ -147,7 +147,11 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_h: int, out_w: int, resampli
             region = image[y0:y1, x0:x1]
             if (x1 - x0, y1 - y0) == (out_w, out_h):
                 return region.copy()
-            resized = cv2.resize(region, (out_w, out_h), interpolation=interp)
+            # cv2.resize's INTER_NEAREST takes floor(dst * scale), half a pixel off the centres; _EXACT does not.
+            exact = cv2.INTER_NEAREST_EXACT if interp == cv2.INTER_NEAREST else interp
+            resized = cv2.resize(region if region.dtype != np.bool_ else region.view(np.uint8), (out_w, out_h), interpolation=exact)
+            if region.dtype == np.bool_:
+                resized = resized.view(np.bool_)
             return resized.reshape((out_h, out_w) + image.shape[2:])
     squeeze = image.ndim == 3 and image.shape[2] == 1
     src = image[:, :, 0] if squeeze else image
