@@ -167,8 +167,8 @@ async def test_image_decoding_errors_have_clean_messages_and_a_stable_problem(an
     dataset = await annotation.create_dataset(categories=CATEGORIES)
     whole = png(64, 48)
     cases = {
-        "UNRECOGNIZED_FORMAT": b"GIF89a not an image we take",
-        "TRUNCATED": whole[: len(whole) // 2],
+        "unrecognized_format": b"GIF89a not an image we take",
+        "truncated": whole[: len(whole) // 2],
     }
     for problem, data in cases.items():
         with pytest.raises(grpc.RpcError) as raised:

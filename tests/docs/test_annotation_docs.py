@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "annotation-store.md"
 PACKAGE = ROOT / "services" / "simulacra_services" / "annotation"
 # Core modules whose reasons the annotation-store raises as its own (filters, page tokens).
-SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py")]
+SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py", "enums.py")]
 
 # UPPER_SNAKE string constants of the package that are not error reasons.
 NOT_REASONS = {"CASCADE", "COCO", "JPEG", "YOLO"}

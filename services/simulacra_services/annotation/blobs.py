@@ -211,9 +211,9 @@ def _image_problem(error: BaseException) -> tuple[str, str]:
     instead of the library's exception class or text (which change between versions)."""
     text = str(error).lower()
     if isinstance(error, UnidentifiedImageError):
-        return "UNRECOGNIZED_FORMAT", "the data starts like no PNG or JPEG file"
+        return "unrecognized_format", "the data starts like no PNG or JPEG file"
     if "truncated" in text or isinstance(error, EOFError) or "unexpected end" in text:
-        return "TRUNCATED", "the data ends before the image does"
+        return "truncated", "the data ends before the image does"
     if "crc" in text or "checksum" in text:
-        return "CHECKSUM_MISMATCH", "a chunk's checksum does not match its data"
-    return "CORRUPT", "the image data is damaged"
+        return "checksum_mismatch", "a chunk's checksum does not match its data"
+    return "corrupt", "the image data is damaged"
