@@ -34,9 +34,17 @@ class SmallCnn(nn.Module):
         return self.head(self.features(x))
 
 
+MIN_STEPS = 400
+MAX_EPOCHS_FOR_MIN_STEPS = 20
+"""Small sets get more passes: at least MIN_STEPS optimiser steps (but at most 20 epochs for that)."""
+
+
 def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 5, seed: int = 0, batch_size: int = 64
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 5, seed: int = 0, batch_size: int = 64,
+    min_steps: int = MIN_STEPS,
 ) -> SmallCnn:
+    steps_per_epoch = max(1, -(-len(images) // batch_size))
+    epochs = max(epochs, min(-(-min_steps // steps_per_epoch), MAX_EPOCHS_FOR_MIN_STEPS))
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
