@@ -8,6 +8,8 @@ import sys
 import time
 
 from simulacra_services.cli import datasets as datasets_cli
+from simulacra_services.cli import generators_serving as generators_serving_cli
+from simulacra_services.cli import sample as sample_cli
 from simulacra_services.cli import demo as demo_cli  # argparse and the suite only; the flow imports torch when it runs
 from simulacra_services.core.config import SERVICES, TITLES, Settings
 
@@ -31,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="create, import, export, commit and inspect datasets of a running annotation-store")
     datasets_cli.add_commands(datasets, Settings.add_arguments)
+
+    sample = commands.add_parser("sample", help="draw deterministic samples of a generator from a running sampling service")
+    sample_cli.add_arguments(sample, Settings.add_arguments)
+
+    generators = commands.add_parser("generators", help="generators of the model registry and of the sampling servers")
+    generator_commands = generators.add_subparsers(dest="generators_command", required=True, metavar="COMMAND")
+    generators_serving_cli.add_commands(generator_commands, Settings.add_arguments)
 
     demo = commands.add_parser("demo", help="the whole flow on the MNIST digits: data, augmentation, generator, sampling, classifiers, report")
     demo_cli.add_arguments(demo)
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(settings, wait=args.wait, only=args.only or list(SERVICES))
     if args.command == "datasets":
         return datasets_cli.run(args, settings)
+    if args.command == "sample":
+        return sample_cli.run(args, settings)
+    if args.command == "generators" and args.generators_command in generators_serving_cli.COMMANDS:
+        return generators_serving_cli.run(args, settings)
     if args.command == "demo":
         return demo_cli.run(args, settings)
     raise AssertionError(args.command)
