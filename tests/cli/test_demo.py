@@ -1,0 +1,96 @@
+"""`simulacra demo --quick` as a user runs it: it starts the suite, runs every stage, writes the report.
+
+Quick mode: 1000 digits, 1 seed, 60 classifier steps, 20 GAN steps (the numbers
+mean nothing; that every stage runs through the services and reports does).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.client.suite import suite_environment
+
+pytestmark = pytest.mark.timeout(600)
+
+SERVICES = ["annotation", "augmentation", "training", "sampling"]
+ARMS = ["real", "real+augmented", "real+synthetic", "real+augmented+synthetic"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo")  # shared: a later run reuses the imported datasets
+
+
+def demo(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = suite_environment(data_dir, SERVICES)
+    command = [sys.executable, "-m", "simulacra_services.cli.main", "demo", "--quick", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+
+
+def test_the_quick_demo_runs_every_stage_and_writes_the_report(data_dir: Path) -> None:
+    result = demo(data_dir, "--out", str(data_dir / "report"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert f"Report written to {data_dir / 'report' / 'report.md'}" in out
+    for stage in ("suite", "data: import", "augment", "train the enhanced GAN", "serve the generator", "report"):
+        assert re.search(rf"{re.escape(stage)}.*: DONE", out), stage
+    assert "NOT AVAILABLE" not in out and "not run" not in out
+    # Progress: the import, the GAN's steps and each classifier run are reported as they happen.
+    assert "importing 600/600 items" in out and re.search(r"training step \d+/20", out) and "seed 0: test accuracy" in out
+    table = out[out.index("Test accuracy (mean"):]
+    for arm in ARMS:
+        assert re.search(rf"^  {re.escape(arm)}\s+\d+\.\d% ± 0\.0\s+\d+\.\d% ± 0\.0$", table, re.M), arm
+
+    report = (data_dir / "report" / "report.md").read_text()
+    assert "| real+augmented+synthetic | " in report and "## Per-class recall, biased set" in report
+    recall_rows = [line for line in report.splitlines() if line.startswith("| real") and line.count("%") == 10]
+    assert len(recall_rows) == 4  # one row per arm, a recall per class
+    for grid in ("real-scarce.png", "augmented-scarce.png", "synthetic.png"):
+        assert (data_dir / "report" / grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({grid})" in report
+    assert "per class [6, 7, 6, 3, 6, 5, 6, 6, 3, 6]" in report  # classes 3 and 8 cut to 5%
+    # The suite was stopped: nothing answers on the ports any more.
+    assert "stopping the suite" in out
+
+
+def test_a_stage_that_cannot_run_says_so_and_its_arms_report_no_number(data_dir: Path) -> None:
+    result = demo(data_dir, "--generator", "models/missing/versions/1", "--out", str(data_dir / "missing"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "reusing datasets/demo-1000-s0-digits/versions/1" in out
+    assert re.search(r"serve the generator \(sampling service\): NOT AVAILABLE - the sampling service could not load models/missing/versions/1: NOT_FOUND", out)
+    report = (data_dir / "missing" / "report.md").read_text()
+    assert "| real+synthetic | not run | not run |" in report
+    assert "| real+augmented+synthetic | not run | not run |" in report
+    assert re.search(r"\| real \| \d+\.\d% ± 0\.0 \| \d+\.\d% ± 0\.0 \|", report)
+    assert "- **real+synthetic**: the sampling service could not load models/missing/versions/1" in report
+
+
+def test_ctrl_c_stops_the_demo_and_the_suite_cleanly(data_dir: Path) -> None:
+    env = suite_environment(data_dir / "interrupted", SERVICES)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulacra_services.cli.main", "demo", "--quick"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        seen.append(line)
+        if "== data" in line or not line:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    text = "".join(seen) + out
+    assert process.returncode == 130, text + err
+    assert "interrupted: stopping cleanly" in text and "stopping the suite" in text
+    assert "Traceback" not in err
+    # `simulacra up` stopped every service: its log ends with the launcher's goodbye.
+    log = (data_dir / "interrupted" / "demo-suite.log").read_text()
+    assert "All services stopped." in log
