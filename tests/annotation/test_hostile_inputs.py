@@ -55,6 +55,10 @@ async def test_the_int64_bounds_themselves_are_accepted(annotation: Annotations)
     parent, item = await _dataset_with_item(annotation)
     inside = await annotation.list_all(parent, filter="width < 9223372036854775807 AND height > -9223372036854775808")
     assert [i.name for i in inside] == [item]
+    # Beyond 32 bits (PostgreSQL's INTEGER columns) but inside int64: a valid filter that matches nothing.
+    assert await annotation.list_all(parent, filter="width > 3000000000 OR category_id = 4294967296") == []
+    datasets = await annotation.stub.ListDatasets(api.ListDatasetsRequest(filter="item_count > 3000000000"))
+    assert list(datasets.datasets) == []
 
 
 # ---- long values echoed in errors ----------------------------------------------------------

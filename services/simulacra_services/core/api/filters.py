@@ -404,6 +404,10 @@ def compare(column: ColumnElement, op: Operator, value: Value) -> ColumnElement[
     """``column op value``; HAS on a plain column means equality."""
     if value is None:
         raise ValueError("a presence test needs a clause builder, not a plain column")
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Bound as BIGINT: PostgreSQL would type the parameter like a 32-bit column and refuse
+        # any value beyond it (width > 3000000000) with "integer out of range".
+        return apply(op, column, sa.literal(value, sa.BigInteger()))
     return apply(op, column, value)
 
 
