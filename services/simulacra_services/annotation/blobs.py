@@ -45,7 +45,7 @@ def check_sha256(value: str, field: str = "sha256") -> str:
     if not SHA256_HEX.fullmatch(value):
         raise errors.InvalidArgument(
             "INVALID_SHA256",
-            f"{field}: {value[:80]!r} is not a lower-case hex sha256 (64 characters of 0-9 a-f)",
+            f"{field}: {errors.shown(value, 80)!r} is not a lower-case hex sha256 (64 characters of 0-9 a-f)",
             {"field": field},
         )
     return value

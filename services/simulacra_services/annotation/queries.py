@@ -115,11 +115,11 @@ def parse_order_by(
                     "INVALID_ORDER_BY",
                     f"{field}: {part.strip()!r} is not a sort key; use comma-separated fields among "
                     f"{', '.join(columns)}, each optionally followed by ' desc'",
-                    {"field": field, "order_by": text[:200]},
+                    {"field": field, "order_by": errors.shown(text)},
                 )
             if any(key.name == words[0] for key in keys):
                 raise errors.InvalidArgument(
-                    "INVALID_ORDER_BY", f"{field}: {words[0]!r} appears twice", {"field": field, "order_by": text[:200]}
+                    "INVALID_ORDER_BY", f"{field}: {words[0]!r} appears twice", {"field": field, "order_by": errors.shown(text)}
                 )
             keys.append(SortKey(words[0], columns[words[0]], len(words) == 2 and words[1].lower() == "desc"))
     if not any(key.name == tie_breaker for key in keys):

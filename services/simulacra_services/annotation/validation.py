@@ -631,6 +631,6 @@ def validate_relative_path(value: str, field: str = "path", limits: Limits = DEF
         raise _invalid(
             "INVALID_PATH",
             field,
-            f"{value[:200]!r} is not a relative path: 1-{limits.max_path_chars} characters, '/' separators, no '..', '.', empty parts, leading '/', backslashes or control characters",
+            f"{errors.shown(value)!r} is not a relative path: 1-{limits.max_path_chars} characters, '/' separators, no '..', '.', empty parts, leading '/', backslashes or control characters",
             limit=limits.max_path_chars,
         )

@@ -68,7 +68,7 @@ def parse_labels(data: bytes, image: ImageSize, class_count: int, path: str = "l
 def _parse_line(line: str, image: ImageSize, class_count: int, where: str) -> YoloBox:
     fields = line.split()
     if len(fields) not in (5, 6):
-        raise _invalid(where, f"expected 'class cx cy w h' (5 numbers, or 6 with a score), got {len(fields)} fields", line=line[:200])
+        raise _invalid(where, f"expected 'class cx cy w h' (5 numbers, or 6 with a score), got {len(fields)} fields", line=errors.shown(line))
     try:
         class_index = int(fields[0])
     except ValueError:
@@ -78,7 +78,7 @@ def _parse_line(line: str, image: ImageSize, class_count: int, where: str) -> Yo
     try:
         values = [float(v) for v in fields[1:]]
     except ValueError:
-        raise _invalid(where, f"cx cy w h must be numbers, got {' '.join(fields[1:5])[:200]!r}") from None
+        raise _invalid(where, f"cx cy w h must be numbers, got {errors.shown(' '.join(fields[1:5]))!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise _invalid(where, "numbers must be finite")
     cx, cy, w, h = values[:4]

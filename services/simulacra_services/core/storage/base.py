@@ -134,7 +134,7 @@ class ObjectStore(abc.ABC):
         One listing of one level, however many objects lie below."""
         validate_prefix(prefix)
         if not prefix.endswith("/"):
-            raise errors.InvalidArgument("INVALID_OBJECT_PREFIX", "list_children needs a prefix that ends with '/'", {"prefix": prefix[:200]})
+            raise errors.InvalidArgument("INVALID_OBJECT_PREFIX", "list_children needs a prefix that ends with '/'", {"prefix": errors.shown(prefix)})
         return sorted(entry[len(prefix) : -1] for entry, is_subtree in self._list_level(prefix) if is_subtree)
 
     def put(self, key: str, data: bytes, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:

@@ -68,7 +68,7 @@ def _check_text(text: object, reason: str, what: str) -> None:
     if size > MAX_KEY_BYTES:
         raise errors.InvalidArgument(
             reason, f"an object {what} may be at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}",
-            {what: text[:64] + "...", "limit": MAX_KEY_BYTES, "size": size},
+            {what: errors.shown(text, 64), "limit": MAX_KEY_BYTES, "size": size},
         )
     if text.startswith("/"):
         raise errors.InvalidArgument(reason, f"an object {what} must be relative: remove the leading '/'", {what: text})
@@ -91,7 +91,7 @@ def _check_segment(key: str, segment: str, *, reason: str = "INVALID_OBJECT_KEY"
     if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
         raise errors.InvalidArgument(
             reason, f"each segment of an object {what} may be at most {MAX_SEGMENT_BYTES} bytes in UTF-8",
-            {what: key[:64] + "...", "limit": MAX_SEGMENT_BYTES},
+            {what: errors.shown(key, 64), "limit": MAX_SEGMENT_BYTES},
         )
 
 
