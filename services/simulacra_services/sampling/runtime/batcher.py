@@ -29,7 +29,8 @@ BatchObserver = Callable[[int, list[float], float], None]
 class BatchingPolicy:
     enabled: bool = True
     max_batch_size: int = 64
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0
+    """0 (Triton's default): no waiting; requests that arrive while an inference runs still form the next batch."""
     preferred_batch_sizes: tuple[int, ...] = field(default_factory=tuple)
     instances: int = 1
     """Inferences of one generator running at once."""

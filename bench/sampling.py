@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Benchmark of the sampling service against in-process ONNX Runtime on the same models.
+
+    python bench/sampling.py              # full run (a few minutes on 2 cores)
+    python bench/sampling.py --quick      # fewer samples and shorter loads (about a minute)
+    python bench/sampling.py --json bench/results/sampling.json
+
+Two generators, exported here with torch (the service process itself never imports it):
+``digits``, conditional 1x28x28 (10 classes, DCGAN-like), and ``scenes``, RGB 3x64x64. The
+service runs in its own process (``simulacra serve sampling``), as in production, over local
+files. For each generator, every figure comes with its baseline from the same run:
+
+  (a) StreamSamples, uint8, batch 64, through the SDK: samples/s against in-process ONNX
+      Runtime running batch 64 (``session.run`` + uint8 conversion) in a loop;
+  (b) unary Sample of one sample, one call after another: p50/p99 latency against in-process
+      ``session.run`` of batch 1, and the difference (the service's overhead per call);
+  (c) 32 concurrent clients (grpc.aio, one process), each asking one sample at a time:
+      samples/s and p99 with dynamic batching and without (a second server with
+      SIMULACRA_SAMPLING_DYNAMIC_BATCHING=false), against the limit: in-process batch 64.
+
+The load generator is Python on the same 2 cores as the server: the figures measure the whole
+path (client included), as a training job would see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "services"), str(ROOT / "clients" / "python")]
+
+import grpc  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb  # noqa: E402
+from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api  # noqa: E402
+from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc  # noqa: E402
+from simulacra_client.sampling import SamplingClient  # noqa: E402
+from simulacra_services.core.registry import GeneratorSignature, ModelRegistry  # noqa: E402
+from simulacra_services.core.storage import LocalObjectStore  # noqa: E402
+from simulacra_services.sampling.runtime import encode, noise  # noqa: E402
+
+DIGITS = GeneratorSignature(latent_dim=64, channels=1, height=28, width=28, num_classes=10)
+SCENES = GeneratorSignature(latent_dim=128, channels=3, height=64, width=64, num_classes=4)
+
+
+def export(sig: GeneratorSignature) -> bytes:
+    """A DCGAN-like generator for ``sig`` (random weights: speed does not depend on training)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if sig.height == 28:
+        start, widths = 7, [128, 64]
+    else:
+        start, widths = 4, [256, 128, 64, 32]
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(max(sig.num_classes, 1), 16)
+            self.fc = nn.Linear(sig.latent_dim + 16, widths[0] * start * start)
+            layers: list[nn.Module] = []
+            for a, b in zip(widths, widths[1:]):
+                layers += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(widths[-1], sig.channels, 4, 2, 1), nn.Tanh()]
+            self.net = nn.Sequential(*layers)
+
+        def forward(self, z, labels):  # noqa: ANN001, ANN201
+            h = torch.relu(self.fc(torch.cat([z, self.embed(labels)], 1)))
+            return self.net(h.view(-1, widths[0], start, start))
+
+    buffer = io.BytesIO()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Generator().eval(), (torch.zeros(2, sig.latent_dim), torch.zeros(2, dtype=torch.long)), buffer,
+            input_names=["z", "labels"], output_names=["samples"],
+            dynamic_axes={"z": {0: "n"}, "labels": {0: "n"}, "samples": {0: "n"}}, opset_version=17, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+# ---- the service in its own process ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def service(data_dir: Path, **env: str) -> Iterator[str]:
+    port = _free_port()
+    environ = {
+        **os.environ, "SIMULACRA_DATA_DIR": str(data_dir), "SIMULACRA_SAMPLING_PORT": str(port),
+        "SIMULACRA_SAMPLING_METRICS_PORT": "0", "SIMULACRA_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "services"), str(ROOT / "clients" / "python")]), **env,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", "sampling"], env=environ, cwd=ROOT)
+    address = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the sampling service did not start")
+                time.sleep(0.2)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ---- in-process baselines -----------------------------------------------------------------------
+
+
+def ort_session(onnx: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def in_process_rate(session: ort.InferenceSession, sig: GeneratorSignature, batch: int, seconds: float) -> float:
+    z = noise.latents(1, np.arange(batch), sig.latent_dim)
+    labels = noise.labels(1, np.arange(batch), {}, sig.num_classes)
+    session.run(["samples"], {"z": z, "labels": labels})
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        (out,) = session.run(["samples"], {"z": z, "labels": labels})
+        encode.to_uint8_inplace(out)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def in_process_latency(session: ort.InferenceSession, sig: GeneratorSignature, calls: int) -> list[float]:
+    z = noise.latents(1, np.arange(1), sig.latent_dim)
+    labels = np.zeros(1, np.int64)
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        session.run(["samples"], {"z": z, "labels": labels})
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---- the measurements ---------------------------------------------------------------------------
+
+
+def stream_rate(address: str, model: str, count: int) -> float:
+    with SamplingClient(address) as client:
+        list(client.stream(model, count=64, batch_size=64, format="uint8"))  # loads and warms
+        started = time.perf_counter()
+        got = sum(len(b) for b in client.stream(model, count=count, batch_size=64, format="uint8", max_in_flight=4))
+        return got / (time.perf_counter() - started)
+
+
+def unary_latency(address: str, model: str, calls: int) -> list[float]:
+    with grpc.insecure_channel(address) as channel:
+        stub = api_grpc.SamplingServiceStub(channel)
+        name = f"models/{model}/versions/1"
+        for i in range(20):
+            stub.Sample(api.SampleRequest(generator=name, count=1, seed=1, start_index=i))
+        out = []
+        for i in range(calls):
+            started = time.perf_counter()
+            stub.Sample(api.SampleRequest(generator=name, count=1, seed=1, start_index=i, format=gen_pb.SAMPLE_FORMAT_UINT8))
+            out.append(time.perf_counter() - started)
+        return out
+
+
+async def _concurrent(address: str, model: str, clients: int, seconds: float) -> dict[str, float]:
+    name = f"models/{model}/versions/1"
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = api_grpc.SamplingServiceStub(channel)
+        await stub.Sample(api.SampleRequest(generator=name, count=1))
+        stop = time.perf_counter() + seconds
+
+        async def one(k: int) -> int:
+            done = 0
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                await stub.Sample(api.SampleRequest(generator=name, count=1, seed=k, start_index=done, format=gen_pb.SAMPLE_FORMAT_UINT8))
+                latencies.append(time.perf_counter() - started)
+                done += 1
+            return done
+
+        started = time.perf_counter()
+        total = sum(await asyncio.gather(*(one(k) for k in range(clients))))
+        elapsed = time.perf_counter() - started
+    return {"samples_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3}
+
+
+def concurrent(address: str, model: str, clients: int, seconds: float) -> dict[str, float]:
+    return asyncio.run(_concurrent(address, model, clients, seconds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    plan = {
+        "stream_samples": 2048 if args.quick else 20_000,
+        "unary_calls": 200 if args.quick else 2000,
+        "concurrent_clients": 32,
+        "concurrent_seconds": 3.0 if args.quick else 15.0,
+        "baseline_seconds": 1.0 if args.quick else 5.0,
+    }
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work will skew every figure", file=sys.stderr)
+    figures: dict[str, Any] = {
+        "quick": args.quick, "plan": plan,
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load, "python": platform.python_version(), "onnxruntime": ort.__version__},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        registry = ModelRegistry(LocalObjectStore(data / "objects"))
+        models = {"digits": DIGITS, "scenes": SCENES}
+        onnx = {}
+        for model, sig in models.items():
+            onnx[model] = export(sig)
+            registry.register_version(model, onnx[model], sig, model_kind="gan")
+        with service(data) as address:
+            for model, sig in models.items():
+                session = ort_session(onnx[model])
+                limit = in_process_rate(session, sig, 64, plan["baseline_seconds"])
+                local = in_process_latency(session, sig, plan["unary_calls"])
+                del session
+                rate = stream_rate(address, model, plan["stream_samples"])
+                remote = unary_latency(address, model, plan["unary_calls"])
+                figures[model] = {
+                    "shape": list(sig.sample_shape),
+                    "in_process_batch64_samples_per_s": limit,
+                    "stream_samples_per_s": rate,
+                    "ratio_stream_to_in_process": rate / limit,
+                    "unary_p50_us": pct(remote, 0.5) * 1e6,
+                    "unary_p99_us": pct(remote, 0.99) * 1e6,
+                    "in_process_batch1_p50_us": pct(local, 0.5) * 1e6,
+                    "in_process_batch1_p99_us": pct(local, 0.99) * 1e6,
+                    "unary_overhead_p50_us": (pct(remote, 0.5) - pct(local, 0.5)) * 1e6,
+                    "concurrent_batching": concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"]),
+                }
+        with service(data, SIMULACRA_SAMPLING_DYNAMIC_BATCHING="false") as address:
+            for model in models:
+                result = concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"])
+                figures[model]["concurrent_no_batching"] = result
+                f = figures[model]
+                f["ratio_batching_to_no_batching"] = f["concurrent_batching"]["samples_per_s"] / result["samples_per_s"]
+                f["ratio_batching_to_limit"] = f["concurrent_batching"]["samples_per_s"] / f["in_process_batch64_samples_per_s"]
+    print("\nSummary (samples/s; latencies of one-sample calls)")
+    for model in ("digits", "scenes"):
+        f = figures[model]
+        print(f"  {model} {f['shape']}:")
+        print(f"    stream uint8 b64 {f['stream_samples_per_s']:10.0f}/s   in-process b64 {f['in_process_batch64_samples_per_s']:10.0f}/s   ratio {f['ratio_stream_to_in_process']:.2f}")
+        print(f"    unary b1 p50 {f['unary_p50_us']:8.0f} us  p99 {f['unary_p99_us']:8.0f} us   in-process p50 {f['in_process_batch1_p50_us']:6.0f} us   overhead p50 {f['unary_overhead_p50_us']:6.0f} us")
+        b, nb = f["concurrent_batching"], f["concurrent_no_batching"]
+        print(f"    32 clients: batching {b['samples_per_s']:8.0f}/s (p99 {b['p99_ms']:.1f} ms)   no batching {nb['samples_per_s']:8.0f}/s (p99 {nb['p99_ms']:.1f} ms)   ratio {f['ratio_batching_to_no_batching']:.2f}   of the limit {f['ratio_batching_to_limit']:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

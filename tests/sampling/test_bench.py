@@ -1,0 +1,33 @@
+"""bench/sampling.py keeps working: it runs in quick mode and reports every figure docs/sampling.md cites.
+
+No timing is judged here (speed is the benchmark's business, not the tests')."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sampling.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["quick"] is True
+    for model, shape in (("digits", [1, 28, 28]), ("scenes", [3, 64, 64])):
+        f = figures[model]
+        assert f["shape"] == shape
+        for key in ("stream_samples_per_s", "in_process_batch64_samples_per_s", "ratio_stream_to_in_process", "unary_p50_us",
+                    "unary_p99_us", "in_process_batch1_p50_us", "ratio_batching_to_no_batching", "ratio_batching_to_limit"):
+            assert f[key] > 0, (model, key)
+        assert "unary_overhead_p50_us" in f
+        for load in ("concurrent_batching", "concurrent_no_batching"):
+            assert f[load]["samples_per_s"] > 0 and f[load]["p99_ms"] > 0
+    assert "Summary" in result.stdout and "32 clients" in result.stdout
