@@ -338,7 +338,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
         items_per_response = stream_items_per_response(request.max_items_per_response)
         full = convert.full_view(request.view, pb.ITEM_VIEW_FULL)
         dataset = await _run(self.store.get_dataset, state.dataset_id)
-        query = queries.query_digest(
+        query = pagination.fingerprint(
             rpc="StreamItems", dataset=state.dataset_id, created=dataset.create_time, filter=request.filter,
             shard=[shard_index, shard_count if shard_count > 1 else 0],
         )
