@@ -36,8 +36,8 @@ OWNER_A, OWNER_B = "runner-a", "runner-b"
 
 def test_create_get_and_json_payloads(store: JobStore) -> None:
     spec = {"steps": 3, "nested": {"names": ["a", "b"]}, "ratio": 0.5, "flag": True, "none": None}
-    record, created = store.create("train", spec, parent="models/m")
-    assert created
+    record, created = store.create("train", spec, parent="models/m", label="cvae")
+    assert created and record.label == "cvae"
     assert (record.state, record.kind, record.parent, record.attempt) == (QUEUED, "train", "models/m", 0)
     assert record.spec == spec and record.result == {} and record.error is None and record.checkpoint is None
     assert record.progress == Progress() and record.owner == "" and record.revision == 1

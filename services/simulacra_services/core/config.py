@@ -64,6 +64,8 @@ class Settings:
     max_message_bytes: int = _setting("SIMULACRA_MAX_MESSAGE_BYTES", 64 * 1024 * 1024, "Largest gRPC message accepted or sent, on servers and clients.")
     max_image_pixels: int = _setting("SIMULACRA_MAX_IMAGE_PIXELS", 64 * 1024 * 1024, "Largest image (width x height) the annotation-store accepts; larger ones are refused before decoding (IMAGE_TOO_MANY_PIXELS).")
     decode_budget_pixels: int = _setting("SIMULACRA_DECODE_BUDGET_PIXELS", 128 * 1024 * 1024, "Pixels the annotation-store decodes at once across all uploads and imports; a decode waits while the budget is spent (an image larger than it runs alone).")
+    job_lease_seconds: float = _setting("SIMULACRA_JOB_LEASE_SECONDS", 30.0, "How long a replica's claim on a running job lasts unless renewed (renewed every third of it); the jobs of a replica that died are taken over once it has run out.")
+    job_runner_id: str = _setting("SIMULACRA_JOB_RUNNER_ID", "", "Stable identity of this replica's job runner (e.g. its pod name): restarted with the same id it recovers its own jobs at once instead of after the lease. Default: unique per process.")
     shutdown_grace_seconds: float = _setting("SIMULACRA_SHUTDOWN_GRACE_SECONDS", 10.0, "Time in-flight RPCs get to finish on SIGTERM/SIGINT.")
     log_level: str = _setting("SIMULACRA_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = _setting("SIMULACRA_LOG_FORMAT", "json", "Log format: 'json' (one object a line) or 'text'.")

@@ -96,6 +96,8 @@ class JobRecord:
     start_time: dt.datetime | None
     end_time: dt.datetime | None
     update_time: dt.datetime
+    label: str = ""
+    """A short tag the service chose at creation to filter on (e.g. a source format)."""
     request_id: str = ""
     requested: str = ""
     """A pending cancel or pause request ("cancel", "pause", or "")."""

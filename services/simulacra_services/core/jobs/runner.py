@@ -246,6 +246,11 @@ class JobRunner:
                 task.cancel()
 
     @property
+    def closing(self) -> bool:
+        """True once ``close`` has begun."""
+        return self._closing
+
+    @property
     def running(self) -> list[str]:
         """Ids of the jobs this runner runs now."""
         return list(self._running)
@@ -256,12 +261,12 @@ class JobRunner:
         self._wake.set()
 
     async def create(
-        self, kind: str, spec: Mapping[str, Any], *, parent: str = "", request_id: str = "", job_id: str = ""
+        self, kind: str, spec: Mapping[str, Any], *, parent: str = "", request_id: str = "", job_id: str = "", label: str = ""
     ) -> tuple[JobRecord, bool]:
         """``store.create`` and, for a new job, ``submit``."""
         self._check_kind(kind)
         record, created = await asyncio.to_thread(
-            self.store.create, kind, spec, parent=parent, request_id=request_id, job_id=job_id
+            self.store.create, kind, spec, parent=parent, request_id=request_id, job_id=job_id, label=label
         )
         if created:
             await self.submit(record.job_id)

@@ -44,7 +44,7 @@ from simulacra_services.core.jobs.model import (
     Progress,
     short_state,
 )
-from simulacra_services.core.jobs.table import MAX_KIND_CHARS, MAX_PARENT_CHARS, MAX_REQUEST_ID_CHARS
+from simulacra_services.core.jobs.table import MAX_KIND_CHARS, MAX_LABEL_CHARS, MAX_PARENT_CHARS, MAX_REQUEST_ID_CHARS
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 """A job's spec is its request, not its data: larger specs are refused."""
@@ -104,6 +104,7 @@ class JobStore:
             start_time=values["start_time"],
             end_time=values["end_time"],
             update_time=values["update_time"],
+            label=values["label"],
             request_id=values["request_id"] or "",
             requested=values["requested"],
             owner=values["owner"] or "",
@@ -170,6 +171,7 @@ class JobStore:
         parent: str = "",
         request_id: str = "",
         job_id: str = "",
+        label: str = "",
         conn: Connection | None = None,
     ) -> tuple[JobRecord, bool]:
         """A new QUEUED job, and True; with a ``request_id`` already used for this kind and parent,
@@ -177,8 +179,10 @@ class JobStore:
 
         ``conn``: create inside the caller's transaction (e.g. under a lock of the parent's row).
         """
-        if not kind or len(kind) > MAX_KIND_CHARS or len(parent) > MAX_PARENT_CHARS:
-            raise ValueError(f"job kind must be 1..{MAX_KIND_CHARS} characters and parent at most {MAX_PARENT_CHARS}")
+        if not kind or len(kind) > MAX_KIND_CHARS or len(parent) > MAX_PARENT_CHARS or len(label) > MAX_LABEL_CHARS:
+            raise ValueError(
+                f"job kind must be 1..{MAX_KIND_CHARS} characters, label at most {MAX_LABEL_CHARS}, parent at most {MAX_PARENT_CHARS}"
+            )
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise errors.InvalidArgument(
                 "INVALID_REQUEST_ID", f"request_id: at most {MAX_REQUEST_ID_CHARS} characters", {"field": "request_id"}
@@ -191,7 +195,7 @@ class JobStore:
         digest = hashlib.sha256(text.encode()).hexdigest()
         now = utcnow()
         values = {
-            "job_id": job_id or secrets.token_hex(8), "kind": kind, "parent": parent, "state": QUEUED, "requested": "",
+            "job_id": job_id or secrets.token_hex(8), "kind": kind, "label": label, "parent": parent, "state": QUEUED, "requested": "",
             "spec": text, "result": None, "error": None, "checkpoint": None, "progress_done": 0, "progress_total": 0,
             "progress_message": "", "progress_detail": None, "attempt": 0, "request_id": request_id or None,
             "request_digest": digest if request_id else None, "owner": None, "lease_expire_time": None, "revision": 1,

@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Tab
 from simulacra_services.core.db.schema import UtcDateTime, metadata as shared_metadata
 
 MAX_KIND_CHARS = 63
+MAX_LABEL_CHARS = 63
 MAX_PARENT_CHARS = 512
 MAX_REQUEST_ID_CHARS = 128
 MAX_OWNER_CHARS = 200
@@ -36,6 +37,8 @@ def _columns_v1(datetime_type: sa.types.TypeEngine) -> list[Column]:
     return [
         Column("job_id", String(63), nullable=False),
         Column("kind", String(MAX_KIND_CHARS), nullable=False),
+        # A short tag the service filters on (e.g. an import's source format), "" for none.
+        Column("label", String(MAX_LABEL_CHARS), nullable=False),
         # The resource the job belongs to (e.g. "datasets/cars"), "" for none.
         Column("parent", String(MAX_PARENT_CHARS), nullable=False),
         # A common.v1.JobState name, e.g. JOB_STATE_RUNNING.
