@@ -80,11 +80,16 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
 
     async def AugmentBatch(self, request: pb.AugmentBatchRequest, context: grpc.aio.ServicerContext) -> pb.AugmentBatchResponse:
         augmenter = await self._augmenter(request.pipeline, request.categories, "pipeline")
-        results = await self._runner.run(augmenter, self._items(request.items, "items"), request.seed)
+        items = await asyncio.to_thread(self._items, request.items, "items")
+        results = await self._runner.run(augmenter, items, request.seed)
         response = pb.AugmentBatchResponse(pipeline_digest=augmenter.digest)
+        await asyncio.to_thread(self._fill, response, results)
+        return response
+
+    @staticmethod
+    def _fill(response: pb.AugmentBatchResponse | pb.AugmentStreamResponse, results: list) -> None:
         for result in results:
             convert.augmented_to_proto(result, response.items.add())
-        return response
 
     async def AugmentStream(self, request_iterator: AsyncIterator[pb.AugmentStreamRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AugmentStreamResponse]:
         requests = request_iterator.__aiter__()
@@ -100,14 +105,18 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
         ordered: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
         position = config.start_position
 
+        async def augment(request: pb.AugmentStreamRequest, start: int) -> pb.AugmentStreamResponse:
+            items = await asyncio.to_thread(self._items, request.items, "items")
+            results = await self._runner.run(augmenter, items, config.seed, start_position=start)
+            response = pb.AugmentStreamResponse(pipeline_digest=augmenter.digest, position=start)
+            await asyncio.to_thread(self._fill, response, results)
+            return response
+
         def submit(request: pb.AugmentStreamRequest) -> None:
             nonlocal position
-            items = self._items(request.items, "items")
             start = position
-            position += len(items)
-            task = asyncio.ensure_future(self._runner.run(augmenter, items, config.seed, start_position=start))
-            task.start_position = start  # type: ignore[attr-defined]
-            ordered.put_nowait(task)
+            position += len(request.items)
+            ordered.put_nowait(asyncio.ensure_future(augment(request, start)))
 
         async def read() -> None:
             try:
@@ -133,12 +142,9 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
                 if task is None:
                     break
                 try:
-                    results = await task
+                    response = await task
                 finally:
                     slots.release()
-                response = pb.AugmentStreamResponse(pipeline_digest=augmenter.digest, position=task.start_position)
-                for result in results:
-                    convert.augmented_to_proto(result, response.items.add())
                 yield response
         finally:
             reader.cancel()

@@ -102,8 +102,10 @@ def errors_resource(field: str, image: np.ndarray):  # noqa: ANN201
 class Augmenter:
     """A validated pipeline, ready to run on items (thread-safe: it holds no per-item state)."""
 
-    def __init__(self, spec: PipelineSpec, categories: Mapping[int, Category] | Sequence[Category] = ()) -> None:
+    def __init__(self, spec: PipelineSpec, categories: Mapping[int, Category] | Sequence[Category] = (), *, fuse: bool = True) -> None:
+        """``fuse=False`` resamples after every geometric op (what op-by-op libraries do; for comparison)."""
         self.spec = spec
+        self.fuse = fuse
         self.digest = digest(spec)
         if isinstance(categories, Mapping):
             self.categories = dict(categories)
@@ -129,6 +131,8 @@ class Augmenter:
                 state.resampling = (state.resampling or Resampling()).merge(step.interpolation, step.border_mode, step.fill_value)
                 state.matrix = step.matrix @ state.matrix
                 state.height, state.width = step.height, step.width
+                if not self.fuse:
+                    self._flush(state)
             else:
                 assert isinstance(op, ImageOp)
                 self._flush(state)
@@ -161,13 +165,12 @@ class Augmenter:
             return
         children = list(range(len(node.children)))
         if node.mode == "one_of":
-            weights = np.asarray(node.weights, dtype=np.float64)
-            children = [int(generator.choice(len(children), p=weights / weights.sum()))]
+            children = [generator.choice_index(list(node.weights))]
         elif node.mode == "some_of":
             count = int(generator.integers(node.min_count, node.max_count + 1))
-            children = sorted(int(i) for i in generator.choice(len(children), size=count, replace=False))
+            children = sorted(generator.permutation(len(children))[:count])
         elif node.mode == "random_order":
-            children = [int(i) for i in generator.permutation(len(children))]
+            children = generator.permutation(len(children))
         for index in children:
             yield from self._node(node.children[index], f"{path}.{index}", seed)
 

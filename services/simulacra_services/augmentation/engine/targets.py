@@ -70,7 +70,8 @@ def polygon_area(points: np.ndarray) -> float:
     if len(points) < 3:
         return 0.0
     x, y = points[:, 0], points[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    twice = float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:])) + float(x[-1] * y[0] - y[-1] * x[0])
+    return abs(twice) / 2.0
 
 
 def clip_polygon(points: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -164,11 +165,43 @@ class TargetTransform:
                     known = shapes.get(annotation.instance_id)
                     if known is None or isinstance(annotation.geometry, Polygon):
                         shapes[annotation.instance_id] = shape
+        done = self._plain_boxes(annotations, shapes, results)
         for index, annotation in enumerate(annotations):
-            if not isinstance(annotation.geometry, (Polygon, Mask)):
+            if index not in done and not isinstance(annotation.geometry, (Polygon, Mask)):
                 results[index] = self._other(annotation, index, shapes.get(annotation.instance_id) if annotation.instance_id else None)
         kept = [a for a in results if a is not None]
         return kept, len(annotations) - len(kept)
+
+    def _plain_boxes(self, annotations: Sequence[Annotation], shapes: Mapping[str, _Shape], results: list[Annotation | None]) -> set[int]:
+        """Boxes without a shape whose corners stay inside every frame, all at once (the common case).
+
+        Such a box needs no clipping and is fully visible; the others take the general path.
+        """
+        indices = [
+            i for i, a in enumerate(annotations) if isinstance(a.geometry, Box) and not (a.instance_id and a.instance_id in shapes)
+        ]
+        if not indices:
+            return set()
+        boxes = np.array([[annotations[i].geometry.x, annotations[i].geometry.y, annotations[i].geometry.w, annotations[i].geometry.h] for i in indices])
+        x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+        points = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], axis=1).reshape(-1, 2)
+        inside = np.ones(len(indices), dtype=bool)
+        for step in self.steps:
+            points = transform_points(step.matrix, points)
+            ok = (points[:, 0] >= 0) & (points[:, 0] <= step.width) & (points[:, 1] >= 0) & (points[:, 1] <= step.height)
+            inside &= ok.reshape(-1, 4).all(axis=1)
+        corners = points.reshape(-1, 4, 2)
+        low, high = corners.min(axis=1), corners.max(axis=1)
+        done = set()
+        for row, index in enumerate(indices):
+            if not inside[row]:
+                continue
+            done.add(index)
+            (bx0, by0), (bx1, by1) = low[row].tolist(), high[row].tolist()
+            w, h = bx1 - bx0, by1 - by0
+            if self._keep(1.0, w * h, w, h):
+                results[index] = self._with(annotations[index], Box(bx0, by0, w, h), w * h)
+        return done
 
     # -- rules ----------------------------------------------------------------
 

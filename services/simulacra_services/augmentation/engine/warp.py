@@ -50,17 +50,24 @@ class Resampling:
 
 
 def is_identity(matrix: np.ndarray) -> bool:
-    return bool(np.allclose(matrix, np.eye(3), atol=1e-12))
+    return float(np.abs(matrix - _EYE).max()) <= 1e-12
+
+
+_EYE = np.eye(3)
+
+
+def _near(value: float, target: float) -> bool:
+    return abs(value - target) <= 1e-9
 
 
 def _pixel_permutation(matrix: np.ndarray, in_h: int, in_w: int, out_h: int, out_w: int) -> np.ndarray | None:
     """Integer index grids when ``matrix`` only moves whole pixels (signed permutation + integer shift)."""
-    if not np.allclose(matrix[2], (0.0, 0.0, 1.0), atol=1e-12):
+    (a, b, c), (d, e, f), (g, h, i) = matrix.tolist()
+    if not (_near(g, 0.0) and _near(h, 0.0) and _near(i, 1.0)):
         return None
-    linear = matrix[:2, :2]
-    if not np.allclose(np.abs(linear).sum(axis=0), 1.0) or not np.allclose(np.abs(linear).sum(axis=1), 1.0):
-        return None
-    if not np.allclose(linear, np.round(linear)) or not np.allclose(matrix[:2, 2], np.round(matrix[:2, 2])):
+    axis_kept = _near(b, 0.0) and _near(d, 0.0) and _near(abs(a), 1.0) and _near(abs(e), 1.0)
+    axis_swapped = _near(a, 0.0) and _near(e, 0.0) and _near(abs(b), 1.0) and _near(abs(d), 1.0)
+    if not (axis_kept or axis_swapped) or not (_near(c, round(c)) and _near(f, round(f))):
         return None
     return np.round(np.linalg.inv(matrix)).astype(np.int64)
 
@@ -106,17 +113,17 @@ def _maps_inside(matrix: np.ndarray, in_h: int, in_w: int, out_h: int, out_w: in
 
 def _integer_crop(matrix: np.ndarray, source: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) when the map is a positive axis-aligned scale of an integer-aligned source rectangle."""
-    if abs(matrix[0, 1]) > 1e-12 or abs(matrix[1, 0]) > 1e-12 or not np.allclose(matrix[2], (0.0, 0.0, 1.0), atol=1e-12):
+    (_, b, _), (d, _, _), (g, h, i) = matrix.tolist()
+    if abs(b) > 1e-12 or abs(d) > 1e-12 or abs(g) > 1e-12 or abs(h) > 1e-12 or abs(i - 1.0) > 1e-12:
         return None
     if matrix[0, 0] <= 0 or matrix[1, 1] <= 0:
         return None
     x0, y0 = source[0]
     x1, y1 = source[2]
-    box = np.array([x0, y0, x1, y1])
-    rounded = np.round(box)
-    if not np.allclose(box, rounded, atol=1e-6):
+    box = (float(x0), float(y0), float(x1), float(y1))
+    if any(abs(v - round(v)) > 1e-6 for v in box):
         return None
-    x0, y0, x1, y1 = (int(v) for v in rounded)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
@@ -161,7 +168,8 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_h: int, out_w: int, resampli
     channels = 1 if src.ndim == 2 else src.shape[2]
     border_value = (fill,) * min(channels, 4) if channels <= 4 else fill
     size = (out_w, out_h)
-    if np.allclose(cv_matrix[2], (0.0, 0.0, 1.0), atol=1e-12):
+    g, h, i = cv_matrix[2].tolist()
+    if abs(g) <= 1e-12 and abs(h) <= 1e-12 and abs(i - 1.0) <= 1e-12:
         out = cv2.warpAffine(src, cv_matrix[:2], size, flags=interp, borderMode=border, borderValue=border_value)
     else:
         out = cv2.warpPerspective(src, cv_matrix, size, flags=interp, borderMode=border, borderValue=border_value)

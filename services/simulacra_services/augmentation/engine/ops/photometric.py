@@ -138,9 +138,33 @@ class HueSaturationValue(ImageOp):
         return shift_hsv(image, *sampled)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114])
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = np.linalg.inv(_YIQ)
+
+
+def hue_matrix(turns: float) -> np.ndarray:
+    """Hue rotation by ``turns`` as a 3x3 RGB matrix (a rotation of the chroma plane in YIQ)."""
+    a = -2.0 * math.pi * turns
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    return _YIQ_INV @ rotation @ _YIQ
+
+
+def apply_colour_matrix(image: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """x' = matrix @ x + offset per pixel (offset in [0, 1] units), in one pass, clipped once."""
+    if image.dtype == np.uint8:
+        affine = np.hstack([matrix, (offset * 255.0)[:, None]])
+        return cv2.transform(image, affine).reshape(image.shape)
+    out = cv2.transform(image, np.hstack([matrix, offset[:, None]])).reshape(image.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 @register
 class ColorJitter(ImageOp):
-    """torchvision's ColorJitter: brightness, contrast, saturation, hue factors, in a random order."""
+    """torchvision's ColorJitter factors (brightness, contrast, saturation, hue) in a random order,
+    composed into one affine colour transform and applied in one pass (StyleGAN2-ADA's colour
+    matrix): values are clipped once at the end instead of after each step, and the hue turns
+    the chroma plane of YIQ instead of going through HSV."""
 
     name = "color_jitter"
     params = {
@@ -156,17 +180,36 @@ class ColorJitter(ImageOp):
 
     def apply(self, image, values, sampled):
         order, (brightness, contrast, saturation, hue) = sampled
+        channels = image.shape[2]
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        means = np.array(cv2.mean(image)[:channels]) / scale
+        if channels < 3:
+            # Grey: brightness and contrast only, as one lookup table.
+            gain, offset = 1.0, 0.0
+            for step in order:
+                if step == 0:
+                    gain, offset = gain * brightness, offset * brightness
+                elif step == 1:
+                    mean = gain * float(means[0]) + offset
+                    gain, offset = gain * contrast, offset * contrast + (1.0 - contrast) * mean
+            return lut(image, lambda x: x * gain + offset)
+        matrix, offset = np.eye(3), np.zeros(3)
         for step in order:
-            if step == 0 and brightness != 1.0:
-                image = lut(image, lambda x: x * brightness)
-            elif step == 1 and contrast != 1.0:
-                mean = _mean_gray(image)
-                image = lut(image, lambda x: (x - mean) * contrast + mean)
+            if step == 0:
+                matrix, offset = matrix * brightness, offset * brightness
+            elif step == 1:
+                mean = float(_LUMA @ (matrix @ means[:3] + offset))
+                matrix, offset = matrix * contrast, offset * contrast + (1.0 - contrast) * mean
             elif step == 2:
-                image = _saturate(image, saturation)
-            elif step == 3 and hue != 0.0:
-                image = shift_hsv(image, hue * 360.0, 0.0, 0.0)
-        return image
+                mix = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _LUMA)
+                matrix, offset = mix @ matrix, mix @ offset
+            elif hue:
+                turn = hue_matrix(hue)
+                matrix, offset = turn @ matrix, turn @ offset
+        if channels == 3:
+            return apply_colour_matrix(image, matrix, offset)
+        rgb = apply_colour_matrix(np.ascontiguousarray(image[:, :, :3]), matrix, offset)
+        return np.concatenate([rgb, image[:, :, 3:]], axis=2)
 
 
 @register

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Benchmark of the augmentation engine and service, against Albumentations 2.0.8 and Kornia 0.9.
+
+    python bench/augmentation.py            # full run (a few minutes on 2 cores)
+    python bench/augmentation.py --quick    # fewer images and repeats (well under a minute)
+
+Inputs: scikit-image's sample photographs (astronaut, chelsea, coffee, rocket,
+immunohistochemistry, hubble_deep_field, colorwheel, retina, and the grey ones
+as RGB), resized to 256x256, each with 5 seeded random boxes. Pipeline, the
+same in the three libraries: RandomResizedCrop(224, scale 0.5-1) +
+HorizontalFlip(0.5) + Affine(rotate +-15, scale 0.9-1.1, translate +-10%) +
+ColorJitter(0.2, 0.2, 0.2, 0.05). Every library runs in one thread
+(``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``); Kornia gets batches
+of 32 float tensors (the uint8 <-> float conversion is timed too).
+
+Figures, all measured in the same run:
+  (a) images/s (with boxes) of our engine, of Albumentations and of Kornia, and the ratios;
+  (b) our engine fused (one resampling) vs op by op (a resampling per geometric op):
+      speed, and sharpness as the PSNR of rotate + scale + rotate + translate against the ideal
+      (one Lanczos resampling of the original through the composed matrix);
+  (c) the gRPC stream (SDK, a real server in its own process on 127.0.0.1, one worker thread, batches of 16)
+      against the engine in process, one thread.
+The figures go to stdout and, with --json, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulacra_client.api.annotation.v1 import annotation_pb2  # noqa: E402
+from simulacra_client.augmentation import AugmentationClient, ItemInput  # noqa: E402
+from simulacra_services.annotation.model import Annotation, Box  # noqa: E402
+from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec  # noqa: E402
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina", "camera", "moon", "coins", "clock")
+OURS = {
+    "ops": [
+        {"random_resized_crop": {"height": 224, "width": 224, "scale": {"min": 0.5, "max": 1.0}}},
+        {"horizontal_flip": {}, "probability": 0.5},
+        {"affine": {"rotate_degrees": {"min": -15, "max": 15}, "scale": {"min": 0.9, "max": 1.1}, "translate_x": {"min": -0.1, "max": 0.1}, "translate_y": {"min": -0.1, "max": 0.1}}},
+        {"color_jitter": {"brightness": {"min": 0.8, "max": 1.2}, "contrast": {"min": 0.8, "max": 1.2}, "saturation": {"min": 0.8, "max": 1.2}, "hue": {"min": -0.05, "max": 0.05}}},
+    ]
+}
+
+
+def photographs(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    import skimage.data
+
+    base = []
+    for name in PHOTOS:
+        image = getattr(skimage.data, name)()
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        base.append(cv2.resize(image[:, :, :3], (256, 256), interpolation=cv2.INTER_AREA))
+    rng = np.random.default_rng(0)
+    images, boxes = [], []
+    for index in range(count):
+        images.append(base[index % len(base)])
+        xy = rng.uniform(0, 200, size=(5, 2))
+        wh = rng.uniform(16, 56, size=(5, 2))
+        boxes.append(np.concatenate([xy, np.minimum(xy + wh, 256)], axis=1))
+    return images, boxes
+
+
+def interleaved(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+    """Items per second of each run, the best of ``repeats`` rounds in which every run takes its
+    turn: on a shared machine, load that comes and goes then hits every contender alike."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            items = run()
+            best[name] = max(best[name], items / (time.perf_counter() - start))
+    return best
+
+
+def ours_items(images: list[np.ndarray], boxes: list[np.ndarray]) -> list[Item]:
+    return [
+        Item(image, tuple(Annotation(Box(b[0], b[1], b[2] - b[0], b[3] - b[1]), 1, id=str(i)) for i, b in enumerate(bs)), key=f"photo/{n}")
+        for n, (image, bs) in enumerate(zip(images, boxes))
+    ]
+
+
+def engine_run(images, boxes, fuse: bool = True) -> Callable[[], int]:  # noqa: ANN001
+    augmenter = Augmenter(parse_spec(OURS), fuse=fuse)
+    items = ours_items(images, boxes)
+
+    def run() -> int:
+        for index, item in enumerate(items):
+            augmenter.run(item, seed=index)
+        return len(items)
+
+    return run
+
+
+def albumentations_run(images, boxes) -> tuple[Callable[[], int], str]:  # noqa: ANN001
+    import albumentations as A
+
+    pipeline = A.Compose(
+        [
+            A.RandomResizedCrop((224, 224), scale=(0.5, 1.0)),
+            A.HorizontalFlip(p=0.5),
+            A.Affine(rotate=(-15, 15), scale=(0.9, 1.1), translate_percent=(-0.1, 0.1), p=1.0),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=1.0),
+        ],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]),
+        seed=0,
+    )
+    labels = [1] * 5
+
+    def run() -> int:
+        for image, bs in zip(images, boxes):
+            pipeline(image=image, bboxes=bs, labels=labels)
+        return len(images)
+
+    return run, A.__version__
+
+
+def kornia_run(images, boxes, batch: int = 32) -> tuple[Callable[[], int], str]:  # noqa: ANN001
+    import kornia
+    import kornia.augmentation as K
+    import torch
+
+    torch.set_num_threads(1)
+    pipeline = K.AugmentationSequential(
+        K.RandomResizedCrop((224, 224), scale=(0.5, 1.0)),
+        K.RandomHorizontalFlip(p=0.5),
+        K.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1), p=1.0),
+        K.ColorJitter(0.2, 0.2, 0.2, 0.05, p=1.0),
+        data_keys=["input", "bbox_xyxy"],
+    )
+    stacked = np.stack(images)
+    all_boxes = torch.from_numpy(np.stack(boxes).astype(np.float32))
+
+    def run() -> int:
+        with torch.no_grad():
+            for start in range(0, len(images), batch):
+                x = torch.from_numpy(stacked[start : start + batch]).permute(0, 3, 1, 2).float().div_(255.0)
+                out, _ = pipeline(x, all_boxes[start : start + batch])
+                (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return len(images)
+
+    return run, kornia.__version__
+
+
+def sharpness_psnr(fuse: bool) -> float:
+    """PSNR (centre crop) of rotate 10 + scale 1.2 + rotate 5 + translate, against the ideal: one
+    Lanczos resampling of the original through the composed matrix."""
+    import skimage.data
+
+    image = cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    spec = parse_spec(
+        {
+            "ops": [
+                {"rotate": {"angle_degrees": {"min": 10, "max": 10}}},
+                {"affine": {"scale": {"min": 1.2, "max": 1.2}}},
+                {"rotate": {"angle_degrees": {"min": 5, "max": 5}}},
+                {"affine": {"translate_x": {"min": 0.03, "max": 0.03}}},
+            ]
+        }
+    )
+    out = Augmenter(spec, fuse=fuse).run(Item(image), 0).image
+    from simulacra_services.augmentation.engine.ops.geometric import about_centre, rotation, scaling, translation
+
+    matrix = translation(0.03 * 256, 0) @ about_centre(rotation(5) @ scaling(1.2, 1.2) @ rotation(10), 256, 256)
+    ideal = cv2.warpAffine(image, (np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]]) @ matrix @ np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]]))[:2], (256, 256), flags=cv2.INTER_LANCZOS4)
+    a, b = ideal[64:192, 64:192].astype(np.float64), out[64:192, 64:192].astype(np.float64)
+    return float(10 * np.log10(255.0**2 / max(float(((a - b) ** 2).mean()), 1e-12)))
+
+
+_SERVER = """
+import asyncio, sys, tempfile
+from simulacra_services.augmentation.service import DEFINITION
+from simulacra_services.core.config import Settings
+from simulacra_services.core.server import METRICS_OFF, ServiceServer
+
+async def main():
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings(data_dir=data_dir, host="127.0.0.1", log_level="WARNING")
+        server = ServiceServer(DEFINITION.with_dependencies(workers=1), settings, port=0, metrics_port=METRICS_OFF)
+        await server.start()
+        print(server.address, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(1.0)
+
+asyncio.run(main())
+"""
+
+
+def bench_stream(images, boxes, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    """(stream items/s through a real server in its own process, in-process items/s), one worker thread each."""
+    env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-c", "import cv2; cv2.setNumThreads(1)\n" + _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        address = server.stdout.readline().strip()
+        inputs = [
+            ItemInput(image, f"photo/{n}", [annotation_pb2.Annotation(id=str(i), category_id=1, box=annotation_pb2.Box(x=b[0], y=b[1], w=b[2] - b[0], h=b[3] - b[1])) for i, b in enumerate(bs)])
+            for n, (image, bs) in enumerate(zip(images, boxes))
+        ]
+        with AugmentationClient(address) as client:
+
+            def run_stream() -> int:
+                return sum(1 for _ in client.stream(inputs, OURS, seed=1, batch_size=16))
+
+            found = interleaved({"stream": run_stream, "in_process": engine_run(images, boxes)}, repeats)
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    return found["stream"], found["in_process"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    count, repeats = (48, 3) if args.quick else (480, 5)
+    images, boxes = photographs(count)
+    figures: dict = {"quick": args.quick, "images": count, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+
+    album, a_version = albumentations_run(images, boxes)
+    korn, k_version = kornia_run(images, boxes)
+    found = interleaved({"ours": engine_run(images, boxes), "op_by_op": engine_run(images, boxes, fuse=False), "albumentations": album, "kornia": korn}, repeats)
+    ours, op_by_op, albumentations, kornia = found["ours"], found["op_by_op"], found["albumentations"], found["kornia"]
+    figures["one_thread"] = {
+        "ours_images_per_s": ours,
+        "ours_op_by_op_images_per_s": op_by_op,
+        "albumentations_images_per_s": albumentations,
+        "albumentations_version": a_version,
+        "kornia_images_per_s": kornia,
+        "kornia_version": k_version,
+        "ratio_to_albumentations": ours / albumentations,
+        "ratio_to_kornia": ours / kornia,
+        "ratio_fused_to_op_by_op": ours / op_by_op,
+    }
+    figures["sharpness"] = {"fused_psnr_db": sharpness_psnr(True), "op_by_op_psnr_db": sharpness_psnr(False)}
+    streamed, in_process = bench_stream(images, boxes, repeats)
+    figures["stream"] = {"grpc_stream_images_per_s": streamed, "in_process_images_per_s": in_process, "ratio_stream_to_in_process": streamed / in_process}
+
+    t, s, st = figures["one_thread"], figures["sharpness"], figures["stream"]
+    print(f"Augmentation benchmark: {count} scikit-image photographs 256x256, 5 boxes each, one thread ({figures['machine']})")
+    print("  pipeline: RandomResizedCrop(224) + HorizontalFlip + Affine + ColorJitter")
+    print(f"  ours (fused)            {t['ours_images_per_s']:8.0f} images/s")
+    print(f"  ours (op by op)         {t['ours_op_by_op_images_per_s']:8.0f} images/s   fused/op-by-op ratio {t['ratio_fused_to_op_by_op']:.2f}")
+    print(f"  Albumentations {a_version:8s} {t['albumentations_images_per_s']:8.0f} images/s   ours/albumentations ratio {t['ratio_to_albumentations']:.2f}")
+    print(f"  Kornia {k_version:16s} {t['kornia_images_per_s']:8.0f} images/s   ours/kornia ratio {t['ratio_to_kornia']:.2f}")
+    print(f"  sharpness (PSNR against one Lanczos resampling): fused {s['fused_psnr_db']:.1f} dB, op by op {s['op_by_op_psnr_db']:.1f} dB")
+    print(f"  gRPC stream (SDK, 1 worker) {st['grpc_stream_images_per_s']:8.0f} images/s vs in process {st['in_process_images_per_s']:.0f}: ratio {st['ratio_stream_to_in_process']:.2f}")
+    print("  dataset jobs: not served yet (no job rate)")
+    print("Summary: " + ", ".join(f"{k}={v:.2f}" for k, v in (("ours/albumentations", t["ratio_to_albumentations"]), ("ours/kornia", t["ratio_to_kornia"]), ("stream/in-process", st["ratio_stream_to_in_process"]))))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""bench/augmentation.py keeps working: it runs in quick mode and reports every figure the docs cite.
+
+Nothing here looks at a timing (speed is the benchmark's business, not the tests').
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "augmentation.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["quick"] is True
+    for key in ("ours_images_per_s", "ours_op_by_op_images_per_s", "albumentations_images_per_s", "kornia_images_per_s", "ratio_to_albumentations", "ratio_to_kornia"):
+        assert figures["one_thread"][key] > 0, key
+    assert figures["one_thread"]["albumentations_version"] == "2.0.8"
+    assert figures["one_thread"]["kornia_version"].startswith("0.9")
+    # One resampling is closer to the ideal than one per op.
+    assert figures["sharpness"]["fused_psnr_db"] > figures["sharpness"]["op_by_op_psnr_db"]
+    assert figures["stream"]["ratio_stream_to_in_process"] > 0
+    assert "Summary" in result.stdout and "ratio" in result.stdout
