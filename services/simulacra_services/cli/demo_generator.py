@@ -25,7 +25,12 @@ from simulacra_client.errors import SimulacraRpcError, from_rpc_error
 from simulacra_services.core.config import Settings
 
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
-STAGES = {v.number: v.name.removeprefix("TRAINING_STAGE_").lower().replace("_", " ") for v in job_pb.TrainingStage.DESCRIPTOR.values}
+STAGES = {v.number: v.name.removeprefix("TRAINING_STAGE_").lower().replace("_", " ") for v in job_pb.TrainingStage.DESCRIPTOR.values if v.number}
+
+
+def _doing(job: job_pb.TrainingJob) -> str:
+    """The job's training stage, or its state before it has one ("queued")."""
+    return STAGES.get(job.training_progress.stage) or common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
 
 
 @dataclass
@@ -43,7 +48,12 @@ def _channel(settings: Settings, service: str) -> grpc.Channel:
 
 def train_generator(settings: Settings, dataset_version: str, *, model: str, steps: int, say) -> TrainedGenerator:  # noqa: ANN001
     """Train an enhanced GAN on the version's train split (val as holdout); the registered version or the problem."""
-    hyperparameters = job_pb.Hyperparameters(max_steps=steps, seed=0, checkpoint_every_steps=max(50, steps // 4), preview_every_steps=max(50, steps // 2))
+    # Steps, not epochs, bound the run (a scarce set is a few batches per epoch); a short run
+    # needs a faster generator EMA than the default 0.999 to move away from its initial weights.
+    hyperparameters = job_pb.Hyperparameters(
+        max_steps=steps, epochs=100_000, seed=0, ema_decay=0.99 if steps < 2000 else 0.999,
+        checkpoint_every_steps=max(50, steps // 4), preview_every_steps=max(50, steps // 2),
+    )
     job = job_pb.TrainingJob(
         dataset_version=dataset_version, model_kind=job_pb.MODEL_KIND_ENHANCED_GAN, hyperparameters=hyperparameters,
         data=job_pb.TrainingDataSpec(train_split="train", holdout_split="val"),
@@ -54,7 +64,7 @@ def train_generator(settings: Settings, dataset_version: str, *, model: str, ste
         stub = training_grpc.TrainingServiceStub(channel)
         try:
             created = stub.CreateTrainingJob(training_rpc.CreateTrainingJobRequest(training_job=job, request_id=str(uuid.uuid4())), timeout=60).training_job
-            say(f"   {created.name}: {STAGES.get(created.training_progress.stage, 'queued')}")
+            say(f"   {created.name}: {_doing(created)}")
             final = _watch(stub, created.name, say)
         except KeyboardInterrupt:
             _cancel(stub, locals().get("created"), say)
@@ -95,7 +105,7 @@ def _watch(stub: training_grpc.TrainingServiceStub, name: str, say) -> job_pb.Tr
             losses = ", ".join(f"{k} {v:.3f}" for k, v in sorted(progress.losses.items()))
             steps = f" step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
             ada = f", ADA p {progress.ada_p:.2f}" if progress.ada_p else ""
-            say(f"   {STAGES.get(progress.stage, '')}{steps}{' (' + losses + ')' if losses else ''}{ada}")
+            say(f"   {_doing(final)}{steps}{' (' + losses + ')' if losses else ''}{ada}")
         if final.state in TERMINAL:
             return final
     if final is None:

@@ -116,14 +116,15 @@ def mix(
 ) -> Mixed:
     """Interleave ``real`` and ``synthetic``; ``ratio`` is the synthetic share (0..1).
 
-    With ``balance`` (the real source must be a RealDataset and the synthetic one take
-    a class mix), synthetic samples are drawn for the real selection's missing
+    With ``balance`` (the real source must be a RealDataset, or an Augmented RealDataset,
+    and the synthetic one a SyntheticDataset), synthetic samples are drawn for the real selection's missing
     classes; ``ratio`` defaults to deficit / (items + deficit).
     """
     if balance:
-        if not isinstance(real, RealDataset) or not hasattr(synthetic, "class_mix"):
-            raise ValueError("balance needs a RealDataset and a SyntheticDataset")
-        counts = real.class_counts()
+        counted = real if isinstance(real, RealDataset) else getattr(real, "source", None)  # Augmented(RealDataset(...))
+        if not isinstance(counted, RealDataset) or not hasattr(synthetic, "class_mix"):
+            raise ValueError("balance needs a RealDataset (or an Augmented one) and a SyntheticDataset")
+        counts = counted.class_counts()
         weights, deficit = balance_weights(counts)
         if weights:
             inverse = {v: k for k, v in getattr(synthetic, "label_map", {}).items()}
