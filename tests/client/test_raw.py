@@ -156,3 +156,30 @@ def test_backoff_delays_grow_within_their_caps_and_run_out() -> None:
     assert backoff.next_delay() is not None
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+async def test_a_create_sent_twice_with_its_request_id_makes_one_job_on_a_real_server(tmp_path) -> None:  # noqa: ANN001
+    import numpy as np
+    from simulacra_client.annotation import AnnotationClient, mnist_files, mnist_import_job
+    from simulacra_services.annotation.service import DEFINITION
+    from simulacra_services.core.config import Settings
+    from simulacra_services.core.server import METRICS_OFF, ServiceServer
+
+    server = ServiceServer(DEFINITION, Settings(data_dir=str(tmp_path / "data"), log_level="WARNING"), port=0, metrics_port=METRICS_OFF)
+    await server.start()
+    try:
+        def run() -> tuple[str, str, list[str]]:
+            with AnnotationClient(server.address) as client:
+                client.create_dataset("digits")
+                digests = client.upload_blobs(list(mnist_files(np.zeros((4, 28, 28), np.uint8), [0, 1, 2, 3])))
+                request = with_request_id(rpc.CreateImportJobRequest(parent="datasets/digits", import_job=mnist_import_job(*digests)))
+                raw = RawClient(client._channel, rpc_grpc.AnnotationServiceStub, timeout=30)  # noqa: SLF001 - the same channel
+                first = raw.call("CreateImportJob", request).import_job.name
+                again = raw.call("CreateImportJob", request).import_job.name  # what a retry sends
+                client.wait_import_job(first)
+                return first, again, [job.name for job in client.list_import_jobs("digits")]
+
+        first, again, jobs = await asyncio.to_thread(run)
+    finally:
+        await server.stop(0.5)
+    assert first == again and jobs == [first]
