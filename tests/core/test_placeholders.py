@@ -58,7 +58,8 @@ async def test_unary_and_streaming_rpcs_answer_not_yet_implemented(tmp_path) -> 
 
 
 async def test_a_package_with_two_services_answers_for_both(tmp_path) -> None:
-    server = ServiceServer(definition("training"), Settings(data_dir=str(tmp_path)), port=0, metrics_port=METRICS_OFF)
+    # The placeholder itself: the training service has its own servicers now.
+    server = ServiceServer(placeholder_definition("training"), Settings(data_dir=str(tmp_path)), port=0, metrics_port=METRICS_OFF)
     await server.start()
     try:
         async with open_aio_channel(server.address) as channel:

@@ -8,6 +8,8 @@ import sys
 import time
 
 from simulacra_services.cli import datasets as datasets_cli
+from simulacra_services.cli import generators as generators_cli
+from simulacra_services.cli import train as train_cli
 from simulacra_services.cli import generators_serving as generators_serving_cli
 from simulacra_services.cli import sample as sample_cli
 from simulacra_services.cli import demo as demo_cli  # argparse and the suite only; the flow imports torch when it runs
@@ -39,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     generators = commands.add_parser("generators", help="generators of the model registry and of the sampling servers")
     generator_commands = generators.add_subparsers(dest="generators_command", required=True, metavar="COMMAND")
+    generators_cli.add_commands(generator_commands, Settings.add_arguments)
     generators_serving_cli.add_commands(generator_commands, Settings.add_arguments)
+
+    train = commands.add_parser("train", help="create, follow, list, cancel, pause and resume generator training jobs")
+    train_cli.add_commands(train, Settings.add_arguments)
 
     demo = commands.add_parser("demo", help="the whole flow on the MNIST digits: data, augmentation, generator, sampling, classifiers, report")
     demo_cli.add_arguments(demo)
@@ -87,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return sample_cli.run(args, settings)
     if args.command == "generators" and args.generators_command in generators_serving_cli.COMMANDS:
         return generators_serving_cli.run(args, settings)
+    if args.command == "generators" and args.generators_command in generators_cli.COMMANDS:
+        return generators_cli.run(args, settings)
+    if args.command == "train":
+        return train_cli.run(args, settings)
     if args.command == "demo":
         return demo_cli.run(args, settings)
     raise AssertionError(args.command)
