@@ -63,6 +63,12 @@ async def test_datasets_items_versions_and_streams(server: ServiceServer) -> Non
         with pytest.raises(NotFoundError) as missing:
             await client.get_dataset("nobody")
         assert missing.value.reason == "DATASET_NOT_FOUND"
+        # A rejected batch raises its typed error; the batches acknowledged before it stay.
+        bad = [("ok", pb.Item(image=pb.Image(data=png(20)))), ("bad", pb.Item(image=pb.Image(data=b"not an image")))]
+        with pytest.raises(InvalidArgumentError) as rejected:
+            await client.upload_items("cars", bad, batch_size=1, max_in_flight=1)
+        assert rejected.value.reason == "INVALID_IMAGE"
+        assert [i.name async for i in client.list_items("cars", filter='split = "train"')][-1] == "datasets/cars/items/ok"
         with pytest.raises(InvalidArgumentError) as bad_filter:
             [i async for i in client.list_items("cars", filter="width > 1" + "0" * 30)]
         assert bad_filter.value.reason == "INVALID_FILTER"
