@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from simulacra_client.annotation import AnnotationClient
-from simulacra_services.annotation.service import DEFINITION as ANNOTATION
 from tests.harness import local_settings, running_service
 
 
@@ -45,6 +44,8 @@ class Store:
 
 @pytest.fixture
 async def annotation_store(tmp_path):
+    from simulacra_services.annotation.service import DEFINITION as ANNOTATION  # only the tests that need it import it
+
     settings = local_settings(tmp_path / "annotation")
     async with running_service(ANNOTATION, settings) as service:
         yield Store(service.address, settings)

@@ -23,10 +23,12 @@ class SmallCnn(nn.Module):
             nn.ReLU(),
             nn.Conv2d(16, 32, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(32, FEATURE_DIM, 3, stride=2, padding=1),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
+            nn.Linear(64 * 16, FEATURE_DIM),
+            nn.ReLU(),
         )
         self.head = nn.Linear(FEATURE_DIM, max(num_classes, 1))
 
@@ -35,8 +37,8 @@ class SmallCnn(nn.Module):
 
 
 MIN_STEPS = 400
-MAX_EPOCHS_FOR_MIN_STEPS = 20
-"""Small sets get more passes: at least MIN_STEPS optimiser steps (but at most 20 epochs for that)."""
+MAX_EPOCHS_FOR_MIN_STEPS = 50
+"""Small sets get more passes: at least MIN_STEPS optimiser steps (but at most 50 epochs for that)."""
 
 
 def train_classifier(

@@ -89,7 +89,7 @@ def quality_report(
         report["utility"] = {
             "tstr_accuracy": float((tstr_predictions == holdout.labels.numpy()).mean()),
             "trtr_accuracy": float((cnn.predict(trtr_model, holdout.images) == holdout.labels.numpy()).mean()),
-            "classifier": f"small CNN (3 conv, >= {epochs} epochs and >= 400 steps up to 20 epochs, Adam 2e-3), the extractor's architecture",
+            "classifier": f"small CNN (3 conv + dense, >= {epochs} epochs and >= 400 steps up to 50 epochs, Adam 2e-3), the extractor's architecture",
         }
 
     pixels = [d.images.flatten(1).numpy() for d in (train, holdout, synthetic)]
