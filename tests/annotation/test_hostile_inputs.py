@@ -92,6 +92,8 @@ async def test_errors_that_repeat_a_huge_value_keep_their_reason(annotation: Ann
             "INVALID_UPDATE_MASK",
         ),
         "item name": (annotation.stub.GetItem(api.GetItemRequest(name=parent + "/items/" + value)), "INVALID_NAME"),
+        # The upload handler adds the request id to the error's metadata after it was raised.
+        "request_id": (annotation.upload(parent, [[item_upload("r")]], request_ids=[value]), "INVALID_REQUEST_ID"),
     }
     for what, (call, reason) in cases.items():
         with pytest.raises(grpc.RpcError) as raised:
