@@ -181,6 +181,8 @@ def inspect_image(
                 )
             with budget.held(width * height) if budget is not None else contextlib.nullcontext():
                 image.load()
+                image_format, mode = image.format or "", image.mode
+                image.close()  # frees the decoded pixels while the budget still counts them
     except errors.SimulacraError:
         raise
     except Image.DecompressionBombError:
@@ -200,8 +202,8 @@ def inspect_image(
         sha256=hashlib.sha256(data).hexdigest(),
         width=width,
         height=height,
-        format=_FORMATS[image.format or ""],
-        channels=_CHANNELS[image.mode],
+        format=_FORMATS[image_format],
+        channels=_CHANNELS[mode],
         size_bytes=len(data),
     )
 
