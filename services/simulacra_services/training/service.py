@@ -7,6 +7,7 @@ process per running job) and adds TrainingService and ModelRegistryService.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 
@@ -31,12 +32,16 @@ async def register(
     server: grpc.aio.Server,
     settings: Settings,
     *,
-    max_running: int = 1,
-    lease_seconds: float = 30.0,
+    max_running: int | None = None,
+    lease_seconds: float | None = None,
     worker_threads: int = 0,
 ) -> CloseHook:
-    """``max_running`` jobs train at once (each in its own process); ``lease_seconds`` bounds how long a
-    job of a dead server waits before another takes it over; ``worker_threads`` caps torch's threads."""
+    """``max_running`` jobs train at once (each in its own process; env SIMULACRA_TRAINING_MAX_RUNNING,
+    default 1); ``lease_seconds`` bounds how long the job of a dead server waits before another server
+    takes it over (SIMULACRA_TRAINING_LEASE_SECONDS, default 30); ``worker_threads`` caps torch's
+    threads in the worker (SIMULACRA_TRAINING_THREADS, default 2)."""
+    max_running = max_running or int(os.environ.get("SIMULACRA_TRAINING_MAX_RUNNING", "1"))
+    lease_seconds = lease_seconds or float(os.environ.get("SIMULACRA_TRAINING_LEASE_SECONDS", "30"))
     objects = await asyncio.to_thread(open_object_store, settings)
     engine = db.create_engine(settings.resolved_database_url)
     annotation = AnnotationClient(settings.address("annotation"), token=settings.auth_token or None,
