@@ -41,6 +41,42 @@ class Store:
             version = client.commit(name).version
         return version.name
 
+    def import_scenes(self, name: str) -> str:
+        from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+
+        with AnnotationClient(self.address) as client:
+            client.create_dataset(name, categories=[pb.Category(category_id=1, display_name="car"),
+                                                    pb.Category(category_id=2, display_name="tree")])
+            client.upload_items(name, scene_items())
+            return client.commit(name).version.name
+
+
+def scene_items(count: int = 16):
+    """48x48 RGB scenes, each with a red 'car' box and a green 'tree' box, and weather/time attributes."""
+    import io
+
+    from PIL import Image
+
+    from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        pixels = rng.integers(0, 60, (48, 48, 3)).astype(np.uint8)
+        cx, cy = int(rng.integers(2, 14)), int(rng.integers(2, 30))
+        pixels[cy : cy + 14, cx : cx + 14] = (220, 30, 30)
+        tx, ty = int(rng.integers(26, 36)), int(rng.integers(2, 20))
+        pixels[ty : ty + 24, tx : tx + 10] = (30, 200, 40)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        yield pb.Item(
+            image=pb.Image(data=buffer.getvalue()),
+            attributes={"weather": ("clear", "fog")[i % 2], "time": ("day", "night")[(i // 2) % 2]},
+            annotations=[
+                pb.Annotation(category_id=1, box=pb.Box(x=cx, y=cy, w=14, h=14)),
+                pb.Annotation(category_id=2, box=pb.Box(x=tx, y=ty, w=10, h=24)),
+            ],
+        )
+
 
 @pytest.fixture
 async def annotation_store(tmp_path):

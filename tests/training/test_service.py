@@ -112,3 +112,31 @@ async def test_a_wrong_kind_dataset_fails_the_job_with_a_reason(training):
     job = await wait_end(stub, (await stub.CreateTrainingJob(request)).training_job.name)
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert (job.error.code, job.error.reason) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], "DATASET_UNSUITABLE")
+
+
+async def test_object_crops_with_attribute_conditioning(training):
+    version = await asyncio.to_thread(training.store.import_scenes, "streets")
+    stub = rpc_grpc.TrainingServiceStub(training.channel)
+    request = job_request(version, model="street-objects", channels=3, image_height=16, image_width=16)
+    request.training_job.data.crop_category_ids.extend([1, 2])
+    request.training_job.data.attribute_keys.extend(["weather", "time"])
+    job = await wait_end(stub, (await stub.CreateTrainingJob(request)).training_job.name)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert list(job.class_names) == ["car", "tree"] and list(job.category_ids) == [1, 2]
+    assert job.training_progress.train_examples + job.training_progress.holdout_examples == 32  # two crops per scene
+    assert [(a.name, list(a.values)) for a in job.attributes] == [("weather", ["clear", "fog"]), ("time", ["day", "night"])]
+
+    registry = reg_grpc.ModelRegistryServiceStub(training.channel)
+    version_record = (await registry.GetModelVersion(reg.GetModelVersionRequest(name=job.model_version))).model_version
+    signature = version_record.signature
+    assert (signature.channels, signature.height, signature.width, signature.num_classes) == (3, 16, 16, 2)
+    assert [(a.name, list(a.values)) for a in signature.attributes] == [("weather", ["clear", "fog"]), ("time", ["day", "night"])]
+    onnx = b"".join([r.chunk async for r in registry.ReadModelVersionFile(reg.ReadModelVersionFileRequest(name=job.model_version))])
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["z", "labels", "attributes"]
+    feed = {"z": np.zeros((2, 8), np.float32), "labels": np.array([0, 1], np.int64),
+            "attributes": np.array([[1, 1], [0, 0]], np.int64)}  # a foggy night car, a clear day tree
+    assert session.run(None, feed)[0].shape == (2, 3, 16, 16)
