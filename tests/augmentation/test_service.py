@@ -264,12 +264,6 @@ async def test_stored_pipelines(stored) -> None:
     assert rpc_error(raised.value).reason == "INVALID_PIPELINE_ID"
 
 
-async def test_dataset_jobs_answer_not_yet_implemented(augmentation) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub(augmentation).GetAugmentDatasetJob(pb.GetAugmentDatasetJobRequest(name="augmentDatasetJobs/x"))
-    assert (rpc_error(raised.value).code, rpc_error(raised.value).reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_YET_IMPLEMENTED")
-
-
 async def test_sdk_numpy_in_and_out(augmentation) -> None:
     def use_sdk() -> tuple:
         with AugmentationClient(augmentation.address) as client:

@@ -1,8 +1,9 @@
 """The augmentation service, as the server bootstrap runs it.
 
-``register`` opens the object store (stored pipelines), starts the worker
-pool and adds the servicer. Dataset jobs are not served yet: their RPCs answer
-UNIMPLEMENTED with reason NOT_YET_IMPLEMENTED.
+``register`` opens the object store (stored pipelines) and the metadata
+database (dataset jobs; migrated at start), starts the worker pool and the job
+runner, and adds the servicer. Dataset jobs reach the annotation-store at
+``settings.address("annotation")`` (``SIMULACRA_ANNOTATION_ADDRESS``).
 """
 
 from __future__ import annotations
@@ -14,22 +15,44 @@ import grpc
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as api_grpc
 from simulacra_services.augmentation.api.servicer import AugmentationServicer
 from simulacra_services.augmentation.domain.batches import BatchRunner
+from simulacra_services.augmentation.jobs.dataset_job import KIND, AugmentDatasetHandler, job_name
 from simulacra_services.augmentation.persistence.pipelines import PipelineRepository
+from simulacra_services.augmentation.tables import AUGMENTATION_JOBS
+from simulacra_services.core import db
 from simulacra_services.core.config import Settings
+from simulacra_services.core.jobs import JobRunner, JobStore
 from simulacra_services.core.server import CloseHook, ServiceDefinition
 from simulacra_services.core.storage import open_object_store
 
 
-async def register(server: grpc.aio.Server, settings: Settings, *, workers: int | None = None) -> CloseHook:
+async def register(server: grpc.aio.Server, settings: Settings, *, workers: int | None = None, max_running_jobs: int = 1) -> CloseHook:
     """``workers``: threads that augment items (default: the CPU count, at most 8)."""
     objects = await asyncio.to_thread(open_object_store, settings)
+    engine = db.create_engine(settings.resolved_database_url)
     runner = BatchRunner(workers)
-    servicer = AugmentationServicer(PipelineRepository(objects), runner, max_image_pixels=settings.max_image_pixels)
+    jobs: JobRunner | None = None
+    try:
+        await asyncio.to_thread(db.migrate, engine)
+        store = JobStore(engine, AUGMENTATION_JOBS, job_name=lambda kind, parent, job_id: job_name(job_id))
+        handler = AugmentDatasetHandler(settings.address("annotation"))
+        jobs = JobRunner(store, {KIND: handler}, max_running=max_running_jobs, lease_seconds=settings.job_lease_seconds)
+        await jobs.start()
+    except BaseException:
+        runner.close()
+        engine.dispose()
+        objects.close()
+        raise
+    servicer = AugmentationServicer(PipelineRepository(objects), runner, jobs, max_image_pixels=settings.max_image_pixels)
     api_grpc.add_AugmentationServiceServicer_to_server(servicer, server)
+    started = jobs
 
     async def close() -> None:
-        runner.close()
-        await asyncio.to_thread(objects.close)
+        try:
+            await started.close()
+        finally:
+            runner.close()
+            await asyncio.to_thread(engine.dispose)
+            await asyncio.to_thread(objects.close)
 
     return close
 

@@ -35,7 +35,12 @@ def spec_from_proto(message: pipeline_pb2.PipelineSpec, path: str) -> PipelineSp
 
 
 def spec_to_proto(spec: PipelineSpec) -> pipeline_pb2.PipelineSpec:
-    return json_format.ParseDict(canonical(spec), pipeline_pb2.PipelineSpec())
+    return spec_to_proto_json(canonical(spec))
+
+
+def spec_to_proto_json(data: dict) -> pipeline_pb2.PipelineSpec:
+    """The message of a canonical JSON form."""
+    return json_format.ParseDict(data, pipeline_pb2.PipelineSpec())
 
 
 def pipeline_to_proto(stored: StoredPipeline) -> pipeline_pb2.Pipeline:

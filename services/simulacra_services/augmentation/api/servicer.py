@@ -10,14 +10,18 @@ import grpc
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
+from simulacra_client.api.common.v1 import common_pb2
 from simulacra_services.augmentation.api import convert
+from simulacra_services.augmentation.api import jobs as job_convert
 from simulacra_services.augmentation.domain.batches import BatchRunner
 from simulacra_services.augmentation.engine import Augmenter, Item
 from simulacra_services.augmentation.engine import preview as preview_grid
 from simulacra_services.augmentation.engine.pipeline import MAX_IMAGE_PIXELS
+from simulacra_services.augmentation.jobs.dataset_job import KIND
 from simulacra_services.augmentation.persistence.pipelines import PipelineRepository, check_pipeline_id
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
+from simulacra_services.core.jobs import JobRunner
 
 MAX_IN_FLIGHT = 8
 MAX_PREVIEW = 64
@@ -37,9 +41,12 @@ def pipeline_id_of(name: str, field: str = "name") -> str:
 
 
 class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
-    def __init__(self, pipelines: PipelineRepository, runner: BatchRunner, *, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self, pipelines: PipelineRepository, runner: BatchRunner, jobs: JobRunner | None = None, *, max_image_pixels: int = MAX_IMAGE_PIXELS
+    ) -> None:
         self._pipelines = pipelines
         self._runner = runner
+        self._jobs = jobs
         self._max_pixels = max_image_pixels
 
     # -- pipelines ------------------------------------------------------------
@@ -175,27 +182,52 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
             png=data, width=image.shape[1], height=image.shape[0], seeds=[r.seed for r in results], pipeline_digest=augmenter.digest
         )
 
-    # -- dataset jobs (not served yet) ------------------------------------------------
+    # -- dataset jobs ---------------------------------------------------------------------
 
-    def _jobs_not_ready(self, method: str) -> errors.SimulacraError:
-        return errors.Unimplemented(
-            "NOT_YET_IMPLEMENTED",
-            f"augmentation does not serve {method} yet: dataset jobs wait for the shared job runner",
-            {"service": "simulacra.augmentation.v1.AugmentationService", "method": method},
-        )
+    def _job_id(self, name: str, field: str = "name") -> str:
+        prefix = "augmentDatasetJobs/"
+        job_id = name[len(prefix) :] if name.startswith(prefix) else ""
+        if not job_id or len(job_id) > 64 or not job_id.replace("-", "").isalnum():
+            raise _invalid("INVALID_NAME", field, f"expected augmentDatasetJobs/{{job}}, got {name[:100]!r}")
+        return job_id
 
-    async def CreateAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
-        raise self._jobs_not_ready("CreateAugmentDatasetJob")
+    def _runner_or_refuse(self) -> JobRunner:
+        if self._jobs is None:
+            raise errors.FailedPrecondition(
+                "JOBS_NOT_CONFIGURED", "this augmentation server has no database for dataset jobs", {"service": "augmentation"}
+            )
+        return self._jobs
 
-    async def GetAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
-        raise self._jobs_not_ready("GetAugmentDatasetJob")
+    async def CreateAugmentDatasetJob(self, request: pb.CreateAugmentDatasetJobRequest, context: grpc.aio.ServicerContext) -> pb.CreateAugmentDatasetJobResponse:
+        runner = self._runner_or_refuse()
+        job = request.augment_dataset_job
+        augmenter = await self._augmenter(job.pipeline, (), "augment_dataset_job.pipeline")
+        spec = job_convert.spec_from_proto(job, augmenter.spec)
+        record, _ = await runner.create(KIND, spec, request_id=request.request_id)
+        return pb.CreateAugmentDatasetJobResponse(augment_dataset_job=job_convert.job_to_proto(record))
 
-    async def ListAugmentDatasetJobs(self, request, context):  # noqa: ANN001, ANN201
-        raise self._jobs_not_ready("ListAugmentDatasetJobs")
+    async def GetAugmentDatasetJob(self, request: pb.GetAugmentDatasetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetAugmentDatasetJobResponse:
+        runner = self._runner_or_refuse()
+        record = await asyncio.to_thread(runner.store.get, KIND, self._job_id(request.name))
+        return pb.GetAugmentDatasetJobResponse(augment_dataset_job=job_convert.job_to_proto(record))
 
-    async def CancelAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
-        raise self._jobs_not_ready("CancelAugmentDatasetJob")
+    async def ListAugmentDatasetJobs(self, request: pb.ListAugmentDatasetJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListAugmentDatasetJobsResponse:
+        runner = self._runner_or_refuse()
+        state = "" if request.state == 0 else common_pb2.JobState.Name(request.state) if request.state in common_pb2.JobState.values() else None
+        if state is None:
+            raise _invalid("PARAM_OUT_OF_RANGE", "state", f"unknown job state {request.state}")
+        page = pagination.PageRequest.parse(request.page_size, request.page_token, pagination.fingerprint(rpc="ListAugmentDatasetJobs", state=state))
+        after = tuple(page.cursor) if page.cursor else None
+        rows = await asyncio.to_thread(runner.store.list, KIND, states=[state] if state else None, after=after, limit=page.size + 1)
+        records, token = page.finish(rows, lambda r: [r.create_time, r.job_id])
+        return pb.ListAugmentDatasetJobsResponse(augment_dataset_jobs=[job_convert.job_to_proto(r) for r in records], next_page_token=token)
 
-    async def WatchAugmentDatasetJob(self, request, context):  # noqa: ANN001, ANN201
-        raise self._jobs_not_ready("WatchAugmentDatasetJob")
-        yield  # pragma: no cover - makes this a server-streaming handler
+    async def CancelAugmentDatasetJob(self, request: pb.CancelAugmentDatasetJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelAugmentDatasetJobResponse:
+        runner = self._runner_or_refuse()
+        record = await runner.cancel(KIND, self._job_id(request.name))
+        return pb.CancelAugmentDatasetJobResponse(augment_dataset_job=job_convert.job_to_proto(record))
+
+    async def WatchAugmentDatasetJob(self, request: pb.WatchAugmentDatasetJobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchAugmentDatasetJobResponse]:
+        runner = self._runner_or_refuse()
+        async for record in runner.watch(KIND, self._job_id(request.name)):
+            yield pb.WatchAugmentDatasetJobResponse(augment_dataset_job=job_convert.job_to_proto(record))

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from simulacra_client.api.annotation.v1 import annotation_pb2 as _annotation_pb2
 from simulacra_client.api.augmentation.v1 import pipeline_pb2 as _pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2 as _common_pb2
@@ -25,6 +26,25 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AugmentMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AugmentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AugmentMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUGMENT_MODE_UNSPECIFIED: _AugmentMode.ValueType  # 0
+    """Treated as AUGMENT_MODE_COPIES."""
+    AUGMENT_MODE_COPIES: _AugmentMode.ValueType  # 1
+    AUGMENT_MODE_REBALANCE: _AugmentMode.ValueType  # 2
+
+class AugmentMode(_AugmentMode, metaclass=_AugmentModeEnumTypeWrapper): ...
+
+AUGMENT_MODE_UNSPECIFIED: AugmentMode.ValueType  # 0
+"""Treated as AUGMENT_MODE_COPIES."""
+AUGMENT_MODE_COPIES: AugmentMode.ValueType  # 1
+AUGMENT_MODE_REBALANCE: AugmentMode.ValueType  # 2
+Global___AugmentMode: _TypeAlias = AugmentMode  # noqa: Y015
 
 @_typing.final
 class CreatePipelineRequest(_message.Message):
@@ -582,10 +602,56 @@ class AugmentDatasetJob(_message.Message):
     """--- Whole-dataset jobs ----------------------------------------------------------
 
     A job that augments a dataset version into a new, derived version of a dataset.
-    Every derived item records Lineage.augmented (source item, pipeline digest, item seed).
+    Every derived item records Lineage.augmented (source item, pipeline digest, item seed)
+    and the attributes augment_source_version (the version it was read from),
+    augment_copy (its copy index) and augment_job (the job's name).
+    The derived version is committed last: a job that fails or is cancelled
+    removes what it wrote (the target dataset too when the job created it) and
+    commits nothing. The target's working state is committed as a whole, so
+    items uploaded to it by others while the job runs are part of the version.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ClassCountsBeforeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ClassCountsAfterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     SOURCE_DATASET_VERSION_FIELD_NUMBER: _builtins.int
@@ -604,6 +670,13 @@ class AugmentDatasetJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_IMBALANCE_RATIO_FIELD_NUMBER: _builtins.int
+    CLASS_COUNTS_BEFORE_FIELD_NUMBER: _builtins.int
+    CLASS_COUNTS_AFTER_FIELD_NUMBER: _builtins.int
+    ITEMS_WRITTEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. "augmentDatasetJobs/{job}"."""
     source_dataset_version: _builtins.str
@@ -624,6 +697,17 @@ class AugmentDatasetJob(_message.Message):
     """Output only. The derived version once the job has succeeded."""
     state: _common_pb2.JobState.ValueType
     """Output only."""
+    filter: _builtins.str
+    """Optional subset of the selected items, in ListItems filter syntax."""
+    mode: Global___AugmentMode.ValueType
+    """COPIES (the default) makes copies_per_item copies of each selected item;
+    REBALANCE augments items of under-represented classes until every class
+    has at least 1/max_imbalance_ratio of the most frequent class's objects.
+    """
+    max_imbalance_ratio: _builtins.float
+    """REBALANCE only: > 1; 0 means 2."""
+    items_written: _builtins.int
+    """Output only: augmented items written."""
     @_builtins.property
     def pipeline(self) -> Global___PipelineSource:
         """The pipeline as asked for (by name or inline)."""
@@ -651,6 +735,18 @@ class AugmentDatasetJob(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Splits whose items are augmented; empty means ["train"]."""
+
+    @_builtins.property
+    def class_counts_before(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """Output only: objects per category id in the selected source items, and in
+        the derived version's selected splits (source items included or not).
+        """
+
+    @_builtins.property
+    def class_counts_after(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -671,10 +767,17 @@ class AugmentDatasetJob(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        splits: _abc.Iterable[_builtins.str] | None = ...,
+        filter: _builtins.str = ...,
+        mode: Global___AugmentMode.ValueType = ...,
+        max_imbalance_ratio: _builtins.float = ...,
+        class_counts_before: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        class_counts_after: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        items_written: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "pipeline", b"pipeline", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_ids", b"category_ids", "copies_per_item", b"copies_per_item", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "include_source_items", b"include_source_items", "name", b"name", "output_dataset_version", b"output_dataset_version", "pipeline", b"pipeline", "pipeline_digest", b"pipeline_digest", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "seed", b"seed", "source_dataset_version", b"source_dataset_version", "start_time", b"start_time", "state", b"state", "target_dataset", b"target_dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_ids", b"category_ids", "class_counts_after", b"class_counts_after", "class_counts_before", b"class_counts_before", "copies_per_item", b"copies_per_item", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "filter", b"filter", "include_source_items", b"include_source_items", "items_written", b"items_written", "max_imbalance_ratio", b"max_imbalance_ratio", "mode", b"mode", "name", b"name", "output_dataset_version", b"output_dataset_version", "pipeline", b"pipeline", "pipeline_digest", b"pipeline_digest", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "seed", b"seed", "source_dataset_version", b"source_dataset_version", "splits", b"splits", "start_time", b"start_time", "state", b"state", "target_dataset", b"target_dataset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""The augmentation service's migration chain (revision files; see ``simulacra_services.core.db.migrate``)."""

@@ -1,0 +1,199 @@
+"""Dataset jobs end to end: a real annotation-store and a real augmentation service on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from simulacra_client.annotation import AnnotationClient
+from simulacra_client.api.annotation.v1 import annotation_pb2 as apb
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
+from simulacra_client.api.augmentation.v1 import pipeline_pb2
+from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.errors import NotFoundError, from_rpc_error
+from simulacra_services.annotation.service import DEFINITION as ANNOTATION
+from simulacra_services.augmentation.service import DEFINITION as AUGMENTATION
+from tests.augmentation.support import photo
+from tests.harness import local_settings, running_service
+
+PIPELINE = {
+    "ops": [
+        {"horizontal_flip": {}, "probability": 0.5},
+        {"affine": {"rotate_degrees": {"min": -20, "max": 20}, "scale": {"min": 0.9, "max": 1.1}}},
+        {"color_jitter": {"brightness": {"min": 0.7, "max": 1.3}}},
+    ]
+}
+
+
+@dataclass
+class Services:
+    annotation_address: str
+    stub: pb_grpc.AugmentationServiceStub
+
+    def client(self) -> AnnotationClient:
+        return AnnotationClient(self.annotation_address)
+
+
+@pytest.fixture
+async def services(tmp_path) -> AsyncIterator[Services]:
+    async with running_service(ANNOTATION, local_settings(tmp_path / "annotation")) as annotation:
+        settings = local_settings(tmp_path / "augmentation", annotation_address=annotation.address)
+        async with running_service(AUGMENTATION, settings, workers=1) as augmentation:
+            yield Services(annotation.address, pb_grpc.AugmentationServiceStub(augmentation.channel))
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def make_source(services: Services) -> str:
+    """datasets/src@1: 6 train items with a car (one also with a bike), 2 val items."""
+    with services.client() as client:
+        client.create_dataset("src", categories=[apb.Category(category_id=1, display_name="car"), apb.Category(category_id=2, display_name="bike")])
+        items = []
+        for index in range(8):
+            annotations = [apb.Annotation(category_id=1, box=apb.Box(x=4, y=6, w=20, h=14))]
+            if index == 0:
+                annotations.append(apb.Annotation(category_id=2, box=apb.Box(x=20, y=20, w=10, h=10)))
+            split = "val" if index >= 6 else "train"
+            items.append((f"img{index}", apb.Item(image=apb.Image(data=_png(photo(40, 48, seed=index))), split=split, annotations=annotations)))
+        client.upload_items("src", items)
+        return client.commit("src").version.name
+
+
+async def finish(services: Services, name: str) -> pb.AugmentDatasetJob:
+    last = None
+    async for event in services.stub.WatchAugmentDatasetJob(pb.WatchAugmentDatasetJobRequest(name=name), timeout=120):
+        last = event.augment_dataset_job
+    assert last is not None
+    return last
+
+
+def job(source: str, **fields) -> pb.AugmentDatasetJob:  # noqa: ANN003
+    spec = json_format.ParseDict(PIPELINE, pipeline_pb2.PipelineSpec())
+    return pb.AugmentDatasetJob(source_dataset_version=source, pipeline=pb.PipelineSource(pipeline_spec=spec), seed=7, **fields)
+
+
+async def test_a_job_commits_a_derived_version_with_lineage_that_reproduces_each_item(services: Services) -> None:
+    source = await asyncio.to_thread(make_source, services)
+    created = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=2, target_dataset="datasets/derived"), request_id="r-1"))).augment_dataset_job
+    again = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=2, target_dataset="datasets/derived"), request_id="r-1"))).augment_dataset_job
+    assert again.name == created.name
+    done = await finish(services, created.name)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.output_dataset_version == "datasets/derived/versions/1"
+    assert done.items_written == 12 and dict(done.class_counts_before) == {1: 6, 2: 1} and dict(done.class_counts_after) == {1: 12, 2: 2}
+    assert len(done.pipeline_digest) == 64 and done.resolved_pipeline.ops[1].HasField("affine")
+
+    def read() -> tuple[list, dict]:
+        with services.client() as client:
+            derived = [s.item for s in client.stream_items(done.output_dataset_version)]
+            sources = {s.item.name: s.item for s in client.stream_items(source)}
+            return derived, sources
+
+    derived, sources = await asyncio.to_thread(read)
+    assert len(derived) == 12 and {i.split for i in derived} == {"train"}
+    assert {i.lineage.augmented.source_item for i in derived} == {f"datasets/src/items/img{k}" for k in range(6)}
+    assert {i.attributes["augment_copy"] for i in derived} == {"0", "1"}
+    assert all(i.lineage.augmented.pipeline_digest == done.pipeline_digest and i.attributes["augment_source_version"] == source for i in derived)
+    # Each stored item is AugmentBatch of its source with the seed of its lineage, bit for bit.
+    for item in derived[:3]:
+        src = sources[item.lineage.augmented.source_item]
+        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(src.image.data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        request = pb.AugmentBatchRequest(
+            pipeline=pb.PipelineSource(pipeline_spec=done.resolved_pipeline),
+            items=[pb.AugmentItem(key=src.name, image={"dtype": "DATA_TYPE_UINT8", "shape": list(image.shape), "data": image.tobytes()},
+                                  annotations=list(src.annotations), seed=item.lineage.augmented.seed)],
+        )
+        (again_item,) = (await services.stub.AugmentBatch(request)).items
+        stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(item.image.data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert again_item.image.data == stored.tobytes()
+        assert [v for a in again_item.annotations for v in (a.category_id, a.box.x, a.box.y, a.box.w, a.box.h)] == pytest.approx(
+            [v for a in item.annotations for v in (a.category_id, a.box.x, a.box.y, a.box.w, a.box.h)], abs=1e-3
+        )
+    listed = await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest(state=common_pb2.JOB_STATE_SUCCEEDED))
+    assert [j.name for j in listed.augment_dataset_jobs] == [created.name]
+
+
+async def test_rebalancing_raises_the_rare_class_to_the_ratio(services: Services) -> None:
+    source = await asyncio.to_thread(make_source, services)
+    request = job(source, mode=pb.AUGMENT_MODE_REBALANCE, max_imbalance_ratio=2.0, target_dataset="datasets/balanced", include_source_items=True)
+    created = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(augment_dataset_job=request))).augment_dataset_job
+    done = await finish(services, created.name)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    after = dict(done.class_counts_after)
+    assert dict(done.class_counts_before) == {1: 6, 2: 1}
+    assert after[1] <= 2 * after[2] and done.items_written == after[2] - 1
+
+    def statistics() -> int:
+        with AnnotationClient(services.annotation_address) as client:
+            return sum(1 for _ in client.stream_items(done.output_dataset_version))
+
+    assert await asyncio.to_thread(statistics) == 6 + done.items_written  # the source's train items and the copies
+
+
+async def test_a_failed_or_cancelled_job_leaves_nothing_behind(services: Services) -> None:
+    source = await asyncio.to_thread(make_source, services)
+    missing = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job("datasets/src/versions/9", target_dataset="datasets/never")))).augment_dataset_job
+    failed = await finish(services, missing.name)
+    assert failed.state == common_pb2.JOB_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.NOT_FOUND.value[0] and failed.error.reason
+    # A bad pipeline for stored items (float output) fails after the target was created: it is removed again.
+    normalize = job(source, target_dataset="datasets/floats")
+    normalize.pipeline.pipeline_spec.ops.add().normalize.SetInParent()
+    floats = await finish(services, (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(augment_dataset_job=normalize))).augment_dataset_job.name)
+    assert (floats.state, floats.error.reason) == (common_pb2.JOB_STATE_FAILED, "FLOAT_OUTPUT_NOT_STORABLE")
+    cancelled_job = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=64, target_dataset="datasets/stopped")))).augment_dataset_job
+    await services.stub.CancelAugmentDatasetJob(pb.CancelAugmentDatasetJobRequest(name=cancelled_job.name))
+    cancelled = await finish(services, cancelled_job.name)
+    assert cancelled.state == common_pb2.JOB_STATE_CANCELLED and not cancelled.output_dataset_version
+
+    def absent(dataset: str) -> bool:
+        with services.client() as client:
+            try:
+                client.get_dataset(dataset)
+            except NotFoundError:
+                return True
+            return False
+
+    for dataset in ("never", "floats", "stopped"):
+        assert await asyncio.to_thread(absent, dataset), dataset
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "field"),
+    [
+        ({"source_dataset_version": "datasets/src"}, "INVALID_NAME", "augment_dataset_job.source_dataset_version"),
+        ({"target_dataset": "datasets/Bad"}, "INVALID_NAME", "augment_dataset_job.target_dataset"),
+        ({"copies_per_item": 65}, "PARAM_OUT_OF_RANGE", "augment_dataset_job.copies_per_item"),
+        ({"mode": pb.AUGMENT_MODE_REBALANCE, "max_imbalance_ratio": 0.5}, "PARAM_OUT_OF_RANGE", "augment_dataset_job.max_imbalance_ratio"),
+        ({"splits": ["Train!"]}, "INVALID_SPLIT", "augment_dataset_job.splits[0]"),
+        ({"category_ids": [0]}, "PARAM_OUT_OF_RANGE", "augment_dataset_job.category_ids[0]"),
+    ],
+)
+async def test_bad_job_requests_get_a_precise_status(services: Services, fields: dict, reason: str, field: str) -> None:
+    request = job("datasets/src/versions/1")
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(request, key).extend(value)
+        else:
+            setattr(request, key, value)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(augment_dataset_job=request))
+    error = from_rpc_error(raised.value)
+    assert (error.code, error.reason, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, reason, field)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await services.stub.GetAugmentDatasetJob(pb.GetAugmentDatasetJobRequest(name="augmentDatasetJobs/nope"))
+    assert from_rpc_error(raised.value).code == grpc.StatusCode.NOT_FOUND
