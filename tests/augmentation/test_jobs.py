@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import cv2
 import grpc
@@ -19,10 +17,7 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc a
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import NotFoundError, from_rpc_error
-from simulacra_services.annotation.service import DEFINITION as ANNOTATION
-from simulacra_services.augmentation.service import DEFINITION as AUGMENTATION
-from tests.augmentation.support import photo
-from tests.harness import local_settings, running_service
+from tests.augmentation.conftest import Services, make_source
 
 PIPELINE = {
     "ops": [
@@ -31,42 +26,6 @@ PIPELINE = {
         {"color_jitter": {"brightness": {"min": 0.7, "max": 1.3}}},
     ]
 }
-
-
-@dataclass
-class Services:
-    annotation_address: str
-    stub: pb_grpc.AugmentationServiceStub
-
-    def client(self) -> AnnotationClient:
-        return AnnotationClient(self.annotation_address)
-
-
-@pytest.fixture
-async def services(tmp_path) -> AsyncIterator[Services]:
-    async with running_service(ANNOTATION, local_settings(tmp_path / "annotation")) as annotation:
-        settings = local_settings(tmp_path / "augmentation", annotation_address=annotation.address)
-        async with running_service(AUGMENTATION, settings, workers=1) as augmentation:
-            yield Services(annotation.address, pb_grpc.AugmentationServiceStub(augmentation.channel))
-
-
-def _png(image: np.ndarray) -> bytes:
-    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
-
-
-def make_source(services: Services) -> str:
-    """datasets/src@1: 6 train items with a car (one also with a bike), 2 val items."""
-    with services.client() as client:
-        client.create_dataset("src", categories=[apb.Category(category_id=1, display_name="car"), apb.Category(category_id=2, display_name="bike")])
-        items = []
-        for index in range(8):
-            annotations = [apb.Annotation(category_id=1, box=apb.Box(x=4, y=6, w=20, h=14))]
-            if index == 0:
-                annotations.append(apb.Annotation(category_id=2, box=apb.Box(x=20, y=20, w=10, h=10)))
-            split = "val" if index >= 6 else "train"
-            items.append((f"img{index}", apb.Item(image=apb.Image(data=_png(photo(40, 48, seed=index))), split=split, annotations=annotations)))
-        client.upload_items("src", items)
-        return client.commit("src").version.name
 
 
 async def finish(services: Services, name: str) -> pb.AugmentDatasetJob:

@@ -35,6 +35,7 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as rpc
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as rpc_grpc
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.annotation import JobCancelledError, JobFailedError, dataset_name, version_name
 from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
 from simulacra_client.raw import RawClient
 from simulacra_client.retry import DEFAULT_RETRY, RetryPolicy
@@ -421,3 +422,79 @@ class AugmentationClient:
     def delete_pipeline(self, name: str) -> None:
         name = name if name.startswith("pipelines/") else f"pipelines/{name}"
         self._raw.call("DeletePipeline", rpc.DeletePipelineRequest(name=name))
+
+    # -- dataset jobs -----------------------------------------------------------------
+
+    def create_dataset_job(
+        self,
+        source: str,
+        pipeline: PipelineLike | str,
+        *,
+        copies: int = 1,
+        seed: int = 0,
+        into: str = "",
+        category_ids: Sequence[int] = (),
+        include_source_items: bool = False,
+        splits: Sequence[str] = (),
+        filter: str = "",
+        rebalance_ratio: float | None = None,
+        request_id: str = "",
+    ) -> rpc.AugmentDatasetJob:
+        """Start a job augmenting ``NAME@VERSION`` into a new version of ``into`` (default: the same dataset).
+
+        ``rebalance_ratio``: rebalancing mode (augment the rare classes up to that imbalance) instead of copies.
+        """
+        job = rpc.AugmentDatasetJob(
+            source_dataset_version=version_name(source),
+            pipeline=self._source(pipeline),
+            copies_per_item=copies,
+            seed=seed,
+            category_ids=list(category_ids),
+            include_source_items=include_source_items,
+            target_dataset=dataset_name(into) if into else "",
+            splits=list(splits),
+            filter=filter,
+        )
+        if rebalance_ratio is not None:
+            job.mode = rpc.AUGMENT_MODE_REBALANCE
+            job.max_imbalance_ratio = rebalance_ratio
+        request = rpc.CreateAugmentDatasetJobRequest(augment_dataset_job=job, request_id=request_id)
+        return self._raw.call("CreateAugmentDatasetJob", request).augment_dataset_job
+
+    def get_dataset_job(self, name: str) -> rpc.AugmentDatasetJob:
+        return self._raw.call("GetAugmentDatasetJob", rpc.GetAugmentDatasetJobRequest(name=name)).augment_dataset_job
+
+    def list_dataset_jobs(self, *, state: int = 0) -> Iterator[rpc.AugmentDatasetJob]:
+        request = rpc.ListAugmentDatasetJobsRequest(state=state)
+        while True:
+            page = self._raw.call("ListAugmentDatasetJobs", request)
+            yield from page.augment_dataset_jobs
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def cancel_dataset_job(self, name: str) -> rpc.AugmentDatasetJob:
+        return self._raw.call("CancelAugmentDatasetJob", rpc.CancelAugmentDatasetJobRequest(name=name)).augment_dataset_job
+
+    def watch_dataset_job(self, name: str) -> Iterator[rpc.AugmentDatasetJob]:
+        """The job now, then at each change; ends after a terminal state."""
+        for event in self._raw.stream("WatchAugmentDatasetJob", rpc.WatchAugmentDatasetJobRequest(name=name)):
+            yield event.augment_dataset_job
+
+    def wait_dataset_job(self, name: str, *, progress: Any = None) -> rpc.AugmentDatasetJob:
+        """Follow a job to its end (``progress(job)`` at each change); the job when it SUCCEEDED.
+
+        Raises ``JobFailedError`` (with the job's error) or ``JobCancelledError`` otherwise.
+        """
+        last = None
+        for job in self.watch_dataset_job(name):
+            last = job
+            if progress is not None:
+                progress(job)
+        if last is None:
+            raise RuntimeError(f"the watch of {name} ended without a message")
+        if last.state == common_pb2.JOB_STATE_FAILED:
+            raise JobFailedError(last)
+        if last.state == common_pb2.JOB_STATE_CANCELLED:
+            raise JobCancelledError(last)
+        return last

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 
+from simulacra_services.cli import augment as augment_cli
 from simulacra_services.cli import datasets as datasets_cli
 from simulacra_services.cli import generators as generators_cli
 from simulacra_services.cli import train as train_cli
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="create, import, export, commit and inspect datasets of a running annotation-store")
     datasets_cli.add_commands(datasets, Settings.add_arguments)
+
+    augment = commands.add_parser("augment", help="preview augmentations, augment or rebalance a dataset version on a running augmentation service")
+    augment_cli.add_commands(augment, Settings.add_arguments)
 
     sample = commands.add_parser("sample", help="draw deterministic samples of a generator from a running sampling service")
     sample_cli.add_arguments(sample, Settings.add_arguments)
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(settings, wait=args.wait, only=args.only or list(SERVICES))
     if args.command == "datasets":
         return datasets_cli.run(args, settings)
+    if args.command == "augment":
+        return augment_cli.run(args, settings)
     if args.command == "sample":
         return sample_cli.run(args, settings)
     if args.command == "generators" and args.generators_command in generators_serving_cli.COMMANDS:
