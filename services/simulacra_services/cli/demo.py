@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a small run for tests: 1000 digits, 1 seed, 60 steps, 20 GAN steps")
     parser.add_argument("--no-start", action="store_true", help="use a suite that is already running (SIMULACRA_*_ADDRESS)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split and of the subsets")
-    parser.add_argument("--gan-steps", type=int, default=1500, help="training steps of the enhanced GAN")
+    parser.add_argument("--gan-steps", type=int, default=600, help="training steps of the enhanced GAN")
     parser.add_argument("--generator", default="", help="use this served generator (models/M/versions/V) instead of training one")
 
 
@@ -55,14 +55,18 @@ class Plan:
     biased_classes: tuple[int, ...] = (3, 8)
     biased_fraction: float = 0.05
     batch_size: int = 32
-    gan_steps: int = 1500
+    gan_steps: int = 600
+    evaluation_samples: int = 1000  # synthetic and real samples of the generator's quality report
     generator: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, settings: Settings) -> Plan:
         out = Path(args.out or Path(settings.data_dir) / "demo-report").resolve()
         if args.quick:
-            return cls(out, seeds=1, steps=min(args.steps, 60), digits=1000, split_seed=args.split_seed, gan_steps=min(args.gan_steps, 20), generator=args.generator)
+            return cls(
+                out, seeds=1, steps=min(args.steps, 60), digits=1000, split_seed=args.split_seed, gan_steps=min(args.gan_steps, 20),
+                generator=args.generator, evaluation_samples=200,
+            )
         if args.seeds < 1 or args.steps < 1 or args.gan_steps < 1:
             raise ValueError("--seeds, --steps and --gan-steps must be at least 1")
         return cls(out, seeds=args.seeds, steps=args.steps, split_seed=args.split_seed, gan_steps=args.gan_steps, generator=args.generator)

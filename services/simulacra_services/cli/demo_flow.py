@@ -173,7 +173,10 @@ class Flow:
             if not problem:
                 from simulacra_services.cli.demo_generator import train_generator
 
-                trained = train_generator(self.settings, self.results.datasets["scarce"], model=f"{self.tag}-gan", steps=self.plan.gan_steps, say=self.journal.say)
+                trained = train_generator(
+                    self.settings, self.results.datasets["scarce"], model=f"{self.tag}-gan", steps=self.plan.gan_steps,
+                    evaluation_samples=self.plan.evaluation_samples, say=self.journal.say,
+                )
                 problem = trained.problem
                 availability.generator = trained.version
                 self.generator_report = trained.report
