@@ -50,6 +50,11 @@ async def test_worker_trains_checkpoints_exports_and_reports(digits, tmp_path):
     assert {"fidelity", "utility", "privacy", "per_class", "export"} <= set(report)
     assert report["export"]["parity_max_abs_diff"] < 1e-4
     assert objects.get(result["report_png_key"]).startswith(b"\x89PNG")
+    # The exported weights are the checkpoint with the lowest Fréchet distance, not merely the last.
+    best = min(checkpoints, key=lambda c: c["frechet_distance"])
+    assert report["checkpoint"]["step"] == result["exported_step"] == best["step"]
+    assert report["checkpoint"]["frechet_distance_at_selection"] == best["frechet_distance"]
+    assert result["checkpoint"] == best["object_key"] and checkpoints[-1]["best"]["step"] == best["step"]
     assert objects.get(result["loss_curve_key"]).startswith(b"\x89PNG")
 
 

@@ -86,6 +86,8 @@ class TrainingJobHandler:
                 saved = {"checkpoint": info, "crashes": 0}
                 await ctx.save_checkpoint(saved)
                 detail["latest_checkpoint"] = f"trainingJobs/{job.job_id}/checkpoints/{event['step']}"
+                detail["best_checkpoint"] = f"trainingJobs/{job.job_id}/checkpoints/{event['best']['step']}"
+                detail["best_frechet_distance"] = event["best"]["frechet_distance"]
                 done = event["step"]
                 detail["step"] = done
                 await publish(force=True)

@@ -26,12 +26,30 @@ MEMORIZATION_QUANTILE = 0.05
 def draw_samples(sampler: torch.nn.Module, labels: torch.Tensor, attributes: torch.Tensor | None, latent_dim: int, seed: int, batch_size: int = 256) -> torch.Tensor:
     """Sample i of (generator, seed) is reproducible: z comes from a seeded numpy stream."""
     z = torch.from_numpy(np.random.default_rng(seed).standard_normal((len(labels), latent_dim)).astype(np.float32))
-    sampler = sampler.to("cpu").eval()
+    sampler = sampler.eval()
+    device = next(sampler.parameters()).device
     out = []
     for start in range(0, len(labels), batch_size):
         part = slice(start, start + batch_size)
-        out.append(sampler(z[part], labels[part], None if attributes is None else attributes[part]))
+        chunk_attributes = None if attributes is None else attributes[part].to(device)
+        out.append(sampler(z[part].to(device), labels[part].to(device), chunk_attributes).float().cpu())
     return torch.cat(out)
+
+
+class FrechetSelector:
+    """Scores checkpoints by the report's Fréchet distance (same extractor: same seed, same training
+    items), on fewer samples, so that the job can export its best checkpoint rather than its last."""
+
+    def __init__(self, train: TrainingData, holdout: TrainingData, num_classes: int, seed: int, samples: int = 500) -> None:
+        self.extractor = cnn.train_classifier(train.images, train.labels, num_classes, seed=seed)
+        self.real = cnn.features(self.extractor, holdout.images)
+        self.labels, self.attributes = synthetic_conditions(train, holdout, min(samples, max(len(holdout), 2)), seed)
+        self.seed = seed
+
+    def score(self, sampler: torch.nn.Module, latent_dim: int) -> float:
+        with torch.random.fork_rng(devices=[]):
+            synthetic = draw_samples(sampler, self.labels, self.attributes, latent_dim, self.seed + 101)
+        return metrics.frechet_distance(self.real, cnn.features(self.extractor, synthetic))
 
 
 def synthetic_conditions(train: TrainingData, holdout: TrainingData, count: int, seed: int):

@@ -19,7 +19,7 @@ from simulacra_services.training.loop.run import TrainingData, TrainingRun
 from simulacra_services.training.loop.trainers import make_trainer
 from simulacra_services.training.models import ModelConfig
 from simulacra_services.training.report import pictures
-from simulacra_services.training.report.quality import draw_samples, quality_report, synthetic_conditions
+from simulacra_services.training.report.quality import FrechetSelector, draw_samples, quality_report, synthetic_conditions
 from simulacra_services.training.worker import protocol
 
 PREVIEW_COLUMNS = 8
@@ -104,11 +104,15 @@ class TrainingPipeline:
         fingerprint = data_fingerprint(data.train)
         trainer = make_trainer(request.kind, config, hp, device)
         run = TrainingRun(trainer, data.train)
+        self.best: dict | None = None
         if request.checkpoint is not None:
             state = self.checkpoints.load(request.checkpoint)
             if state.get("data_fingerprint") != fingerprint:
                 raise ValueError("the dataset read now differs from the one the checkpoint was trained on")
             run.load_state_dict(state)
+            self.best = state.get("best")
+        holdout = data.holdout if len(data.holdout) >= 2 else data.train
+        self.selector = FrechetSelector(data.train, holdout, config.num_classes, hp.seed)
         self.emit(protocol.STAGE, stage="TRAINING")
         self._train(run, fingerprint, data)
         if not run.done:
@@ -118,10 +122,13 @@ class TrainingPipeline:
         self._finish(run, config, data)
 
     def _save_checkpoint(self, run: TrainingRun, fingerprint: str) -> None:
-        state = run.state_dict() | {"data_fingerprint": fingerprint}
         losses = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k != "step"}
-        info = self.checkpoints.save(run.step, state, epoch=run.epoch, losses=losses)
-        self.emit(protocol.CHECKPOINT, **info.to_json(), epoch=run.epoch, losses=losses)
+        fd = self.selector.score(run.trainer.sampler(), run.trainer.config.latent_dim)
+        if self.best is None or fd < self.best["frechet_distance"] or self.best["step"] == run.step:
+            self.best = {"step": run.step, "frechet_distance": fd, "object_key": self.checkpoints.key(run.step)}
+        state = run.state_dict() | {"data_fingerprint": fingerprint, "best": self.best}
+        info = self.checkpoints.save(run.step, state, epoch=run.epoch, losses=losses | {"frechet_distance": fd})
+        self.emit(protocol.CHECKPOINT, **info.to_json(), epoch=run.epoch, losses=losses, frechet_distance=fd, best=self.best)
 
     def _preview(self, run: TrainingRun, config: ModelConfig, data: LoadedData) -> None:
         classes = max(config.num_classes, 1)
@@ -130,7 +137,6 @@ class TrainingPipeline:
         if data.train.attributes is not None:
             attributes = data.train.attributes[torch.arange(len(labels)) % len(data.train)]
         samples = draw_samples(run.trainer.sampler(), labels, attributes, config.latent_dim, seed=run.trainer.hp.seed)
-        run.trainer.sampler().to(run.trainer.device)
         grid_key = f"{self.prefix}/previews/{run.step:010d}.png"
         curve_key = f"{self.prefix}/previews/loss-curve.png"
         self.objects.put(grid_key, pictures.grid_png(samples, rows=classes), content_type="image/png")
@@ -162,6 +168,11 @@ class TrainingPipeline:
 
     def _finish(self, run: TrainingRun, config: ModelConfig, data: LoadedData) -> None:
         hp = self.request.hp
+        exported_step = run.step
+        if self.best is not None and self.best["step"] != run.step:
+            best = self.checkpoints.load(CheckpointInfo(**self._info_of(self.best)))
+            run.trainer.load_state_dict(best["trainer"])
+            exported_step = self.best["step"]
         sampler = run.trainer.sampler().to("cpu").eval()
         exported = export_generator(sampler, latent_dim=config.latent_dim, num_classes=config.num_classes,
                                     attribute_sizes=config.attribute_sizes, seed=hp.seed)
@@ -178,6 +189,8 @@ class TrainingPipeline:
         report = quality_report(data.train, holdout, TrainingData(samples, labels, attributes),
                                 num_classes=config.num_classes, class_names=data.class_names, seed=hp.seed)
         report["holdout_is_train"] = holdout_is_train
+        report["checkpoint"] = {"step": exported_step, "last_step": run.step, "selected_by": "frechet_distance",
+                                "frechet_distance_at_selection": (self.best or {}).get("frechet_distance")}
         report["export"] = {"onnx_opset": exported.opset, "parity_max_abs_diff": exported.parity_max_abs_diff,
                             "parity_samples": exported.parity_samples}
         report_key = f"{self.prefix}/export/report.json"
@@ -200,5 +213,10 @@ class TrainingPipeline:
             loss_curve_key=curve_key,
             model_config=config.to_json(),
             parity_max_abs_diff=exported.parity_max_abs_diff,
-            checkpoint=self.checkpoints.key(run.step),
+            checkpoint=self.checkpoints.key(exported_step),
+            exported_step=exported_step,
         )
+
+    def _info_of(self, best: dict) -> dict:
+        sidecar = json.loads(self.objects.get(best["object_key"].removesuffix(".pt") + ".json"))
+        return {k: sidecar[k] for k in ("step", "object_key", "sha256", "size_bytes")}
