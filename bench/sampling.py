@@ -18,6 +18,13 @@ files. For each generator, every figure comes with its baseline from the same ru
       samples/s and p99 with dynamic batching and without (a second server with
       SIMULACRA_SAMPLING_DYNAMIC_BATCHING=false), against the limit: in-process batch 64.
 
+  (d) with --mlserver (the default of a full run): the same 32-client load written with
+      tritonclient (bench/sampling_kserve/triton_load.py, raw tensors z and labels through
+      ModelInfer) against this service's KServe endpoint and against MLServer 1.7.1 serving the
+      same ONNX file (bench/sampling_kserve/mlserver_onnx.py, adaptive batching up to 64). Both
+      tools live in a virtual environment of their own (.venv/bench-kserve, made on first use):
+      tritonclient and MLServer need protobuf < 7, the suite runs protobuf 7.
+
 The load generator is Python on the same 2 cores as the server: the figures measure the whole
 path (client included), as a training job would see it.
 """
@@ -145,8 +152,11 @@ def service(data_dir: Path, **env: str) -> Iterator[str]:
 
 
 def ort_session(onnx: bytes) -> ort.InferenceSession:
+    """The session the service makes by default (GeneratorSession): same threads, no spinning."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -230,10 +240,87 @@ def concurrent(address: str, model: str, clients: int, seconds: float) -> dict[s
     return asyncio.run(_concurrent(address, model, clients, seconds))
 
 
+KSERVE_VENV = ROOT / ".venv" / "bench-kserve"
+KSERVE_PACKAGES = ["mlserver==1.7.1", "tritonclient[grpc]==2.73.0", "onnxruntime"]
+
+
+def kserve_python() -> Path:
+    """The python of the virtual environment with MLServer and tritonclient (made once)."""
+    python = KSERVE_VENV / "bin" / "python"
+    marker = KSERVE_VENV / ".installed"
+    if marker.exists() and marker.read_text() == " ".join(KSERVE_PACKAGES):
+        return python
+    print(f"installing {', '.join(KSERVE_PACKAGES)} into {KSERVE_VENV} (once)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *KSERVE_PACKAGES], check=True)
+    marker.write_text(" ".join(KSERVE_PACKAGES))
+    return python
+
+
+def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature, clients: int, seconds: float) -> dict[str, float]:
+    script = ROOT / "bench" / "sampling_kserve" / "triton_load.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    result = subprocess.run(
+        [str(python), str(script), address, model, str(clients), str(seconds), str(sig.latent_dim)],
+        capture_output=True, text=True, check=True, env=env, timeout=600,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def mlserver(python: Path, work: Path, onnx: dict[str, bytes]) -> Iterator[str]:
+    """MLServer 1.7 serving each ONNX file with the runtime of bench/sampling_kserve/mlserver_onnx.py."""
+    import shutil
+
+    from simulacra_client.api.inference import grpc_service_pb2 as kserve
+    from simulacra_client.api.inference import grpc_service_pb2_grpc as kserve_grpc
+
+    work.mkdir(parents=True, exist_ok=True)
+    ports = [_free_port() for _ in range(3)]
+    (work / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1], "metrics_port": ports[2], "parallel_workers": 0,
+    }))
+    for model, data in onnx.items():
+        folder = work / model
+        folder.mkdir(parents=True)
+        (folder / "generator.onnx").write_bytes(data)
+        shutil.copy(ROOT / "bench" / "sampling_kserve" / "mlserver_onnx.py", folder / "mlserver_onnx.py")
+        (folder / "model-settings.json").write_text(json.dumps({
+            "name": model, "implementation": "mlserver_onnx.OnnxGenerator", "parameters": {"uri": str(folder / "generator.onnx")},
+            "max_batch_size": 64, "max_batch_time": 0.0005,
+        }))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    log = open(work / "mlserver.log", "w")
+    process = subprocess.Popen([str(python.parent / "mlserver"), "start", str(work)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{ports[1]}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if all(stub.ModelReady(kserve.ModelReadyRequest(name=m), timeout=2).ready for m in onnx):
+                        break
+                except grpc.RpcError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"MLServer did not start; see {work / 'mlserver.log'}")
+                time.sleep(0.5)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=True, help="(d): tritonclient load on our KServe endpoint and on MLServer")
     args = parser.parse_args(argv)
     plan = {
         "stream_samples": 2048 if args.quick else 20_000,
@@ -277,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
                     "unary_overhead_p50_us": (pct(remote, 0.5) - pct(local, 0.5)) * 1e6,
                     "concurrent_batching": concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"]),
                 }
+            if args.mlserver:
+                python = kserve_python()
+                for model, sig in models.items():
+                    figures[model]["kserve_tritonclient"] = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+        if args.mlserver:
+            with mlserver(python, data / "mlserver", onnx) as address:
+                for model, sig in models.items():
+                    f = figures[model]
+                    f["mlserver_tritonclient"] = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    f["ratio_kserve_to_mlserver_throughput"] = f["kserve_tritonclient"]["samples_per_s"] / f["mlserver_tritonclient"]["samples_per_s"]
+                    f["ratio_kserve_to_mlserver_p99"] = f["kserve_tritonclient"]["p99_ms"] / f["mlserver_tritonclient"]["p99_ms"]
         with service(data, SIMULACRA_SAMPLING_DYNAMIC_BATCHING="false") as address:
             for model in models:
                 result = concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"])
@@ -292,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    unary b1 p50 {f['unary_p50_us']:8.0f} us  p99 {f['unary_p99_us']:8.0f} us   in-process p50 {f['in_process_batch1_p50_us']:6.0f} us   overhead p50 {f['unary_overhead_p50_us']:6.0f} us")
         b, nb = f["concurrent_batching"], f["concurrent_no_batching"]
         print(f"    32 clients: batching {b['samples_per_s']:8.0f}/s (p99 {b['p99_ms']:.1f} ms)   no batching {nb['samples_per_s']:8.0f}/s (p99 {nb['p99_ms']:.1f} ms)   ratio {f['ratio_batching_to_no_batching']:.2f}   of the limit {f['ratio_batching_to_limit']:.2f}")
+        if "mlserver_tritonclient" in f:
+            k, m = f["kserve_tritonclient"], f["mlserver_tritonclient"]
+            print(f"    tritonclient, 32 clients: ours (KServe) {k['samples_per_s']:8.0f}/s (p99 {k['p99_ms']:.1f} ms)   MLServer 1.7 {m['samples_per_s']:8.0f}/s (p99 {m['p99_ms']:.1f} ms)   throughput x{f['ratio_kserve_to_mlserver_throughput']:.2f}   p99 x{f['ratio_kserve_to_mlserver_p99']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "sampling.py"), "--quick", "--json", str(out)],
+        [sys.executable, str(ROOT / "bench" / "sampling.py"), "--quick", "--no-mlserver", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

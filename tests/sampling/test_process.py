@@ -112,7 +112,8 @@ def sampling_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen]:
 def test_a_stream_cut_by_a_killed_server_resumes_exactly(tmp_path: Path) -> None:
     registry_at(tmp_path / "objects").register_version("digits", export(DIGITS), DIGITS, model_kind="gan")
     name, port = "models/digits/versions/latest", _free_port()
-    request = dict(seed=21, count=120, batch_size=8, format=gen_pb.SAMPLE_FORMAT_UINT8, max_in_flight=4)
+    total = 6400  # 100 messages of 16 KiB: far more than the transport buffers, so the kill cuts the stream
+    request = dict(seed=21, count=total, batch_size=64, format=gen_pb.SAMPLE_FORMAT_FLOAT32, max_in_flight=1)
     with sampling_process(tmp_path, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = api_grpc.SamplingServiceStub(channel)
@@ -136,12 +137,12 @@ def test_a_stream_cut_by_a_killed_server_resumes_exactly(tmp_path: Path) -> None
             stub = api_grpc.SamplingServiceStub(channel)
             resumed = list(
                 stub.StreamSamples(
-                    api.StreamSamplesRequest(generator=resolved, **{**request, "count": 120 - (last + 1)}, start_index=last + 1), timeout=60
+                    api.StreamSamplesRequest(generator=resolved, **{**request, "count": total - (last + 1)}, start_index=last + 1), timeout=60
                 )
             )
     joined = received + resumed
-    assert [i for r in joined for i in r.indices] == list(range(120))
-    got = np.concatenate([np.frombuffer(r.samples.data, np.uint8) for r in joined])
-    want = np.concatenate([np.frombuffer(r.samples.data, np.uint8) for r in reference])
+    assert [i for r in joined for i in r.indices] == list(range(total))
+    got = np.concatenate([np.frombuffer(r.samples.data, np.float32) for r in joined])
+    want = np.concatenate([np.frombuffer(r.samples.data, np.float32) for r in reference])
     assert np.array_equal(got, want)
     assert [label for r in joined for label in r.labels] == [label for r in reference for label in r.labels]

@@ -69,5 +69,6 @@ class SamplingConfig:
             intra_op_threads=int(get("intra_op_threads", s.intra_op_threads)),  # type: ignore[arg-type]
             inter_op_threads=int(get("inter_op_threads", s.inter_op_threads)),  # type: ignore[arg-type]
             warmup_batch_size=int(get("warmup_batch_size", s.warmup_batch_size)),  # type: ignore[arg-type]
+            spinning=bool(get("spinning", s.spinning)),
         )
         return cls(**top, batching=batching, session=session)  # type: ignore[arg-type]
