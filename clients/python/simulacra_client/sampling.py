@@ -88,7 +88,7 @@ def _batch(response: Any, indices: Sequence[int]) -> SampleBatch:
 
 
 def _common(
-    class_mix: Mapping[int, float] | None,
+    class_mix: Mapping[int, float] | str | None,
     attribute_mix: Mapping[str, Mapping[str, float]] | None,
     truncation: float | None,
     format: str,
@@ -99,7 +99,10 @@ def _common(
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be NCHW or NHWC, not {layout!r}")
     fields: dict[str, Any] = {"format": _FORMATS[format], "layout": _LAYOUTS[layout]}
-    if class_mix:
+    if isinstance(class_mix, str):  # "balance against" a dataset version: NAME@N or datasets/NAME/versions/N
+        name = class_mix if class_mix.startswith("datasets/") else "datasets/{}/versions/{}".format(*class_mix.split("@", 1))
+        fields["class_mix"] = gen_pb.ClassMix(balance_against=name)
+    elif class_mix:
         fields["class_mix"] = gen_pb.ClassMix(weights=dict(class_mix))
     if attribute_mix:
         fields["attribute_mix"] = [gen_pb.AttributeMix(name=k, weights=dict(v)) for k, v in attribute_mix.items()]
@@ -110,7 +113,7 @@ def _common(
 
 def sample_request(
     generator: str, count: int, *, seed: int = 0, start_index: int = 0, labels: Sequence[int] | None = None,
-    class_mix: Mapping[int, float] | None = None, attribute_mix: Mapping[str, Mapping[str, float]] | None = None,
+    class_mix: Mapping[int, float] | str | None = None, attribute_mix: Mapping[str, Mapping[str, float]] | None = None,
     truncation: float | None = None, format: str = "float32", layout: str = "NCHW",
 ) -> rpc.SampleRequest:
     return rpc.SampleRequest(
@@ -138,7 +141,7 @@ class _StreamState:
 def stream_request(
     generator: str, *, seed: int = 0, start_index: int = 0, count: int = 0, batch_size: int = 0,
     shard_index: int = 0, shard_count: int = 0, max_in_flight: int = 0,
-    class_mix: Mapping[int, float] | None = None, attribute_mix: Mapping[str, Mapping[str, float]] | None = None,
+    class_mix: Mapping[int, float] | str | None = None, attribute_mix: Mapping[str, Mapping[str, float]] | None = None,
     truncation: float | None = None, format: str = "float32", layout: str = "NCHW",
 ) -> rpc.StreamSamplesRequest:
     return rpc.StreamSamplesRequest(
@@ -193,7 +196,8 @@ class SamplingClient(ServiceClient):
     def sample(self, generator: str, count: int, **options: Any) -> SampleBatch:
         """Samples start_index .. start_index + count - 1 of (generator, seed) in one call.
 
-        Options: seed, start_index, labels, class_mix {label: weight}, attribute_mix
+        Options: seed, start_index, labels, class_mix ({label: weight}, or "DATASET@VERSION" to fill
+        the gaps of that version's class histogram), attribute_mix
         {attribute: {value: weight}}, truncation, format ("float32", "uint8", "png"), layout.
         """
         response = self._raw.call("Sample", sample_request(generator, count, **options))

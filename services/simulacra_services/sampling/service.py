@@ -19,6 +19,7 @@ from simulacra_services.core.registry import ModelRegistry
 from simulacra_services.core.server import CloseHook, ServiceDefinition
 from simulacra_services.core.storage import open_object_store
 from simulacra_services.sampling.api.inference import SERVICE_NAME as INFERENCE_SERVICE
+from simulacra_services.sampling.api.balance import ClassBalancer
 from simulacra_services.sampling.api.inference import InferenceServicer
 from simulacra_services.sampling.api.servicer import SamplingServicer
 from simulacra_services.sampling.config import SamplingConfig
@@ -38,12 +39,14 @@ async def register(
     objects = await asyncio.to_thread(open_object_store, settings)
     pool = GeneratorPool(ModelRegistry(objects), chosen, SamplingMetrics(metrics_registry))
     await pool.start()
-    api_grpc.add_SamplingServiceServicer_to_server(SamplingServicer(pool, chosen, settings.max_message_bytes), server)
-    inference_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(pool, chosen), server)
+    balancer = ClassBalancer(settings)
+    api_grpc.add_SamplingServiceServicer_to_server(SamplingServicer(pool, chosen, settings.max_message_bytes, balancer), server)
+    inference_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(pool, chosen, balancer), server)
 
     async def close() -> None:
         try:
             await pool.close()
+            await asyncio.to_thread(balancer.close)
         finally:
             await asyncio.to_thread(objects.close)
 

@@ -43,6 +43,10 @@ def spec_of(request: api.SampleRequest | api.StreamSamplesRequest) -> SampleSpec
         raise errors.InvalidArgument("INVALID_FORMAT", f"unknown sample format {request.format}", {"format": request.format})
     if request.layout not in _LAYOUTS:
         raise errors.InvalidArgument("INVALID_LAYOUT", f"unknown sample layout {request.layout}", {"layout": request.layout})
+    if request.class_mix.balance_against and request.class_mix.weights:
+        raise errors.InvalidArgument(
+            "CLASS_MIX_CONFLICT", "give class_mix weights or balance_against, not both", {"balance_against": request.class_mix.balance_against[:120]}
+        )
     names = [m.name for m in request.attribute_mix]
     if len(set(names)) != len(names):
         raise errors.InvalidArgument("DUPLICATE_ATTRIBUTE", "an attribute appears twice in attribute_mix", {})

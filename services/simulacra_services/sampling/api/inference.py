@@ -6,7 +6,8 @@ empty means ``SamplingConfig.default_alias``. ModelInfer has two modes:
 - raw tensors, exactly the ONNX signature: inputs ``z`` FP32 [N, latent_dim], ``labels`` INT64 [N]
   and, for generators with attributes, ``attributes`` INT64 [N, A]; output ``samples`` FP32;
 - seeded sampling, when the request has no ``z``: parameters ``seed``, ``start_index``, ``count``,
-  ``format`` ("float32", "uint8" or "png"), ``layout`` ("NCHW"/"NHWC"), ``truncation``; optional
+  ``format`` ("float32", "uint8" or "png"), ``layout`` ("NCHW"/"NHWC"), ``truncation``,
+  ``balance_against`` ("datasets/D/versions/N", as ClassMix.balance_against); optional
   input ``labels``. Outputs ``samples`` (or ``images`` BYTES for png), ``labels`` INT64,
   ``indices`` UINT64 and ``attributes`` INT64 when the generator has some: the same samples
   SamplingService.Sample returns for the same (version, seed, index).
@@ -29,6 +30,7 @@ from simulacra_client.api.inference import grpc_service_pb2_grpc as pb_grpc
 from simulacra_client.api.inference import model_config_pb2 as config_pb
 from simulacra_services.core import errors
 from simulacra_services.core.registry import check_model_id
+from simulacra_services.sampling.api.balance import ClassBalancer
 from simulacra_services.sampling.config import SamplingConfig
 from simulacra_services.sampling.runtime.encode import Format, Layout
 from simulacra_services.sampling.serving.generator import LoadedGenerator
@@ -49,9 +51,10 @@ _MAX_STREAM_IN_FLIGHT = 64
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, pool: GeneratorPool, config: SamplingConfig) -> None:
+    def __init__(self, pool: GeneratorPool, config: SamplingConfig, balancer: ClassBalancer) -> None:
         self.pool = pool
         self.config = config
+        self.balancer = balancer
 
     def _name(self, model: str, version: str) -> str:
         check_model_id(model)
@@ -323,8 +326,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if layout_name not in ("NCHW", "NHWC"):
             raise errors.InvalidArgument("INVALID_LAYOUT", f"layout must be NCHW or NHWC, not {layout_name[:40]!r}", {"layout": layout_name[:40]})
         truncation = _number(params, "truncation", None)
+        balance = _string(params, "balance_against", "")
         spec = SampleSpec(
             seed=int(_number(params, "seed", 0)) % 2**64,
+            class_mix=await self.balancer.weights(balance, generator.signature) if balance else {},
             truncation=None if truncation is None else float(truncation),
             format=_FORMATS[fmt_name],
             layout=Layout[layout_name],

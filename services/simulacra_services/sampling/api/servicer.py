@@ -7,6 +7,7 @@ error interceptor.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -19,17 +20,19 @@ from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.registry import ModelVersionRecord, parse_model_name, parse_model_version_name
 from simulacra_services.sampling.api import convert
+from simulacra_services.sampling.api.balance import ClassBalancer
 from simulacra_services.sampling.config import SamplingConfig
 from simulacra_services.sampling.runtime.encode import Format
 from simulacra_services.sampling.serving.pool import GeneratorPool
 from simulacra_services.sampling.serving.sampler import produce
-from simulacra_services.sampling.serving.spec import check_count, check_labels, check_shard, check_spec, shard_indices
+from simulacra_services.sampling.serving.spec import SampleSpec, check_count, check_labels, check_shard, check_spec, shard_indices
 from simulacra_services.sampling.serving.stream import StreamPlan, stream_batches
 
 
 class SamplingServicer(api_grpc.SamplingServiceServicer):
-    def __init__(self, pool: GeneratorPool, config: SamplingConfig, max_message_bytes: int) -> None:
+    def __init__(self, pool: GeneratorPool, config: SamplingConfig, max_message_bytes: int, balancer: ClassBalancer) -> None:
         self.pool = pool
+        self.balancer = balancer
         self.config = config
         self.metrics = pool.metrics
         self._max_message_bytes = max_message_bytes
@@ -108,6 +111,14 @@ class SamplingServicer(api_grpc.SamplingServiceServicer):
         return api.UnloadGeneratorResponse(generator=convert.generator(view, self.config.max_sample_count))
 
     # ---- samples ------------------------------------------------------------------
+    async def _balanced(self, request, spec: SampleSpec, signature) -> SampleSpec:  # noqa: ANN001
+        """``class_mix.balance_against``: the weights that fill the gaps of that dataset version."""
+        reference = request.class_mix.balance_against
+        if not reference:
+            return spec
+        weights = await self.balancer.weights(reference, signature)
+        return dataclasses.replace(spec, class_mix=weights)
+
     def _check_size(self, count: int, signature, fmt: Format) -> None:  # noqa: ANN001
         per_sample = int(np.prod(signature.sample_shape)) * (4 if fmt is Format.FLOAT32 else 1)
         if count * per_sample > self._max_message_bytes - 64 * 1024:
@@ -124,6 +135,7 @@ class SamplingServicer(api_grpc.SamplingServiceServicer):
         indices = shard_indices(request.start_index, 0, 1, count)
         async with self.pool.lease(request.generator) as generator:
             try:
+                spec = await self._balanced(request, spec, generator.signature)
                 checked = check_spec(spec, generator.signature)
                 labels = check_labels(request.labels, count, generator.signature) if request.labels else None
                 self._check_size(count, generator.signature, spec.format)
@@ -164,6 +176,7 @@ class SamplingServicer(api_grpc.SamplingServiceServicer):
         self.metrics.streams.inc()
         try:
             async with self.pool.lease(request.generator) as generator:
+                spec = await self._balanced(request, spec, generator.signature)
                 checked = check_spec(spec, generator.signature)
                 self._check_size(batch_size, generator.signature, spec.format)
                 offload = batch_size >= self.config.offload_samples

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from simulacra_client.api.common.v1 import common_pb2 as simulacra_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%simulacra/sampling/v1/generator.proto\x12\x15simulacra.sampling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a simulacra/common/v1/common.proto\"2\n\x12GeneratorAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\x96\x01\n\x0e\x42\x61tchingConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x03\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\x05\x12\x16\n\x0einstance_count\x18\x05 \x01(\x05\"b\n\x0bLoadOptions\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x1e\n\x11warmup_batch_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x42\x14\n\x12_warmup_batch_size\"\x8f\x01\n\x0c\x41ttributeMix\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x41\n\x07weights\x18\x02 \x03(\x0b\x32\x30.simulacra.sampling.v1.AttributeMix.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x04\n\tGenerator\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x05\x12\x14\n\x0coutput_shape\x18\x06 \x03(\x03\x12\x33\n\x0coutput_dtype\x18\x07 \x01(\x0e\x32\x1d.simulacra.common.v1.DataType\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x10 \x03(\x03\x12\x34\n\x05state\x18\n \x01(\x0e\x32%.simulacra.sampling.v1.GeneratorState\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x0c \x01(\t\x12\x18\n\x10max_sample_count\x18\r \x01(\x05\x12\x31\n\nload_error\x18\x0e \x01(\x0b\x32\x1d.simulacra.common.v1.JobError\x12-\n\tload_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\nattributes\x18\x11 \x03(\x0b\x32).simulacra.sampling.v1.GeneratorAttribute\x12\x37\n\x08\x62\x61tching\x18\x12 \x01(\x0b\x32%.simulacra.sampling.v1.BatchingConfig\x12\x0e\n\x06pinned\x18\x13 \x01(\x08\x12\x12\n\nmodel_kind\x18\x14 \x01(\t\"y\n\x08\x43lassMix\x12=\n\x07weights\x18\x01 \x03(\x0b\x32,.simulacra.sampling.v1.ClassMix.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa4\x01\n\x0eGeneratorState\x12\x1f\n\x1bGENERATOR_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18GENERATOR_STATE_UNLOADED\x10\x01\x12\x1b\n\x17GENERATOR_STATE_LOADING\x10\x02\x12\x1a\n\x16GENERATOR_STATE_LOADED\x10\x03\x12\x1a\n\x16GENERATOR_STATE_FAILED\x10\x04*x\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15SAMPLE_FORMAT_FLOAT32\x10\x01\x12\x17\n\x13SAMPLE_FORMAT_UINT8\x10\x02\x12\x15\n\x11SAMPLE_FORMAT_PNG\x10\x03*]\n\x0cSampleLayout\x12\x1d\n\x19SAMPLE_LAYOUT_UNSPECIFIED\x10\x00\x12\x16\n\x12SAMPLE_LAYOUT_NCHW\x10\x01\x12\x16\n\x12SAMPLE_LAYOUT_NHWC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%simulacra/sampling/v1/generator.proto\x12\x15simulacra.sampling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a simulacra/common/v1/common.proto\"2\n\x12GeneratorAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\x96\x01\n\x0e\x42\x61tchingConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x03\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\x05\x12\x16\n\x0einstance_count\x18\x05 \x01(\x05\"b\n\x0bLoadOptions\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x1e\n\x11warmup_batch_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03pin\x18\x03 \x01(\x08\x42\x14\n\x12_warmup_batch_size\"\x8f\x01\n\x0c\x41ttributeMix\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x41\n\x07weights\x18\x02 \x03(\x0b\x32\x30.simulacra.sampling.v1.AttributeMix.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x04\n\tGenerator\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x05\x12\x14\n\x0coutput_shape\x18\x06 \x03(\x03\x12\x33\n\x0coutput_dtype\x18\x07 \x01(\x0e\x32\x1d.simulacra.common.v1.DataType\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x10 \x03(\x03\x12\x34\n\x05state\x18\n \x01(\x0e\x32%.simulacra.sampling.v1.GeneratorState\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x0c \x01(\t\x12\x18\n\x10max_sample_count\x18\r \x01(\x05\x12\x31\n\nload_error\x18\x0e \x01(\x0b\x32\x1d.simulacra.common.v1.JobError\x12-\n\tload_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\nattributes\x18\x11 \x03(\x0b\x32).simulacra.sampling.v1.GeneratorAttribute\x12\x37\n\x08\x62\x61tching\x18\x12 \x01(\x0b\x32%.simulacra.sampling.v1.BatchingConfig\x12\x0e\n\x06pinned\x18\x13 \x01(\x08\x12\x12\n\nmodel_kind\x18\x14 \x01(\t\"\x92\x01\n\x08\x43lassMix\x12=\n\x07weights\x18\x01 \x03(\x0b\x32,.simulacra.sampling.v1.ClassMix.WeightsEntry\x12\x17\n\x0f\x62\x61lance_against\x18\x02 \x01(\t\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa4\x01\n\x0eGeneratorState\x12\x1f\n\x1bGENERATOR_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18GENERATOR_STATE_UNLOADED\x10\x01\x12\x1b\n\x17GENERATOR_STATE_LOADING\x10\x02\x12\x1a\n\x16GENERATOR_STATE_LOADED\x10\x03\x12\x1a\n\x16GENERATOR_STATE_FAILED\x10\x04*x\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15SAMPLE_FORMAT_FLOAT32\x10\x01\x12\x17\n\x13SAMPLE_FORMAT_UINT8\x10\x02\x12\x15\n\x11SAMPLE_FORMAT_PNG\x10\x03*]\n\x0cSampleLayout\x12\x1d\n\x19SAMPLE_LAYOUT_UNSPECIFIED\x10\x00\x12\x16\n\x12SAMPLE_LAYOUT_NCHW\x10\x01\x12\x16\n\x12SAMPLE_LAYOUT_NHWC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTEMIX_WEIGHTSENTRY']._serialized_options = b'8\001'
   _globals['_CLASSMIX_WEIGHTSENTRY']._loaded_options = None
   _globals['_CLASSMIX_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_GENERATORSTATE']._serialized_start=1313
-  _globals['_GENERATORSTATE']._serialized_end=1477
-  _globals['_SAMPLEFORMAT']._serialized_start=1479
-  _globals['_SAMPLEFORMAT']._serialized_end=1599
-  _globals['_SAMPLELAYOUT']._serialized_start=1601
-  _globals['_SAMPLELAYOUT']._serialized_end=1694
+  _globals['_GENERATORSTATE']._serialized_start=1339
+  _globals['_GENERATORSTATE']._serialized_end=1503
+  _globals['_SAMPLEFORMAT']._serialized_start=1505
+  _globals['_SAMPLEFORMAT']._serialized_end=1625
+  _globals['_SAMPLELAYOUT']._serialized_start=1627
+  _globals['_SAMPLELAYOUT']._serialized_end=1720
   _globals['_GENERATORATTRIBUTE']._serialized_start=131
   _globals['_GENERATORATTRIBUTE']._serialized_end=181
   _globals['_BATCHINGCONFIG']._serialized_start=184
@@ -56,8 +56,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTEMIX_WEIGHTSENTRY']._serialized_end=580
   _globals['_GENERATOR']._serialized_start=583
   _globals['_GENERATOR']._serialized_end=1187
-  _globals['_CLASSMIX']._serialized_start=1189
-  _globals['_CLASSMIX']._serialized_end=1310
-  _globals['_CLASSMIX_WEIGHTSENTRY']._serialized_start=1264
-  _globals['_CLASSMIX_WEIGHTSENTRY']._serialized_end=1310
+  _globals['_CLASSMIX']._serialized_start=1190
+  _globals['_CLASSMIX']._serialized_end=1336
+  _globals['_CLASSMIX_WEIGHTSENTRY']._serialized_start=1290
+  _globals['_CLASSMIX_WEIGHTSENTRY']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

@@ -396,6 +396,14 @@ class ClassMix(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     WEIGHTS_FIELD_NUMBER: _builtins.int
+    BALANCE_AGAINST_FIELD_NUMBER: _builtins.int
+    balance_against: _builtins.str
+    """Instead of weights: fill the gaps of a dataset version's class histogram,
+    "datasets/{dataset}/versions/{version}" with a version number (immutable, so
+    the draw stays reproducible). Label k gets weight M - n_k, where n_k is the
+    object count of category category_ids[k] in that version (0 when absent)
+    and M the largest n_k; all equal means uniform. Needs the annotation-store.
+    """
     @_builtins.property
     def weights(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]:
         """Label -> weight (>= 0, not all 0). Labels absent from the map are never drawn.
@@ -406,10 +414,11 @@ class ClassMix(_message.Message):
         self,
         *,
         weights: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
+        balance_against: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_against", b"balance_against", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
