@@ -204,6 +204,7 @@ def test_every_op_runs_on_uint8_and_float_gray_and_colour() -> None:
         {"shadow": {}},
         {"sun_flare": {}},
         {"grayscale": {}},
+        {"elastic": {}},
     ]
     for image in (photo(), photo(channels=1), photo().astype(np.float32) / 255.0):
         for op in ops:
@@ -269,3 +270,31 @@ def test_probability_zero_never_fires_and_one_always() -> None:
 
 
 _ = dataclasses
+
+
+def test_elastic_moves_annotations_with_the_pixels() -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[20:40, 10:30, 0] = 255
+    pixels = np.zeros((64, 64), np.uint8)
+    cv2.circle(pixels, (40, 40), 9, 1, -1)
+    image[:, :, 1] = pixels * 255
+    annotations = [
+        Annotation(Box(10, 20, 20, 20), 2, id="b"),
+        Annotation(Mask(64, 64, tuple(rle.encode(pixels))), 2, id="m"),
+        Annotation(Keypoints((Keypoint(20.5, 30.5, 2), Keypoint(0, 0, 0), Keypoint(0, 0, 0))), 1, id="k"),
+    ]
+    spec = {"elastic": {"alpha": fixed(60), "sigma": fixed(6), "interpolation": "INTERPOLATION_NEAREST"}}
+    for seed in range(5):
+        out = run([spec], image, annotations, seed=seed)
+        box, mask, points = out.annotations
+        ys, xs = np.nonzero(out.image[:, :, 0])
+        g = box.geometry
+        assert np.allclose((g.x, g.y, g.x + g.w, g.y + g.h), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), atol=1.5)
+        moved = rle.decode(list(mask.geometry.counts), 64, 64).astype(bool)
+        assert np.array_equal(moved, out.image[:, :, 1] > 0)
+        nose = points.geometry.points[0]
+        assert out.image[int(nose.y), int(nose.x), 0] == 255  # still inside the drawn square
+    cuboid = Cuboid3d(Vector3(0, 0, 10), CuboidDimensions(4, 2, 1.5), Quaternion(1, 0, 0, 0), "camera")
+    with pytest.raises(errors.InvalidArgument) as caught:
+        run([spec], image, [Annotation(cuboid, 2, id="c")])
+    assert caught.value.reason == "ANNOTATION_NOT_TRANSFORMABLE"

@@ -27,7 +27,7 @@ import numpy as np
 from simulacra_services.annotation.model import Annotation, Category
 from simulacra_services.augmentation.engine import rng as rng_module
 from simulacra_services.augmentation.engine.params import invalid
-from simulacra_services.augmentation.engine.registry import GeometricOp, ImageOp
+from simulacra_services.augmentation.engine.registry import FieldOp, GeometricOp, ImageOp
 from simulacra_services.augmentation.engine.spec import GroupNode, Node, OpNode, PipelineSpec, digest
 from simulacra_services.augmentation.engine.targets import Step, TargetTransform
 from simulacra_services.augmentation.engine.warp import Resampling, is_identity, warp
@@ -133,6 +133,13 @@ class Augmenter:
                 state.height, state.width = step.height, step.width
                 if not self.fuse:
                     self._flush(state)
+            elif isinstance(op, FieldOp):
+                self._flush(state)
+                sampled = op.sample(node.values, generator, state.height, state.width)
+                field = op.field(node.values, sampled, state.height, state.width)
+                values = node.values
+                state.image = field.remap(state.image, values["interpolation"], values["border_mode"], values["fill_value"])
+                state.steps.append(Step(np.eye(3), state.height, state.width, field))
             else:
                 assert isinstance(op, ImageOp)
                 self._flush(state)

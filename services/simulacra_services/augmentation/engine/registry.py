@@ -56,6 +56,13 @@ class GeometricOp(OpType):
         raise NotImplementedError
 
 
+class FieldOp(OpType):
+    """A non-affine warp: a displacement field (see ``field.Field``); never fused with matrices."""
+
+    def field(self, values: Mapping[str, Any], sampled: Any, height: int, width: int) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+
 class ImageOp(OpType):
     def apply(self, image: np.ndarray, values: Mapping[str, Any], sampled: Any) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError

@@ -51,6 +51,7 @@ from simulacra_services.annotation.model import (
     Polygon,
     RotatedBox,
 )
+from simulacra_services.augmentation.engine.field import Field
 from simulacra_services.augmentation.engine.params import invalid
 from simulacra_services.augmentation.engine.spec import AnnotationPolicy
 from simulacra_services.augmentation.engine.warp import Resampling, warp
@@ -110,11 +111,30 @@ def jacobian_det(matrix: np.ndarray, x: float, y: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One resampling of the image: ``matrix`` into an ``height`` x ``width`` frame."""
+    """One resampling of the image: ``matrix`` into an ``height`` x ``width`` frame, or a displacement ``field``."""
 
     matrix: np.ndarray
     height: int
     width: int
+    field: Field | None = None
+
+    def points(self, points: np.ndarray) -> np.ndarray:
+        return self.field.move(points) if self.field is not None else transform_points(self.matrix, points)
+
+    def resample_nearest(self, array: np.ndarray) -> np.ndarray:
+        if self.field is not None:
+            return self.field.remap(array, nearest=True)
+        return warp(array, self.matrix, self.height, self.width, Resampling(), nearest=True)
+
+
+def densify(corners: np.ndarray, per_edge: int = 16) -> np.ndarray:
+    """Points along the edges of a closed polygon (a non-affine warp bends its edges)."""
+    out = []
+    for index in range(len(corners)):
+        a, b = corners[index], corners[(index + 1) % len(corners)]
+        t = np.arange(per_edge)[:, None] / per_edge
+        out.append(a + (b - a) * t)
+    return np.concatenate(out)
 
 
 @dataclasses.dataclass
@@ -153,6 +173,7 @@ class TargetTransform:
         self.categories = categories
         self.path = path
         self.mirrored = jacobian_det(self.matrix, self.in_w / 2.0, self.in_h / 2.0) < 0
+        self.bends = any(step.field is not None for step in self.steps)
 
     def apply(self, annotations: Sequence[Annotation]) -> tuple[list[Annotation], int]:
         shapes: dict[str, _Shape] = {}
@@ -180,7 +201,7 @@ class TargetTransform:
         indices = [
             i for i, a in enumerate(annotations) if isinstance(a.geometry, Box) and not (a.instance_id and a.instance_id in shapes)
         ]
-        if not indices:
+        if not indices or self.bends:
             return set()
         boxes = np.array([[annotations[i].geometry.x, annotations[i].geometry.y, annotations[i].geometry.w, annotations[i].geometry.h] for i in indices])
         x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
@@ -227,14 +248,20 @@ class TargetTransform:
         for step in self.steps:
             if len(clipped) < 3:
                 break
-            clipped = clip_polygon(transform_points(step.matrix, clipped), step.width, step.height)
-        return clipped, polygon_area(transform_points(self.matrix, points))
+            clipped = clip_polygon(step.points(clipped), step.width, step.height)
+        return clipped, polygon_area(self._move(points))
+
+    def _move(self, points: np.ndarray) -> np.ndarray:
+        """Points through every step, unclipped."""
+        for step in self.steps:
+            points = step.points(points)
+        return points
 
     def _points_inside(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Points through every step, and whether each stayed inside every frame."""
         inside = np.ones(len(points), dtype=bool)
         for step in self.steps:
-            points = transform_points(step.matrix, points)
+            points = step.points(points)
             inside &= (points[:, 0] >= 0) & (points[:, 0] <= step.width) & (points[:, 1] >= 0) & (points[:, 1] <= step.height)
         return points, inside
 
@@ -245,7 +272,8 @@ class TargetTransform:
         if isinstance(geometry, Polygon):
             parts, total, visible = [], 0.0, 0.0
             for part in geometry.parts:
-                clipped, full = self._through(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+                points = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+                clipped, full = self._through(densify(points, 4) if self.bends else points)
                 total += full
                 area = polygon_area(clipped)
                 if len(clipped) >= 3 and area > _EPS:
@@ -265,7 +293,7 @@ class TargetTransform:
         before = float(pixels.sum())
         moved = pixels
         for step in self.steps:
-            moved = warp(moved, step.matrix, step.height, step.width, Resampling(), nearest=True)
+            moved = step.resample_nearest(moved)
         after = float(moved.sum())
         counts = rle.encode(moved)
         x, y, w, h = rle.to_bbox(counts, self.out_h)
@@ -304,6 +332,8 @@ class TargetTransform:
             visible = shape.visible
         else:
             corners = np.array([[box.x, box.y], [box.x + box.w, box.y], [box.x + box.w, box.y + box.h], [box.x, box.y + box.h]])
+            if self.bends:
+                corners = densify(corners)
             # The box of the clipped quadrilateral: where the frame cuts a turned box, this is the
             # box of what is visible, not the (looser) clipped box of all four corners.
             clipped, full = self._through(corners)
@@ -322,7 +352,7 @@ class TargetTransform:
         v = np.array([-math.sin(a), math.cos(a)]) * box.h / 2.0
         c = np.array([box.cx, box.cy])
         corners = np.array([c - u - v, c + u - v, c + u + v, c - u + v])
-        moved = transform_points(self.matrix, corners)
+        moved = self._move(corners)
         e1, e2 = moved[1] - moved[0], moved[3] - moved[0]
         if abs(float(np.dot(e1, e2))) <= 1e-6 * (np.linalg.norm(e1) * np.linalg.norm(e2) + _EPS):
             w, h = float(np.linalg.norm(e1)), float(np.linalg.norm(e2))
@@ -368,14 +398,14 @@ class TargetTransform:
 
     def _cuboid(self, annotation: Annotation, cuboid: Cuboid3d, field: str) -> Annotation | None:
         m = self.matrix
-        if not (abs(m[0, 1]) < _EPS and abs(m[1, 0]) < _EPS and abs(m[2, 0]) < _EPS and abs(m[2, 1]) < _EPS and m[0, 0] > 0 and m[1, 1] > 0):
+        if self.bends or not (abs(m[0, 1]) < _EPS and abs(m[1, 0]) < _EPS and abs(m[2, 0]) < _EPS and abs(m[2, 1]) < _EPS and m[0, 0] > 0 and m[1, 1] > 0):
             if self.policy.drop_untransformable:
                 return None
             raise invalid(
                 "ANNOTATION_NOT_TRANSFORMABLE",
                 f"{field}.cuboid",
                 "a 3D cuboid follows only crops, resizes and pads (positive scale and translation); "
-                "this pipeline flips, rotates, shears or warps the image",
+                "this pipeline flips, rotates, shears, warps or bends (elastic) the image",
             )
         sx, sy, tx, ty = m[0, 0] / m[2, 2], m[1, 1] / m[2, 2], m[0, 2] / m[2, 2], m[1, 2] / m[2, 2]
         intrinsics = cuboid.intrinsics
@@ -390,7 +420,7 @@ class TargetTransform:
         little = np.dtype(pixel_map.dtype.value).newbyteorder("<")
         moved = np.frombuffer(pixel_map.data, dtype=little).reshape(pixel_map.shape).astype(little.newbyteorder("="))
         for step in self.steps:
-            moved = warp(moved, step.matrix, step.height, step.width, Resampling(), nearest=True)
+            moved = step.resample_nearest(moved)
         shape = (self.out_h, self.out_w) + tuple(pixel_map.shape[2:])
         data = np.ascontiguousarray(moved.reshape(shape), dtype=little).tobytes()
         return dataclasses.replace(annotation, geometry=dataclasses.replace(pixel_map, shape=shape, data=data, sha256=""))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from simulacra_services.augmentation.engine.params import Bool, Float, Int, Range, border_mode, interpolation, invalid
-from simulacra_services.augmentation.engine.registry import GeometricOp, Warp, register, uniform
+from simulacra_services.augmentation.engine.registry import FieldOp, GeometricOp, Warp, register, uniform
 
 
 def translation(tx: float, ty: float) -> np.ndarray:
@@ -276,3 +276,33 @@ class Resize(GeometricOp):
         s = min(out_h / height, out_w / width)
         offset = translation((out_w - width * s) / 2.0, (out_h - height * s) / 2.0)
         return _geometry(values, offset @ scaling(s, s), out_h, out_w)
+
+
+@register
+class Elastic(FieldOp):
+    """Elastic distortion (Simard et al.): uniform noise smoothed by a Gaussian of ``sigma`` pixels,
+    scaled by ``alpha`` pixels, as Albumentations' ElasticTransform. Annotations follow the field."""
+
+    name = "elastic"
+    params = {
+        "alpha": Range((30.0, 30.0), 0.0, 1000.0),
+        "sigma": Range((5.0, 5.0), 0.0, 100.0, open_lo=True),
+        "interpolation": interpolation(),
+        "border_mode": border_mode(),
+        "fill_value": Float(0.0, 0.0, 255.0),
+    }
+
+    def sample(self, values, rng, height, width):
+        return uniform(rng, values["alpha"]), uniform(rng, values["sigma"]), int(rng.integers(0, 2**63))
+
+    def field(self, values, sampled, height, width):
+        import cv2
+
+        from simulacra_services.augmentation.engine.field import Field
+
+        alpha, sigma, noise_seed = sampled
+        noise = np.random.Generator(np.random.Philox(key=noise_seed)).uniform(-1.0, 1.0, size=(2, height, width)).astype(np.float32)
+        k = int(2 * math.ceil(3.0 * sigma) + 1)
+        dx = cv2.GaussianBlur(noise[0], (k, k), sigma, borderType=cv2.BORDER_REFLECT_101) * np.float32(alpha)
+        dy = cv2.GaussianBlur(noise[1], (k, k), sigma, borderType=cv2.BORDER_REFLECT_101) * np.float32(alpha)
+        return Field(dx, dy)

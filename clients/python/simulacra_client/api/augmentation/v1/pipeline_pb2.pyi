@@ -279,6 +279,7 @@ class Op(_message.Message):
     RANDOM_CROP_FIELD_NUMBER: _builtins.int
     CENTER_CROP_FIELD_NUMBER: _builtins.int
     PAD_FIELD_NUMBER: _builtins.int
+    ELASTIC_FIELD_NUMBER: _builtins.int
     BRIGHTNESS_CONTRAST_FIELD_NUMBER: _builtins.int
     GAMMA_FIELD_NUMBER: _builtins.int
     HUE_SATURATION_VALUE_FIELD_NUMBER: _builtins.int
@@ -336,6 +337,8 @@ class Op(_message.Message):
     @_builtins.property
     def pad(self) -> Global___PadOp: ...
     @_builtins.property
+    def elastic(self) -> Global___ElasticOp: ...
+    @_builtins.property
     def brightness_contrast(self) -> Global___BrightnessContrastOp: ...
     @_builtins.property
     def gamma(self) -> Global___GammaOp: ...
@@ -391,6 +394,7 @@ class Op(_message.Message):
         random_crop: Global___RandomCropOp | None = ...,
         center_crop: Global___CenterCropOp | None = ...,
         pad: Global___PadOp | None = ...,
+        elastic: Global___ElasticOp | None = ...,
         brightness_contrast: Global___BrightnessContrastOp | None = ...,
         gamma: Global___GammaOp | None = ...,
         hue_saturation_value: Global___HueSaturationValueOp | None = ...,
@@ -406,13 +410,13 @@ class Op(_message.Message):
         random_order: Global___RandomOrderOp | None = ...,
         registered: Global___RegisteredOp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
     _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "transpose", "perspective", "crop", "random_crop", "center_crop", "pad", "brightness_contrast", "gamma", "hue_saturation_value", "grayscale", "motion_blur", "jpeg", "snow", "shadow", "sun_flare", "sequential", "one_of", "some_of", "random_order", "registered"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "transpose", "perspective", "crop", "random_crop", "center_crop", "pad", "elastic", "brightness_contrast", "gamma", "hue_saturation_value", "grayscale", "motion_blur", "jpeg", "snow", "shadow", "sun_flare", "sequential", "one_of", "some_of", "random_order", "registered"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
@@ -1381,6 +1385,50 @@ class SunFlareOp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SunFlareOp: _TypeAlias = SunFlareOp  # noqa: Y015
+
+@_typing.final
+class ElasticOp(_message.Message):
+    """Elastic distortion: uniform noise smoothed by a Gaussian of `sigma` pixels and
+    scaled by `alpha` pixels displaces every pixel (Albumentations' ElasticTransform).
+    Annotations follow the field (box and polygon edges bend with it); 3D cuboids
+    cannot (ANNOTATION_NOT_TRANSFORMABLE unless the policy drops them). Never fused
+    with the matrix ops around it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALPHA_FIELD_NUMBER: _builtins.int
+    SIGMA_FIELD_NUMBER: _builtins.int
+    INTERPOLATION_FIELD_NUMBER: _builtins.int
+    BORDER_MODE_FIELD_NUMBER: _builtins.int
+    FILL_VALUE_FIELD_NUMBER: _builtins.int
+    interpolation: Global___Interpolation.ValueType
+    border_mode: Global___BorderMode.ValueType
+    fill_value: _builtins.float
+    @_builtins.property
+    def alpha(self) -> Global___FloatRange:
+        """Unset means 30."""
+
+    @_builtins.property
+    def sigma(self) -> Global___FloatRange:
+        """> 0; unset means 5."""
+
+    def __init__(
+        self,
+        *,
+        alpha: Global___FloatRange | None = ...,
+        sigma: Global___FloatRange | None = ...,
+        interpolation: Global___Interpolation.ValueType = ...,
+        border_mode: Global___BorderMode.ValueType = ...,
+        fill_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "sigma", b"sigma"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "border_mode", b"border_mode", "fill_value", b"fill_value", "interpolation", b"interpolation", "sigma", b"sigma"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ElasticOp: _TypeAlias = ElasticOp  # noqa: Y015
 
 @_typing.final
 class SequentialOp(_message.Message):
