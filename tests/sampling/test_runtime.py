@@ -218,3 +218,16 @@ async def test_a_cancelled_request_leaves_the_batch_and_disabled_batching_runs_a
     await asyncio.gather(*(unbatched.infer(np.zeros((1, 2), np.float32), np.zeros(1, np.int64)) for _ in range(5)))
     await unbatched.close()
     assert alone.sizes == [1] * 5
+
+
+def test_one_pass_inputs_equal_the_reference_functions() -> None:
+    idx = np.arange(1000, 1064, dtype=np.uint64)
+    mixes = [(1.0, 1.0, 1.0), (0.0, 2.0)]
+    for truncation in (None, 0.7):
+        z, labels, attributes = noise.inputs(5, idx, 30, truncation=truncation, label_mix={1: 1.0, 4: 2.0}, num_classes=10, attribute_mixes=mixes)
+        assert np.array_equal(z, noise.latents(5, idx, 30, truncation))
+        assert np.array_equal(labels, noise.labels(5, idx, {1: 1.0, 4: 2.0}, 10))
+        assert np.array_equal(attributes, noise.attributes(5, idx, mixes))
+    _, uniform, none = noise.inputs(5, idx, 30, label_mix={}, num_classes=10)
+    assert np.array_equal(uniform, noise.labels(5, idx, {}, 10)) and none is None
+    assert not noise.inputs(5, idx, 30, label_mix=None, num_classes=10)[1].any()  # the caller's labels

@@ -165,3 +165,59 @@ def attributes(seed: int, indices: np.ndarray, mixes: Sequence[Sequence[float]])
     for a, weights in enumerate(mixes):
         out[:, a] = draw_categorical(seed, indices, PURPOSE_ATTRIBUTE, a, weights)
     return out
+
+
+def _categorical_from_words(x0: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    cumulative = np.cumsum(w)
+    chosen = np.searchsorted(cumulative, _uniform(x0) * cumulative[-1], side="right")
+    return np.minimum(chosen, int(np.nonzero(w > 0)[0][-1])).astype(np.int64)
+
+
+def inputs(
+    seed: int,
+    indices: np.ndarray,
+    latent_dim: int,
+    *,
+    truncation: float | None = None,
+    label_mix: Mapping[int, float] | None = None,
+    num_classes: int = 0,
+    attribute_mixes: Sequence[Sequence[float]] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(z, labels, attributes) of ``latents``, ``labels`` and ``attributes`` at once: the same
+    numbers, with one Philox pass over every block (the fixed numpy cost of small calls is paid
+    once). ``label_mix`` None means the caller gives the labels (zeros returned here)."""
+    indices = np.asarray(indices, dtype=np.uint64)
+    n = indices.shape[0]
+    key = _key(seed)
+    blocks = (latent_dim + 3) // 4
+    draw_label = label_mix is not None and num_classes > 0
+    extra = (1 if draw_label else 0) + len(attribute_mixes)
+    per_sample = blocks + extra
+    sample_of = np.repeat(indices, per_sample)
+    block_ids = np.concatenate([np.arange(blocks), np.zeros(1 if draw_label else 0), np.arange(len(attribute_mixes))]).astype(np.uint64)
+    purposes = np.concatenate(
+        [np.full(blocks, PURPOSE_LATENT), np.full(1 if draw_label else 0, PURPOSE_LABEL), np.full(len(attribute_mixes), PURPOSE_ATTRIBUTE)]
+    ).astype(np.uint64)
+    counters = np.empty((n * per_sample, 4), dtype=np.uint64)
+    counters[:, 0] = sample_of & _MASK32
+    counters[:, 1] = sample_of >> _SHIFT32
+    counters[:, 2] = np.tile(block_ids, n)
+    counters[:, 3] = np.tile(purposes << np.uint64(16), n)
+    words = philox4x32(counters, key).reshape(n, per_sample, 4)
+    z = _normals(words[:, :blocks]).reshape(n, blocks * 4)[:, :latent_dim]
+    if truncation is not None:
+        # rare redraws: the reference path, on the coordinates outside only
+        cut = latents(seed, indices, latent_dim, truncation)
+    else:
+        cut = z.astype(np.float32)
+    labels_out = np.zeros(n, dtype=np.int64)
+    if draw_label:
+        keys = sorted(label_mix) if label_mix else list(range(num_classes))
+        weights = [label_mix[k] for k in keys] if label_mix else [1.0] * num_classes
+        labels_out = np.asarray(keys, dtype=np.int64)[_categorical_from_words(words[:, blocks, 0], weights)]
+    attrs = None
+    if attribute_mixes:
+        first = blocks + (1 if draw_label else 0)
+        attrs = np.stack([_categorical_from_words(words[:, first + a, 0], w) for a, w in enumerate(attribute_mixes)], axis=1)
+    return cut, labels_out, attrs

@@ -38,11 +38,12 @@ def draw_inputs(
     """(z, labels, attributes) of the given sample indices: pure functions of (seed, index, spec)."""
     sig = generator.signature
     spec = checked.spec
-    z = noise.latents(spec.seed, indices, sig.latent_dim, spec.truncation)
-    if labels is None:
-        labels = noise.labels(spec.seed, indices, checked.class_mix, sig.num_classes)
-    attributes = noise.attributes(spec.seed, indices, checked.attribute_weights) if sig.attributes else None
-    return z, labels, attributes
+    z, drawn, attributes = noise.inputs(
+        spec.seed, indices, sig.latent_dim, truncation=spec.truncation,
+        label_mix=checked.class_mix if labels is None else None, num_classes=sig.num_classes,
+        attribute_mixes=checked.attribute_weights if sig.attributes else (),
+    )
+    return z, drawn if labels is None else labels, attributes
 
 
 async def produce(
