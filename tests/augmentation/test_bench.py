@@ -29,4 +29,5 @@ def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
     # One resampling is closer to the ideal than one per op.
     assert figures["sharpness"]["fused_psnr_db"] > figures["sharpness"]["op_by_op_psnr_db"]
     assert figures["stream"]["ratio_stream_to_in_process"] > 0
+    assert figures["job"]["items_written"] == figures["job"]["items"] == 200 and figures["job"]["items_per_s"] > 0
     assert "Summary" in result.stdout and "ratio" in result.stdout
