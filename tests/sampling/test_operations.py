@@ -135,3 +135,29 @@ async def test_a_slow_client_bounds_what_the_server_computes(tmp_path: Path) -> 
         inferred = stats.model_stats[0].inference_count
         # read 1, 2 waiting in the queue, 1 being written, and what the HTTP/2 windows hold (a few MiB at most)
         assert inferred <= batch * (1 + 2 + 1 + 12)
+
+
+async def test_cancelling_a_stream_stops_its_work_and_deadlines_are_honoured(sampling: Sampling) -> None:
+    sampling.register("digits")
+    statistics = inference_grpc.GRPCInferenceServiceStub(sampling.channel)
+
+    async def inferred() -> int:
+        stats = await statistics.ModelStatistics(inference_pb.ModelStatisticsRequest(name="digits"))
+        return stats.model_stats[0].inference_count
+
+    call = sampling.stub.StreamSamples(api.StreamSamplesRequest(generator="models/digits/versions/1", batch_size=32, max_in_flight=2))
+    await call.read()
+    await call.read()
+    call.cancel()
+    await asyncio.sleep(0.5)  # let the cancellation reach the server
+    after_cancel = await inferred()
+    await asyncio.sleep(0.5)
+    assert await inferred() == after_cancel  # nothing runs for a stream nobody reads
+
+    limited = sampling.stub.StreamSamples(api.StreamSamplesRequest(generator="models/digits/versions/1", batch_size=32), timeout=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in limited:  # an endless stream: only the deadline ends it
+            pass
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    response = await sampling.sample("models/digits/versions/1", 4, seed=1)  # the server is fine afterwards
+    assert len(response.indices) == 4
