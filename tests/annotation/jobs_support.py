@@ -1,11 +1,12 @@
 """Shared pieces of the import/export job tests (tests/annotation/test_jobs_*.py).
 
 - ``job_service``: the ``JobService`` inside the running test service (the
-  ``annotation`` fixture of conftest.py), so that a test can make its chunks
-  small or stop a job at a known chunk boundary through ``chunk_hook``.
-  Import it together with ``annotation`` into a test module::
+  ``annotation`` fixture of conftest.py, built through the service's
+  ``job_service`` dependency), so that a test can make its chunks small or
+  stop a job at a known chunk boundary through ``chunk_hook``. Import it
+  together with ``annotation`` into a test module::
 
-      from .jobs_support import annotation, job_service, recorded_job_services  # noqa: F401
+      from .jobs_support import annotation, annotation_dependencies, job_service, recorded_job_services  # noqa: F401
 
 - ``sdk(annotation)``: the SDK client to the running service; its calls block,
   so tests run them with ``asyncio.to_thread``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,29 +30,35 @@ from PIL import Image
 from simulacra_client.annotation import AnnotationClient
 
 from simulacra_services.annotation import jobs as jobs_module
-from simulacra_services.annotation import service as service_module
 
 from .coco_sample import KEYPOINTS, coco_document  # noqa: F401 - KEYPOINTS re-exported to the job tests
 from .conftest import Annotations
 
+class JobServiceRecorder(list):
+    """A ``job_service`` dependency of the service's ``register``: builds the real ``JobService``
+    and keeps each one it builds, so that a test can tune it (no patching of any class)."""
+
+    def __call__(self, *args: object, **kwargs: object) -> jobs_module.JobService:
+        service = jobs_module.JobService(*args, **kwargs)
+        self.append(service)
+        return service
+
+
 @pytest.fixture
-def recorded_job_services(monkeypatch: pytest.MonkeyPatch) -> list[jobs_module.JobService]:
+def recorded_job_services() -> JobServiceRecorder:
     """Every JobService the service builds while the test runs."""
-    created: list[jobs_module.JobService] = []
-    original = jobs_module.JobService
-
-    class Recorded(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            created.append(self)
-
-    monkeypatch.setattr(service_module, "JobService", Recorded)
-    return created
+    return JobServiceRecorder()
 
 
 @pytest.fixture
-async def annotation(recorded_job_services: list, annotation: Annotations) -> AsyncIterator[Annotations]:
-    """conftest's running service, started after JobService is being recorded."""
+def annotation_dependencies(recorded_job_services: JobServiceRecorder) -> dict[str, Any]:
+    """conftest's running service gets the recorder as its ``job_service`` dependency."""
+    return {"job_service": recorded_job_services}
+
+
+@pytest.fixture
+async def annotation(annotation: Annotations) -> AsyncIterator[Annotations]:
+    """conftest's running service (kept for the modules that import it from here)."""
     yield annotation
 
 

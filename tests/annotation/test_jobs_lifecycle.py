@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,13 +25,15 @@ from simulacra_client.errors import SimulacraRpcError
 from simulacra_services.annotation import jobs as jobs_module
 from simulacra_services.annotation.service import DEFINITION
 from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.annotation.tables import jobs as jobs_table
 from simulacra_services.core import db
+from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.config import Settings
 from simulacra_services.core.server import METRICS_OFF, ServiceServer
 from simulacra_services.core.storage import open_object_store
 
 from .conftest import Annotations, item_upload, png, rpc_error
-from .jobs_support import annotation, job_service, recorded_job_services, sdk  # noqa: F401
+from .jobs_support import annotation, annotation_dependencies, job_service, recorded_job_services, sdk  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -212,7 +215,7 @@ async def test_a_commit_after_a_cancelled_import_makes_no_new_version(
 
 
 async def test_a_queued_job_is_cancelled_at_once(annotation: Annotations, job_service: jobs_module.JobService, gates: list[Gate]) -> None:
-    job_service._slots = asyncio.Semaphore(1)  # one job at a time, so that the second one waits
+    job_service.runner.max_running = 1  # one job at a time, so that the second one waits
     gate = gate_at(gates, job_service, "start", 0)
     await annotation.create_dataset("queue")
     first = await create_mnist_job(annotation, "queue", 10, seed=1)
@@ -339,35 +342,51 @@ def _store(settings: Settings) -> AnnotationStore:
 
 @pytest.fixture
 async def local_server(tmp_path: Path, recorded_job_services: list) -> AsyncIterator[ServiceServer]:
-    server = ServiceServer(DEFINITION, _local_settings(tmp_path), port=0, metrics_port=METRICS_OFF)
+    definition = DEFINITION.with_dependencies(job_service=recorded_job_services)
+    server = ServiceServer(definition, _local_settings(tmp_path), port=0, metrics_port=METRICS_OFF)
     await server.start()
     yield server
     await server.stop(0.5)  # a no-op when the test stopped it
+
+
+async def _ended(get: Any, name: str) -> Any:
+    """The job once the restarted service's runner has dealt with it."""
+    while True:
+        job = await asyncio.to_thread(get, name)
+        if job.state in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+            return job
+        await asyncio.sleep(0.02)
 
 
 async def test_jobs_left_unfinished_by_a_previous_process_are_marked_interrupted(tmp_path: Path) -> None:
     settings = _local_settings(tmp_path)
     store = await asyncio.to_thread(_store, settings)
     await asyncio.to_thread(store.create_dataset, "restart")
-    running, _ = await asyncio.to_thread(store.create_job, "restart", kind="import", format="mnist", request="{}", state="JOB_STATE_RUNNING")
-    queued, _ = await asyncio.to_thread(store.create_job, "restart", kind="export", format="COCO", request="{}")
-    cancelling, _ = await asyncio.to_thread(store.create_job, "restart", kind="import", format="coco", request="{}", state="JOB_STATE_RUNNING")
-    await asyncio.to_thread(store.request_job_cancel, "restart", "import", cancelling.job_id)
+    jobs = JobStore(store.engine, jobs_table)
+    spec = {"format": "mnist", "job": {}}
+    # Rows as a previous process left them: one running (its runner gone), one queued, one being cancelled.
+    running, _ = await asyncio.to_thread(jobs.create, "import", spec, parent="datasets/restart")
+    await asyncio.to_thread(jobs.claim, running.job_id, "previous-process", 0.01)
+    queued, _ = await asyncio.to_thread(jobs.create, "export", {"format": "COCO", "job": {}}, parent="datasets/restart")
+    cancelling, _ = await asyncio.to_thread(jobs.create, "import", spec, parent="datasets/restart")
+    await asyncio.to_thread(jobs.claim, cancelling.job_id, "previous-process", 0.01)
+    await asyncio.to_thread(jobs.request_cancel, "import", cancelling.job_id)
     store.engine.dispose()
     server = ServiceServer(DEFINITION, settings, port=0, metrics_port=METRICS_OFF)
     await server.start()
     try:
         annotation = Annotations(None, None, server, "local-sqlite")  # type: ignore[arg-type]
         with sdk(annotation) as client:
-            imported = await asyncio.to_thread(client.get_import_job, f"datasets/restart/importJobs/{running.job_id}")
-            exported = await asyncio.to_thread(client.get_export_job, f"datasets/restart/exportJobs/{queued.job_id}")
-            cancelled = await asyncio.to_thread(client.get_import_job, f"datasets/restart/importJobs/{cancelling.job_id}")
+            imported = await _ended(client.get_import_job, f"datasets/restart/importJobs/{running.job_id}")
+            exported = await _ended(client.get_export_job, f"datasets/restart/exportJobs/{queued.job_id}")
+            cancelled = await _ended(client.get_import_job, f"datasets/restart/importJobs/{cancelling.job_id}")
     finally:
         await server.stop(0.5)
-    for job in (imported, exported):
-        assert job.state == common_pb2.JOB_STATE_FAILED
-        assert (job.error.reason, job.error.code) == ("INTERRUPTED", grpc.StatusCode.ABORTED.value[0])
-        assert "again" in job.error.message
+    assert imported.state == common_pb2.JOB_STATE_FAILED
+    assert (imported.error.reason, imported.error.code) == ("INTERRUPTED", grpc.StatusCode.ABORTED.value[0])
+    assert "again" in imported.error.message
+    # A job the previous process had not started is simply run (here its empty request fails it).
+    assert (exported.state, exported.error.reason) == (common_pb2.JOB_STATE_FAILED, "INVALID_NAME")
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED and not cancelled.HasField("error")
 
 
@@ -388,18 +407,18 @@ async def test_stopping_the_service_interrupts_an_import_and_undoes_its_writes(
         written = await asyncio.to_thread(client.get_dataset, "stopping")
     assert written.item_count == 40
     stopping = asyncio.create_task(local_server.stop(0.5))
-    while not service._stopping.is_set():  # wait for the close hook to begin (an event, not a duration)
+    while not service.runner.closing:  # wait for the close hook to begin (an event, not a duration)
         await asyncio.sleep(0.01)
     gate.release.set()
     await stopping
     store = await asyncio.to_thread(_store, _local_settings(tmp_path))
     try:
         dataset = await asyncio.to_thread(store.get_dataset, "stopping")
-        job = await asyncio.to_thread(store.get_job, "stopping", "import", created.name.rsplit("/", 1)[1])
+        job = await asyncio.to_thread(JobStore(store.engine, jobs_table).get, "import", created.name.rsplit("/", 1)[1])
     finally:
         store.engine.dispose()
     assert (dataset.item_count, dataset.category_count) == (0, 0)
-    assert job.state == "JOB_STATE_FAILED" and '"INTERRUPTED"' in job.error
+    assert job.state == "JOB_STATE_FAILED" and job.error is not None and job.error.reason == "INTERRUPTED"
 
 
 async def test_the_sdk_raises_a_typed_error_for_a_job_it_cannot_find(local_server: ServiceServer) -> None:

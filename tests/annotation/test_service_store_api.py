@@ -11,7 +11,9 @@ from simulacra_services.annotation import importers, validation
 from simulacra_services.annotation.model import Annotation, Category, ClassLabel
 from simulacra_services.annotation.records import ImageInput, NewItem
 from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.annotation.tables import jobs as jobs_table
 from simulacra_services.core import db, errors
+from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.storage import LocalObjectStore
 
 from .conftest import png
@@ -75,38 +77,72 @@ def test_iter_items_reads_a_version_in_order_and_by_shard(store: AnnotationStore
     assert store.count_items("it", 1, 'file_name = ""') == 30 and store.count_items("it") == 29
 
 
+def _jobs(store: AnnotationStore) -> JobStore:
+    return JobStore(store.engine, jobs_table)
+
+
+def _set_state(store: AnnotationStore, job_id: str, state: str) -> None:
+    with db.transaction(store.engine) as conn:
+        conn.execute(jobs_table.update().where(jobs_table.c.job_id == job_id).values(state=state))
+
+
 def test_jobs_are_idempotent_by_request_id_and_cancellable(store: AnnotationStore) -> None:
     store.create_dataset("jobs")
-    job, created = store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="d1")
-    again, created_again = store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="d1")
-    assert created and not created_again and again.job_id == job.job_id
+    jobs = _jobs(store)
+    spec = {"format": "coco", "job": {}}
+    job, created = store.create_job(jobs, "jobs", "import", spec, label="coco", request_id="r1", job_id="j1")
+    again, created_again = store.create_job(jobs, "jobs", "import", spec, label="coco", request_id="r1", job_id="j2")
+    assert created and not created_again and again.job_id == job.job_id == "j1"
+    assert (job.parent, job.label, job.state) == ("datasets/jobs", "coco", "JOB_STATE_QUEUED")
     with pytest.raises(errors.AlreadyExists) as caught:
-        store.create_job("jobs", kind="import", format="coco", request="{}", request_id="r1", payload_digest="other")
+        store.create_job(jobs, "jobs", "import", {"format": "coco", "job": {"x": 1}}, label="coco", request_id="r1", job_id="j3")
     assert caught.value.reason == "REQUEST_ID_REUSED"
-    assert store.request_job_cancel("jobs", "import", job.job_id).state == "JOB_STATE_CANCELLING"
-    done = store.update_job(job.job_id, state="JOB_STATE_CANCELLED", end_time=db.utcnow())
-    assert store.request_job_cancel("jobs", "import", job.job_id) == done
-    assert store.unfinished_jobs() == []
     with pytest.raises(errors.NotFound) as caught:
-        store.get_job("jobs", "export", job.job_id)
+        store.create_job(jobs, "nobody", "import", spec, label="coco", request_id="", job_id="j4")
+    assert caught.value.reason == "DATASET_NOT_FOUND"
+    assert jobs.request_cancel("import", job.job_id).state == "JOB_STATE_CANCELLED"  # queued: at once
+    with pytest.raises(errors.NotFound) as caught:
+        jobs.get("export", job.job_id)
     assert caught.value.reason == "JOB_NOT_FOUND"
+    store.delete_dataset("jobs", force=True)
+    assert jobs.list("import") == []
 
 
 def test_commit_is_refused_while_an_import_job_is_unfinished(store: AnnotationStore) -> None:
     store.create_dataset("busy", categories=[Category(1, "one")])
     store.write_batch("busy", [_item("a", 1)])
-    job, _ = store.create_job("busy", kind="import", format="mnist", request="{}")  # QUEUED from its creation
-    store.create_job("busy", kind="export", format="COCO", request="{}")  # exports read versions: no obstacle
+    jobs = _jobs(store)
+    job, _ = store.create_job(jobs, "busy", "import", {"format": "mnist", "job": {}}, label="mnist", request_id="", job_id="imp")
+    store.create_job(jobs, "busy", "export", {"format": "COCO", "job": {}}, label="COCO", request_id="", job_id="exp")  # exports: no obstacle
     for state in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
-        store.update_job(job.job_id, state=state)
+        _set_state(store, job.job_id, state)
         with pytest.raises(errors.FailedPrecondition) as caught:
             store.commit_version("busy")
         assert caught.value.reason == "IMPORT_IN_PROGRESS", state
         assert caught.value.metadata == {"dataset": "datasets/busy", "job": f"datasets/busy/importJobs/{job.job_id}"}
     assert store.get_dataset("busy").latest_version == 0
     for state in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_SUCCEEDED"):
-        store.update_job(job.job_id, state=state)
+        _set_state(store, job.job_id, state)
         assert store.commit_version("busy", f"after {state}")[0].version == 1
+
+
+def test_an_imports_writes_are_known_exactly_and_discarded(store: AnnotationStore) -> None:
+    store.create_dataset("undo", categories=[Category(1, "one")])
+    store.write_batch("undo", [_item("kept", 1)])
+    new = [Category(1, "one"), Category(2, "two"), Category(3, "three")]
+    chunk0 = store.prepare_items("undo", [_item("a", 2, seed=1), _item("b", 3, seed=2)], extra_categories=new)
+    chunk1 = store.prepare_items("undo", [_item("c", 1, seed=3)])
+    store.commit_items("undo", chunk0, request_id="job7-0", payload_digest="d0", scope="import", categories=new)
+    store.commit_items("undo", chunk1, request_id="job7-1", payload_digest="d1", scope="import")
+    store.commit_items("undo", [], request_id="job77-0", payload_digest="other", scope="import")  # another job's prefix
+    items, categories = store.import_writes("undo", "job7")
+    assert sorted(items) == ["a", "b", "c"] and sorted(categories) == [2, 3]  # category 1 existed before
+    assert store.get_dataset("undo").item_count == 4
+    assert store.discard_import("undo", "job7") == (3, 2)
+    assert store.discard_import("undo", "job7") == (0, 0)  # idempotent: a second runner finds nothing left
+    assert [r.item_id for r in store.iter_items("undo")] == ["kept"]
+    assert [c.category_id for c in store.list_categories("undo")] == [1]
+    assert store.import_writes("nobody", "job7") == ([], [])
 
 
 def test_a_commit_of_the_latest_versions_content_creates_no_version(store: AnnotationStore) -> None:

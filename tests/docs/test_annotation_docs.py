@@ -14,6 +14,9 @@ PAGE = ROOT / "docs" / "annotation-store.md"
 PACKAGE = ROOT / "services" / "simulacra_services" / "annotation"
 # Core modules whose reasons the annotation-store raises as its own (filters, page tokens).
 SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py", "enums.py")]
+# Core modules some of whose reasons reach annotation clients: its jobs run on core/jobs, which
+# has reasons of its own the annotation-store never raises (JOB_NOT_PAUSABLE, ...).
+SOME_SHARED = [ROOT / "services" / "simulacra_services" / "core" / "jobs" / name for name in ("store.py", "runner.py")]
 
 # UPPER_SNAKE string constants of the package that are not error reasons.
 NOT_REASONS = {"CASCADE", "COCO", "JPEG", "YOLO"}
@@ -35,11 +38,11 @@ def _documented_reasons() -> set[str]:
     return set(TABLE_REASON.findall(_errors_section(_page())))
 
 
-def _raised_reasons() -> set[str]:
+def _raised_reasons(*, including_some_shared: bool = False) -> set[str]:
     """Reason literals of the annotation package and the core API helpers it uses
     (job states like JOB_STATE_RUNNING are not reasons)."""
     found: set[str] = set()
-    for source in [*PACKAGE.rglob("*.py"), *SHARED]:
+    for source in [*PACKAGE.rglob("*.py"), *SHARED, *(SOME_SHARED if including_some_shared else [])]:
         if source.exists():
             found.update(REASON_LITERAL.findall(source.read_text()))
     return {r for r in found if r not in NOT_REASONS and not r.startswith("JOB_STATE_")}
@@ -64,7 +67,7 @@ def test_every_rpc_of_the_service_is_mentioned() -> None:
 def test_every_documented_reason_is_raised_by_the_package() -> None:
     documented = _documented_reasons()
     assert len(documented) >= 50, "the error table was not found or lost its rows"
-    unknown = sorted(documented - _raised_reasons())
+    unknown = sorted(documented - _raised_reasons(including_some_shared=True))
     assert not unknown, f"the error table lists reasons the annotation package never uses: {unknown}"
 
 

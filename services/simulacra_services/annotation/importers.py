@@ -396,13 +396,17 @@ class ImportSummary:
 
 
 def run_import(store: Any, context: JobContext, source: ImportSource, policy: BoxBoundsPolicy, *, chunk_size: int = 256, workers: int = 4) -> ImportSummary:
-    """Plan, check every item, then write; a stop or failure while writing removes what was written.
+    """Plan, check every item, then write.
 
     ``store`` is the ``AnnotationStore``. Checking (decoding images, storing
-    them as blobs, validating annotations) is the long part and is what
-    ``progress.done`` counts; writing is one short transaction per chunk,
-    each with the request id ``{job}-{chunk}`` so that a retried chunk is
-    never written twice.
+    them as blobs, validating annotations) is the long part; writing is one
+    short transaction per chunk, each with the request id ``{job}-{chunk}``
+    (a retried chunk is never written twice; the new categories go with the
+    first chunk), so ``store.import_writes`` knows exactly what the job wrote
+    and ``store.discard_import`` removes it when the job stops, fails or its
+    process dies (the job runner calls it). ``progress.done`` counts each item
+    half when checked and half when written, so it reaches ``total`` (the
+    item count) only when everything is in the database.
     """
     dataset_id = context.dataset_id
     context.progress(0, 0, "reading and checking the input files", force=True)
@@ -451,7 +455,7 @@ def _prepare_all(
             context.checkpoint("check", len(prepared) // chunk_size)
             prepared.extend(pending.popleft().result())
             submit_next()
-            context.progress(len(prepared), total, f"checked {len(prepared)} of {total} images")
+            context.progress(len(prepared) // 2, total, f"checked {len(prepared)} of {total} images")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return prepared
@@ -500,41 +504,18 @@ def _at_record(error: errors.SimulacraError, planned: PlannedItem, prefix: str) 
 
 
 def _write(store: Any, context: JobContext, plan: ImportPlan, prepared: list[PreparedItem], missing: list[Category], chunk_size: int) -> None:
-    """Categories, then items chunk by chunk; everything written is removed again if the job stops."""
+    """Items chunk by chunk, the missing categories with the first chunk (or alone when no item is new)."""
     dataset_id, total = context.dataset_id, len(prepared)
-    created_categories: list[Category] = []
-    written: list[str] = []
-    try:
-        if missing:
-            store.ensure_categories(dataset_id, plan.categories)
-            created_categories = missing
-        context.progress(total, total, f"writing {total} items", force=True)
-        for number, start in enumerate(range(0, total, chunk_size)):
-            context.checkpoint("write", number)
-            batch = prepared[start : start + chunk_size]
-            digest = hashlib.sha256("\n".join(p.content_sha256 for p in batch).encode()).hexdigest()
-            result = store.commit_items(dataset_id, batch, request_id=f"{context.job_id}-{number}", payload_digest=digest, scope="import")
-            written.extend(result.item_ids)
-            context.progress(total, total, f"wrote {len(written)} of {total} items")
-    except BaseException:
-        _undo(store, dataset_id, written, created_categories)
-        raise
-
-
-def _undo(store: Any, dataset_id: str, item_ids: Sequence[str], categories: Sequence[Category]) -> None:
-    """Remove what a stopped import wrote (best effort: what cannot be removed is logged).
-
-    Runs before the job leaves RUNNING/CANCELLING (the caller re-raises into
-    the job runner, which then records the end state), so a CommitVersion
-    refused meanwhile (IMPORT_IN_PROGRESS) never sees a half-undone import.
-    """
-    if item_ids:
-        try:
-            store.delete_items(dataset_id, item_ids)  # one transaction
-        except errors.SimulacraError as error:
-            _log.warning("could not remove the %d items of a stopped import: %s", len(item_ids), error.message)
-    for category in categories:
-        try:
-            store.delete_category(dataset_id, category.category_id)
-        except errors.SimulacraError as error:
-            _log.warning("could not remove category %s of a stopped import: %s", category.category_id, error.message)
+    context.progress(total // 2, total, f"writing {total} items", force=True)
+    starts = list(range(0, total, chunk_size)) or ([0] if missing else [])
+    written = 0
+    for number, start in enumerate(starts):
+        context.checkpoint("write", number)
+        batch = prepared[start : start + chunk_size]
+        digest = hashlib.sha256("\n".join(p.content_sha256 for p in batch).encode()).hexdigest()
+        result = store.commit_items(
+            dataset_id, batch, request_id=f"{context.job_id}-{number}", payload_digest=digest, scope="import",
+            categories=plan.categories if number == 0 and missing else (),
+        )
+        written += len(result.item_ids)
+        context.progress((total + written) // 2, total, f"wrote {written} of {total} items")

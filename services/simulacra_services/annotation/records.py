@@ -130,28 +130,6 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """A row of the jobs table; ``request``, ``result`` and ``error`` are JSON texts ("" when unset)."""
-
-    job_id: str
-    dataset_id: str
-    kind: str
-    format: str
-    state: str
-    progress_done: int
-    progress_total: int
-    progress_message: str
-    request: str
-    result: str
-    error: str
-    cancel_requested: bool
-    create_time: dt.datetime
-    update_time: dt.datetime
-    start_time: dt.datetime | None
-    end_time: dt.datetime | None
-
-
-@dataclass(frozen=True)
 class Page:
     """One page of a listing and the token of the next one ("" on the last page)."""
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Row
 from simulacra_services.annotation import codec, convert
 from simulacra_services.annotation.model import Annotation, Category
 from simulacra_services.annotation.prepare import PreparedItem
-from simulacra_services.annotation.records import DatasetRecord, ImageInfo, ItemRecord, JobRecord, Lineage, VersionRecord
+from simulacra_services.annotation.records import DatasetRecord, ImageInfo, ItemRecord, Lineage, VersionRecord
 from simulacra_services.annotation.tables import annotations, items
 
 
@@ -225,24 +225,3 @@ class EncodedItem(NamedTuple):
     image_sha256: str
     image_size: int
     encoded: bytes
-
-
-def job_of(row: Row[Any]) -> JobRecord:
-    return JobRecord(
-        job_id=row.job_id,
-        dataset_id=row.dataset_id,
-        kind=row.kind,
-        format=row.format,
-        state=row.state,
-        progress_done=int(row.progress_done),
-        progress_total=int(row.progress_total),
-        progress_message=row.progress_message,
-        request=row.request,
-        result=row.result,
-        error=row.error,
-        cancel_requested=bool(row.cancel_requested),
-        create_time=row.create_time,
-        update_time=row.update_time,
-        start_time=row.start_time,
-        end_time=row.end_time,
-    )

@@ -8,6 +8,7 @@ the servicer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 
@@ -22,7 +23,15 @@ from simulacra_services.core.server import CloseHook, ServiceDefinition
 from simulacra_services.core.storage import open_object_store
 
 
-async def register(server: grpc.aio.Server, settings: Settings) -> CloseHook:
+JobServiceFactory = Callable[..., JobService]
+
+
+async def register(server: grpc.aio.Server, settings: Settings, *, job_service: JobServiceFactory = JobService) -> CloseHook:
+    """Open storage and database, migrate, start the job runner, add the servicer.
+
+    ``job_service``: builds the ``JobService`` from the store and the runner's
+    settings (tests pass one that keeps a reference, or sets small chunks).
+    """
     objects = await asyncio.to_thread(open_object_store, settings)
     engine = db.create_engine(settings.resolved_database_url)
     store: AnnotationStore | None = None
@@ -31,7 +40,7 @@ async def register(server: grpc.aio.Server, settings: Settings) -> CloseHook:
         store = AnnotationStore(
             engine, objects, max_image_pixels=settings.max_image_pixels, decode_budget=PixelBudget(settings.decode_budget_pixels)
         )
-        jobs = JobService(store)
+        jobs = job_service(store, lease_seconds=settings.job_lease_seconds, owner=settings.job_runner_id)
         await jobs.start()
     except BaseException:
         if store is not None:

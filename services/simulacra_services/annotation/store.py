@@ -24,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 from simulacra_services.annotation import codec, convert, queries, validation
 from simulacra_services.annotation import filters as filter_syntax
 from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore
-from simulacra_services.annotation.job_table import UNFINISHED_JOB_STATES, JobTable
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, PixelMap
 from simulacra_services.annotation.prepare import (
     MAX_ITEMS_PER_BATCH,
@@ -67,6 +66,9 @@ from simulacra_services.annotation.tables import categories as categories_table
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest
+from simulacra_services.core.jobs import ACTIVE as ACTIVE_JOB_STATES
+from simulacra_services.core.jobs import JobRecord as CoreJobRecord
+from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.db import transaction, utcnow
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
@@ -114,7 +116,7 @@ def _dataset_not_found(dataset_id: str) -> errors.SimulacraError:
     )
 
 
-class AnnotationStore(JobTable):
+class AnnotationStore:
     """Datasets and everything in them, on a migrated database and an object store."""
 
     def __init__(
@@ -327,8 +329,9 @@ class AnnotationStore(JobTable):
             # Children first: not every SQLite build enforces ON DELETE CASCADE the same way, this does.
             item_rows = sa.select(items.c.id).where(items.c.dataset == dataset.id)
             conn.execute(sa.delete(annotations).where(annotations.c.item_row.in_(item_rows)))
-            for table in (items, categories_table, versions, requests, jobs):
+            for table in (items, categories_table, versions, requests):
                 conn.execute(sa.delete(table).where(table.c.dataset == dataset.id))
+            conn.execute(sa.delete(jobs).where(jobs.c.parent == f"datasets/{dataset_id}"))
             conn.execute(sa.delete(datasets).where(datasets.c.id == dataset.id))
 
     # ------------------------------------------------------------------
@@ -401,26 +404,30 @@ class AnnotationStore(JobTable):
         validation.validate_categories(wanted, "categories")
         with transaction(self.engine) as conn:
             dataset = self._dataset_row(conn, dataset_id, lock=True)
-            live = {c.category_id: c for c in self._categories(conn, dataset.id, None)}
-            names = {c.display_name: c.category_id for c in live.values()}
-            missing = []
-            for index, category in enumerate(wanted):
-                existing = live.get(category.category_id)
-                clash = existing is not None and not validation.categories_agree(existing, category)
-                clash = clash or (existing is None and category.display_name in names)
-                if clash:
-                    raise errors.FailedPrecondition(
-                        "CATEGORY_CONFLICT",
-                        f"categories[{index}]: category {category.category_id} {category.display_name!r} differs from "
-                        "the dataset's category with the same id or name",
-                        {"field": f"categories[{index}]", "category_id": category.category_id},
-                    )
-                if existing is None:
-                    missing.append(category)
-            if missing:
-                seq = self._bump(conn, dataset.id)
-                conn.execute(categories_table.insert(), [category_row(dataset.id, c, seq) for c in missing])
-            return len(missing)
+            return len(self._create_missing_categories(conn, dataset, wanted))
+
+    def _create_missing_categories(self, conn: Connection, dataset: Row[Any], wanted: Sequence[Category]) -> list[Category]:
+        """Insert the categories of ``wanted`` the working state lacks (one sequence number); those it has must agree."""
+        live = {c.category_id: c for c in self._categories(conn, dataset.id, None)}
+        names = {c.display_name: c.category_id for c in live.values()}
+        missing = []
+        for index, category in enumerate(wanted):
+            existing = live.get(category.category_id)
+            clash = existing is not None and not validation.categories_agree(existing, category)
+            clash = clash or (existing is None and category.display_name in names)
+            if clash:
+                raise errors.FailedPrecondition(
+                    "CATEGORY_CONFLICT",
+                    f"categories[{index}]: category {category.category_id} {category.display_name!r} differs from "
+                    "the dataset's category with the same id or name",
+                    {"field": f"categories[{index}]", "category_id": category.category_id},
+                )
+            if existing is None:
+                missing.append(category)
+        if missing:
+            seq = self._bump(conn, dataset.id)
+            conn.execute(categories_table.insert(), [category_row(dataset.id, c, seq) for c in missing])
+        return missing
 
     def delete_category(self, dataset_id: str, category_id: int) -> None:
         with transaction(self.engine) as conn:
@@ -520,8 +527,13 @@ class AnnotationStore(JobTable):
         request_id: str = "",
         payload_digest: str = "",
         scope: str = "upload",
+        categories: Sequence[Category] = (),
     ) -> BatchResult:
-        """Insert prepared items in one transaction: all of them or none."""
+        """Insert prepared items in one transaction: all of them or none.
+
+        ``categories``: created first in the same transaction where missing (an
+        import's); the request record lists the ids created (``import_writes``).
+        """
         if request_id:
             check_request_id(request_id)
         now = utcnow()
@@ -531,9 +543,12 @@ class AnnotationStore(JobTable):
                 response = self._recorded(conn, dataset.id, scope, request_id, payload_digest)
                 if response is not None:
                     return BatchResult(list(response["item_ids"]), True)
-            if not prepared:  # nothing changes: no new sequence number (a commit after it makes no version)
+            created = [c.category_id for c in self._create_missing_categories(conn, dataset, categories)] if categories else []
+            if not prepared:  # no items: no new sequence number unless categories were created
                 if request_id:
-                    self._record_request(conn, dataset.id, scope, request_id, payload_digest, {"item_ids": []})
+                    self._record_request(
+                        conn, dataset.id, scope, request_id, payload_digest, {"item_ids": [], "category_ids": created}
+                    )
                 return BatchResult([], False)
             live_categories = {c.category_id for c in self._categories(conn, dataset.id, None)}
             for item in prepared:
@@ -560,7 +575,9 @@ class AnnotationStore(JobTable):
             )
             item_ids = [item.item_id for item in prepared]
             if request_id:
-                self._record_request(conn, dataset.id, scope, request_id, payload_digest, {"item_ids": item_ids})
+                self._record_request(
+                    conn, dataset.id, scope, request_id, payload_digest, {"item_ids": item_ids, "category_ids": created}
+                )
             return BatchResult(item_ids, False)
 
     @staticmethod
@@ -587,6 +604,57 @@ class AnnotationStore(JobTable):
                     {"field": f"{item.path}.item_id", "item_index": item.index,
                      "item": f"datasets/{dataset.dataset_id}/items/{taken}"},
                 )
+
+    # ------------------------------------------------------------------
+    # import and export jobs (rows in core/jobs' table, see annotation/jobs.py)
+    # ------------------------------------------------------------------
+    def create_job(
+        self, job_store: JobStore, dataset_id: str, kind: str, spec: dict[str, Any], *, label: str, request_id: str, job_id: str
+    ) -> tuple[CoreJobRecord, bool]:
+        """A job of the dataset, created under its row lock: ``commit_version`` checks for unfinished
+        imports under the same lock, so no import starts between that check and the version row."""
+        if request_id:
+            check_request_id(request_id)
+        with transaction(self.engine) as conn:
+            self._dataset_row(conn, dataset_id, lock=True)
+            return job_store.create(
+                kind, spec, parent=f"datasets/{dataset_id}", request_id=request_id, job_id=job_id, label=label, conn=conn
+            )
+
+    def import_writes(self, dataset_id: str, job_id: str) -> tuple[list[str], list[int]]:
+        """``(item ids, category ids)`` an import job wrote: its chunks' request records (``{job}-{n}``)
+        are written in the same transactions as the rows, so they name exactly what is in the database."""
+        with self.engine.connect() as conn:
+            dataset = conn.execute(sa.select(datasets.c.id).where(datasets.c.dataset_id == dataset_id)).first()
+            if dataset is None:
+                return [], []
+            rows = conn.execute(
+                sa.select(requests.c.request_id, requests.c.response).where(
+                    requests.c.dataset == dataset.id, requests.c.scope == "import", requests.c.request_id.like(f"{job_id}-%")
+                )
+            ).all()
+        item_ids: list[str] = []
+        category_ids: list[int] = []
+        for row in rows:
+            if row.request_id.removeprefix(f"{job_id}-").isdigit():
+                item_ids.extend(row.response.get("item_ids", []))
+                category_ids.extend(row.response.get("category_ids", []))
+        return item_ids, category_ids
+
+    def discard_import(self, dataset_id: str, job_id: str) -> tuple[int, int]:
+        """Remove from the working state what an import that will not succeed wrote: its items, then
+        the categories it created that nothing uses any more. Idempotent (a second call finds nothing
+        live), so a runner that dies while discarding leaves the rest to the next. ``(items, categories)``."""
+        item_ids, category_ids = self.import_writes(dataset_id, job_id)
+        removed_items = self.delete_items(dataset_id, item_ids) if item_ids else 0
+        removed_categories = 0
+        for category_id in category_ids:
+            try:
+                self.delete_category(dataset_id, category_id)
+                removed_categories += 1
+            except (errors.NotFound, errors.FailedPrecondition):
+                pass  # already gone, or used by items written since: it stays
+        return removed_items, removed_categories
 
     def live_files(self, dataset_id: str) -> set[tuple[str, str]]:
         """``(file_name, image sha256)`` of every working-state item (imports skip those)."""
@@ -967,9 +1035,11 @@ class AnnotationStore(JobTable):
 
     @staticmethod
     def _check_no_import_running(conn: Connection, dataset: Row[Any]) -> None:
+        # Imports never pause, so QUEUED, RUNNING and CANCELLING are the unfinished states. A job
+        # whose runner died stays RUNNING until another runner takes it over and discards its writes.
         running = conn.execute(
             sa.select(jobs.c.job_id)
-            .where(jobs.c.dataset == dataset.id, jobs.c.kind == "import", jobs.c.state.in_(UNFINISHED_JOB_STATES))
+            .where(jobs.c.parent == f"datasets/{dataset.dataset_id}", jobs.c.kind == "import", jobs.c.state.in_(list(ACTIVE_JOB_STATES)))
             .order_by(jobs.c.create_time, jobs.c.job_id)
             .limit(1)
         ).scalar()

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 
 from simulacra_services.core.db import UtcDateTime, metadata
+from simulacra_services.core.jobs.table import job_table
 
 # Integer primary keys that are BIGINT on PostgreSQL yet INTEGER (the rowid alias) on SQLite.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
@@ -172,31 +173,8 @@ requests = Table(
     Index("ix_annotation_requests_create_time", "create_time"),
 )
 
-jobs = Table(
-    "annotation_jobs",
-    metadata,
-    Column("job_id", String(63), primary_key=True),
-    Column("dataset", RowId, ForeignKey("annotation_datasets.id", ondelete="CASCADE"), nullable=False),
-    # "import" or "export".
-    Column("kind", String(8), nullable=False),
-    # coco, yolo, mnist (import sources) or COCO/YOLO (export formats), as the jobs module names them.
-    Column("format", String(16), nullable=False),
-    # A common.v1.JobState name, e.g. JOB_STATE_RUNNING.
-    Column("state", String(32), nullable=False),
-    Column("progress_done", BigInteger, nullable=False, default=0),
-    Column("progress_total", BigInteger, nullable=False, default=0),
-    Column("progress_message", String(1024), nullable=False, default=""),
-    # JSON texts: the serialized request, the result, the error (code, reason, message, metadata).
-    Column("request", Text, nullable=False),
-    Column("result", Text, nullable=False, default=""),
-    Column("error", Text, nullable=False, default=""),
-    Column("cancel_requested", Boolean, nullable=False, default=False),
-    Column("create_time", UtcDateTime(), nullable=False),
-    Column("update_time", UtcDateTime(), nullable=False),
-    Column("start_time", UtcDateTime(), nullable=True),
-    Column("end_time", UtcDateTime(), nullable=True),
-    Index("ix_annotation_jobs_listing", "kind", "dataset", "create_time"),
-    Index("ix_annotation_jobs_state", "state"),
-)
+# Import and export jobs: core/jobs' table (kind "import" or "export", parent "datasets/{id}",
+# label the source or export format, spec {"format": ..., "job": <the request as JSON>}).
+jobs = job_table("annotation_jobs")
 
 __all__ = ["annotations", "categories", "datasets", "items", "jobs", "requests", "versions"]

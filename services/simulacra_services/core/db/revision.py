@@ -90,7 +90,7 @@ def make_revision(
         url = database_url or f"sqlite:///{Path(scratch) / 'scratch.db'}"
         engine = create_engine(url)
         try:
-            if ScriptDirectory.from_config(alembic_config(script_location)).get_current_head() is not None:
+            if ScriptDirectory.from_config(alembic_config(script_location)).get_heads():
                 migrate(engine, script_location=script_location)
             config = alembic_config(script_location)
             with engine.connect() as conn:
