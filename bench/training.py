@@ -180,10 +180,10 @@ def section_data(quick: bool) -> dict:
 
 # ---- MNIST quality -----------------------------------------------------------------------------
 def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: int = 64, width: int = 16, seed: int = 0,
-                  evaluation: int = 1000, epochs: int = 5) -> dict:
+                  evaluation: int = 1000, epochs: int = 5, extra: dict | None = None, tag: str = "") -> dict:
     train, holdout = mnist(fraction, seed)
     hp = resolve(kind, {"batch_size": batch, "max_steps": steps, "epochs": 100_000, "seed": seed, "base_width": width,
-                        "kl_warmup_steps": max(1, steps // 5)})
+                        "kl_warmup_steps": max(1, steps // 5)} | dict(extra or {}))
     config = config_for(hp)
     run = TrainingRun(make_trainer(kind, config, hp, torch.device("cpu")), train)
     start = time.perf_counter()
@@ -196,7 +196,7 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
     report = quality_report(train, holdout, TrainingData(samples, labels), num_classes=10,
                             class_names=tuple(str(i) for i in range(10)), seed=seed, epochs=epochs)
     report_s = time.perf_counter() - start
-    tag = f"mnist-{kind}-{int(round(fraction * 100))}pct"
+    tag = f"mnist-{kind}-{int(round(fraction * 100))}pct" + (f"-{tag}" if tag else "")
     out.mkdir(parents=True, exist_ok=True)
     grid = draw_samples(sampler, torch.arange(10).repeat_interleave(10), None, config.latent_dim, seed + 7)
     (out / f"{tag}-samples.png").write_bytes(pictures.grid_png(grid, rows=10))
@@ -211,6 +211,8 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
         "label_fidelity": f["label_fidelity"], "tstr": u["tstr_accuracy"], "trtr": u["trtr_accuracy"],
         "memorization_rate": p["memorization_rate"], "dcr_ratio": p["dcr_ratio"], "mia_auc": p["membership_inference_auc"],
         "ada_p_final": run.trainer.ada.p if kind == "enhanced_gan" else None,
+        "ada_history": run.trainer.ada.history[:: max(1, len(run.trainer.ada.history) // 50)] if kind == "enhanced_gan" else None,
+        "hyperparameters": hp.to_json(),
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
     }
     (out / f"{tag}.json").write_text(json.dumps(figures | {"report": report}, indent=1, default=float))
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--width", type=int, default=16)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training")
+    m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="another hyperparameter (repeatable)")
+    m.add_argument("--tag", default="", help="suffix of the output files")
     q = sub.add_parser("quick")
     q.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SIMULACRA_TRAINING_THREADS", "2")))
@@ -243,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.section == "data":
         section_data(False)
     elif args.section == "mnist":
-        section_mnist(args.kind, args.fraction, args.steps, args.out, batch=args.batch, width=args.width, seed=args.seed)
+        extra = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        section_mnist(args.kind, args.fraction, args.steps, args.out, batch=args.batch, width=args.width, seed=args.seed,
+                      extra=extra, tag=args.tag)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             figures = {"quick": True, "loop": section_loop(True), "data": section_data(True),
