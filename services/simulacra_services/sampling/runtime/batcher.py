@@ -89,6 +89,19 @@ class DynamicBatcher:
                 if self._observe is not None:
                     self._observe(n, [0.0], time.perf_counter() - started)
                 return out
+        if self.policy.max_queue_delay_us == 0 and not self._queue and not self._slots.locked():
+            # Nothing waits and an instance is free: a batch of this request alone, run now
+            # (what the worker would do a few event-loop turns later). Requests that arrive
+            # while it runs queue up and form the next batch.
+            await self._slots.acquire()  # free: returns at once
+            try:
+                started = time.perf_counter()
+                out = await loop.run_in_executor(self._executor, self._run, z, labels, attributes)
+                if self._observe is not None:
+                    self._observe(n, [0.0], time.perf_counter() - started)
+                return out
+            finally:
+                self._slots.release()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append(_Request(z, labels, attributes, future, time.perf_counter()))
         self._arrived.set()
@@ -98,6 +111,7 @@ class DynamicBatcher:
 
     async def _work(self) -> None:
         while True:
+            await self._next_waiting(None)  # idle workers hold no instance (the direct path may take it)
             await self._slots.acquire()
             try:
                 batch = await self._collect()
