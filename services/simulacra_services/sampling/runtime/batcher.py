@@ -6,7 +6,8 @@ soon as it is full, or its size is one of ``preferred_batch_sizes`` and nothing 
 or the oldest request has waited ``max_queue_delay_us``. Requests never split (the caller cuts
 large ones to ``max_batch_size`` first); each one's rows of the output go back to its own future.
 Inference runs on worker threads (``instances`` of them at most at once), never on the event loop:
-while they run, the next batch fills.
+while they run, the next batch fills. With no queue delay, a request that finds nothing queued and
+an instance free runs at once, alone (the batch the worker would have formed, without its hops).
 """
 
 from __future__ import annotations
