@@ -5,8 +5,8 @@ sampling service (see docs/contracts.md), so the dataset reads by index. Rank r
 of R reads the stream's shard r of R (the indices i with i % R == r, from
 ``start_index``): position p of the rank is the p-th index of that shard. Each
 DataLoader worker reads its blocks of positions (see
-``simulacra_client.positions``), each block one StreamSamples call
-(start_index, count, shard). The generator is resolved to a version number
+``simulacra_client.positions``), each block one ``SamplingClient.stream`` call
+(start_index, count, shard), which resumes by itself after UNAVAILABLE. The generator is resolved to a version number
 when the dataset is made, so that an alias that moves does not change a
 resumed stream.
 """
@@ -16,34 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
 
-from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb
-from simulacra_client.api.sampling.v1 import sampling_service_pb2 as rpc
-from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as rpc_grpc
-from simulacra_client.channel import open_channel
-from simulacra_client.errors import from_rpc_error
+from simulacra_client.sampling import SamplingClient, generator_name
 from simulacra_client.torch_data.base import Connection, Fetcher, ResumableDataset, Sample, lineage
+
+__all__ = ["SyntheticDataset", "generator_name", "runs", "shard_index"]
 
 MAX_RUN = 1024
 """Most samples asked of one StreamSamples call."""
-
-
-def generator_name(reference: str) -> str:
-    """``models/M/versions/V`` of ``M``, ``M@V`` (a number or an alias) or the full name."""
-    if reference.startswith("models/"):
-        return reference if "/versions/" in reference else f"{reference}/versions/latest"
-    model, _, version = reference.partition("@")
-    return f"models/{model}/versions/{version or 'latest'}"
-
-
-def tensor_array(tensor: common_pb2.Tensor) -> np.ndarray:
-    """The uint8 array of a Tensor message (the format this dataset asks for)."""
-    if tensor.dtype != common_pb2.DATA_TYPE_UINT8:
-        raise ValueError(f"expected uint8 samples, the service sent dtype {tensor.dtype}")
-    return np.frombuffer(tensor.data, dtype=np.uint8).reshape(tuple(tensor.shape))
 
 
 def shard_index(position: int, start_index: int, rank: int, ranks: int) -> int:
@@ -63,36 +45,31 @@ def runs(indices: Sequence[int]) -> list[tuple[int, int]]:
 
 
 class _SampleFetcher(Fetcher):
+    """Reads runs of positions with ``SamplingClient.stream`` (which reopens a stream broken by
+    UNAVAILABLE at the next index, on the resolved version)."""
+
     def __init__(self, dataset: SyntheticDataset) -> None:
         self._dataset = dataset
         c = dataset.connection
-        self._channel = open_channel(c.address, token=c.token, tls_ca=c.tls_ca)
-        self._stub = rpc_grpc.SamplingServiceStub(self._channel)
+        self._client = SamplingClient(c.address, token=c.token, tls_ca=c.tls_ca, timeout=dataset.timeout)
 
     def get(self, positions: Sequence[int]) -> list[Sample]:
         d = self._dataset
+        options: dict[str, Any] = {"seed": d.seed, "format": "uint8", "class_mix": d.class_mix or None, "truncation": d.truncation}
+        if d.world_size > 1:
+            options.update(shard_index=d.rank, shard_count=d.world_size)
         samples: list[Sample] = []
         for first, count in runs(positions):
-            request = rpc.StreamSamplesRequest(
-                generator=d.generator, seed=d.seed, start_index=shard_index(first, d.start_index, d.rank, d.world_size), count=count,
-                shard_index=d.rank, shard_count=d.world_size if d.world_size > 1 else 0,
-                batch_size=min(count, d.batch_size), format=gen_pb.SAMPLE_FORMAT_UINT8,
-                class_mix=gen_pb.ClassMix(weights=d.class_mix) if d.class_mix else None,
-            )
-            if d.truncation is not None:
-                request.truncation = d.truncation
-            try:
-                for response in self._stub.StreamSamples(request, timeout=d.timeout):
-                    images = tensor_array(response.samples)
-                    for image, label, index in zip(images, response.labels, response.indices):
-                        origin = lineage("synthetic", generator=response.generator, seed=d.seed, index=int(index))
-                        samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin))
-            except grpc.RpcError as error:
-                raise from_rpc_error(error) from None
+            start = shard_index(first, d.start_index, d.rank, d.world_size)
+            for batch in self._client.stream(d.generator, start_index=start, count=count, batch_size=min(count, d.batch_size), **options):
+                images = np.asarray(batch.samples)
+                for image, label, index in zip(images, batch.labels, batch.indices):
+                    origin = lineage("synthetic", generator=batch.generator, seed=d.seed, index=int(index))
+                    samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin))
         return samples
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.close()
 
 
 class SyntheticDataset(ResumableDataset):
@@ -145,11 +122,9 @@ class SyntheticDataset(ResumableDataset):
 
     def describe(self) -> gen_pb.Generator:
         """The generator as the sampling service serves it (resolved version, shape, classes)."""
-        with open_channel(self.connection.address, token=self.connection.token, tls_ca=self.connection.tls_ca) as channel:
-            try:
-                return rpc_grpc.SamplingServiceStub(channel).GetGenerator(rpc.GetGeneratorRequest(name=self.generator), timeout=self.timeout).generator
-            except grpc.RpcError as error:
-                raise from_rpc_error(error) from None
+        c = self.connection
+        with SamplingClient(c.address, token=c.token, tls_ca=c.tls_ca, timeout=self.timeout) as client:
+            return client.get_generator(self.generator)
 
     def open(self) -> Fetcher:
         fetcher = _SampleFetcher(self)
