@@ -88,6 +88,10 @@ async def test_cli_train_and_generators(training, capsys, tmp_path):
     assert await asyncio.to_thread(run, "train", "list", "--state", "succeeded") == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 and "SUCCEEDED" in listed[0] and "models/digits-cli/versions/1" in listed[0]
+    curve = tmp_path / "loss.png"
+    job_id = out.split()[0]
+    assert await asyncio.to_thread(run, "train", "preview", job_id, "--kind", "loss-curve", "--out", str(curve)) == 0
+    assert curve.read_bytes().startswith(b"\x89PNG") and "bytes" in capsys.readouterr().out
     assert await asyncio.to_thread(run, "generators", "list") == 0
     assert "models/digits-cli  latest 1" in capsys.readouterr().out
     png = tmp_path / "report.png"

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from simulacra_services.core.config import Settings
 
-COMMANDS = ("create", "watch", "list", "cancel", "pause", "resume")
+COMMANDS = ("create", "watch", "list", "cancel", "pause", "resume", "preview")
 STATE_PREFIX = "JOB_STATE_"
 
 
@@ -51,6 +51,10 @@ def add_commands(parser: argparse.ArgumentParser, settings_arguments: Callable[[
     for name, help in (("watch", "follow a job until it ends (progress bar with losses)"), ("cancel", "stop a job at a checkpoint"),
                        ("pause", "pause a job at a checkpoint"), ("resume", "resume a paused, cancelled or failed job")):
         command(name, help).add_argument("job", metavar="JOB")
+    preview = command("preview", "save a job's latest sample grid, loss curve or report summary as PNG")
+    preview.add_argument("job", metavar="JOB")
+    preview.add_argument("--kind", choices=("samples", "loss-curve", "report"), default="samples")
+    preview.add_argument("--out", required=True, metavar="FILE.png")
     listing = command("list", "list the training jobs")
     listing.add_argument("--state", default="", help="only jobs in this state, e.g. RUNNING")
     listing.add_argument("--dataset", default="", metavar="NAME@VERSION")
@@ -165,6 +169,12 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
                 dataset = version_name(args.dataset) if args.dataset else ""
                 for job in client.list_jobs(state=state, dataset_version=dataset):
                     print(format_job(job), file=out)
+                return 0
+            if command == "preview":
+                data = client.preview(args.job, args.kind)
+                with open(args.out, "wb") as file:
+                    file.write(data)
+                print(f"{args.out}: {len(data)} bytes", file=out)
                 return 0
             action = {"cancel": client.cancel_job, "pause": client.pause_job, "resume": client.resume_job}[command]
             print(format_job(action(args.job)), file=out)
