@@ -231,3 +231,26 @@ def test_one_pass_inputs_equal_the_reference_functions() -> None:
     _, uniform, none = noise.inputs(5, idx, 30, label_mix={}, num_classes=10)
     assert np.array_equal(uniform, noise.labels(5, idx, {}, 10)) and none is None
     assert not noise.inputs(5, idx, 30, label_mix=None, num_classes=10)[1].any()  # the caller's labels
+
+
+def test_settings_come_from_the_environment() -> None:
+    from simulacra_services.sampling.config import SamplingConfig
+
+    config = SamplingConfig.from_env(
+        {
+            "SIMULACRA_SAMPLING_MAX_SAMPLE_COUNT": "512",
+            "SIMULACRA_SAMPLING_POLL_SECONDS": "2.5",
+            "SIMULACRA_SAMPLING_DYNAMIC_BATCHING": "false",
+            "SIMULACRA_SAMPLING_MAX_BATCH_SIZE": "32",
+            "SIMULACRA_SAMPLING_PREFERRED_BATCH_SIZES": "8,16",
+            "SIMULACRA_SAMPLING_PROVIDER": "cpu",
+            "SIMULACRA_SAMPLING_SPINNING": "yes",
+            "SIMULACRA_SAMPLING_DEFAULT_ALIAS": "production",
+        }
+    )
+    assert (config.max_sample_count, config.poll_seconds, config.default_alias) == (512, 2.5, "production")
+    assert not config.batching.enabled and config.batching.max_batch_size == 32 and config.batching.preferred_batch_sizes == (8, 16)
+    assert config.session.provider == "cpu" and config.session.spinning
+    assert SamplingConfig.from_env({}) == SamplingConfig()
+    with pytest.raises(ValueError):
+        SamplingConfig.from_env({"SIMULACRA_SAMPLING_PREFERRED_BATCH_SIZES": "128"})  # above max_batch_size
