@@ -222,6 +222,24 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
     return figures
 
 
+def table(results: Path) -> str:
+    """The docs' markdown table of every ``mnist-*.json`` in ``results``."""
+    rows = ["| data | kind | train digits | steps | minutes (train + report) | Fréchet distance (real vs real) | precision / recall | "
+            "density / coverage | label fidelity | TSTR / TRTR | memorization | DCR ratio | MIA AUC |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(results.glob("mnist-*.json"), key=lambda p: (-json.loads(p.read_text())["fraction"], p.name)):
+        r = json.loads(path.read_text())
+        suffix = path.stem.split("pct", 1)[1].lstrip("-")
+        name = r["kind"] + (f" ({suffix})" if suffix else "")
+        rows.append(
+            f"| {int(round(r['fraction'] * 100))}% | {name} | {r['train_items']} | {r['steps']} | "
+            f"{r['train_minutes']:.1f} + {r['report_minutes']:.1f} | {r['frechet_distance']:.0f} ({r['frechet_distance_real_baseline']:.0f}) | "
+            f"{r['precision']:.2f} / {r['recall']:.2f} | {r['density']:.2f} / {r['coverage']:.2f} | {r['label_fidelity']:.2f} | "
+            f"{r['tstr']:.3f} / {r['trtr']:.3f} | {r['memorization_rate']:.3f} | {r['dcr_ratio']:.2f} | {r['mia_auc']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -237,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="another hyperparameter (repeatable)")
     m.add_argument("--tag", default="", help="suffix of the output files")
+    t = sub.add_parser("table")
+    t.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training")
     q = sub.add_parser("quick")
     q.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SIMULACRA_TRAINING_THREADS", "2")))
@@ -246,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         section_loop(False)
     elif args.section == "data":
         section_data(False)
+    elif args.section == "table":
+        print(table(args.results))
     elif args.section == "mnist":
         extra = {}
         for item in args.set:
