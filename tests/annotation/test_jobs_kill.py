@@ -1,0 +1,155 @@
+"""An import is all or nothing even when its process is killed (kill -9) while it runs.
+
+The annotation-store runs as a real process (``simulacra serve annotation``, local files + SQLite,
+a one-second job lease). The test starts an MNIST import, kills the process with SIGKILL at several
+points (while the input is being checked, right after the first chunk was written, halfway through
+the writing), starts the service again on the same data and checks that the new process took the
+job over once the dead one's lease ran out, removed every item and category the job had written,
+and ended it FAILED with INTERRUPTED; and that the same import then runs through on that dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from simulacra_client.annotation import AnnotationClient, idx_bytes
+from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.channel import HealthStatus, check_health, open_channel
+
+pytestmark = pytest.mark.timeout(300)
+
+DIGITS = 3000  # 12 chunks of 256: a write phase long enough to be caught in the middle
+TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def service_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], AnnotationClient]]:
+    """``simulacra serve annotation`` on ``data_dir``; stopped (SIGKILL) on exit if still running."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SIMULACRA_DATA_DIR": str(data_dir),
+        "SIMULACRA_HOST": "127.0.0.1",
+        "SIMULACRA_ANNOTATION_PORT": str(port),
+        "SIMULACRA_ANNOTATION_METRICS_PORT": "0",
+        "SIMULACRA_JOB_LEASE_SECONDS": "1",
+        "SIMULACRA_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulacra_services.cli.main", "serve", "annotation"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    address = f"127.0.0.1:{port}"
+    client = AnnotationClient(address, timeout=60)
+    channel = open_channel(address)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"the service exited: {process.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
+            try:
+                if check_health(channel, timeout=1) == HealthStatus.SERVING:
+                    break
+            except grpc.RpcError:  # not up yet
+                pass
+            assert time.monotonic() < deadline, "the service did not start within 60 s"
+            time.sleep(0.1)
+        yield process, client
+    finally:
+        channel.close()
+        client.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _wait(what: str, condition: Callable[[], bool], limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.005)
+
+
+def _start_import(client: AnnotationClient, dataset: str) -> str:
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(DIGITS, 28, 28), dtype=np.uint8)
+    labels = (np.arange(DIGITS) % 10).astype(np.uint8)
+    image_digest, label_digest = client.upload_blobs([idx_bytes(images), idx_bytes(labels)])
+    source = pb.MnistImportSource(
+        images=pb.ManifestFile(path="images.idx", sha256=image_digest), labels=pb.ManifestFile(path="labels.idx", sha256=label_digest)
+    )
+    return client.create_import_job(dataset, pb.ImportJob(mnist=source)).name
+
+
+def _written(data_dir: Path, dataset: str) -> int:
+    """Items in the working state, read straight from the SQLite file of a dead process."""
+    with sqlite3.connect(data_dir / "simulacra.db") as conn:
+        (count,) = conn.execute("SELECT item_count FROM annotation_datasets WHERE dataset_id = ?", (dataset,)).fetchone()
+    return int(count)
+
+
+def _items(client: AnnotationClient, dataset: str) -> int:
+    return int(client.get_dataset(dataset).item_count)
+
+
+KILL_POINTS: dict[str, Callable[[AnnotationClient, str, str], bool]] = {
+    "while checking": lambda client, dataset, job: client.get_import_job(job).state == common_pb2.JOB_STATE_RUNNING,
+    "after the first chunk": lambda client, dataset, job: _items(client, dataset) > 0,
+    "halfway through writing": lambda client, dataset, job: _items(client, dataset) >= DIGITS // 2,
+}
+
+
+def test_an_import_killed_at_any_point_leaves_nothing_and_can_run_again(tmp_path: Path) -> None:
+    caught_writing = 0
+    for index, (point, reached) in enumerate(KILL_POINTS.items()):
+        data_dir = tmp_path / f"point-{index}"
+        dataset = f"killed-{index}"
+        with service_process(data_dir) as (process, client):
+            client.create_dataset(dataset)
+            job = _start_import(client, dataset)
+            _wait(f"the import to be {point}", lambda: reached(client, dataset, job))
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(30)
+        left = _written(data_dir, dataset)  # what the dead process had written (read from its database)
+        if 0 < left < DIGITS:
+            caught_writing += 1
+        with service_process(data_dir) as (_, client):
+            _wait("the job to end", lambda: client.get_import_job(job).state in TERMINAL)
+            ended = client.get_import_job(job)
+            if ended.state == common_pb2.JOB_STATE_SUCCEEDED:  # it finished before the kill landed
+                assert _items(client, dataset) == DIGITS, point
+                continue
+            assert (ended.state, ended.error.reason, ended.error.code) == (
+                common_pb2.JOB_STATE_FAILED, "INTERRUPTED", grpc.StatusCode.ABORTED.value[0]
+            ), point
+            after = client.get_dataset(dataset)
+            assert (after.item_count, after.category_count) == (0, 0), point
+            assert list(client.list_items(dataset)) == [] and client.list_categories(dataset) == [], point
+            if index == len(KILL_POINTS) - 1:
+                # The dataset is as it was: the same import runs through.
+                again = client.wait_import_job(_start_import(client, dataset))
+                assert (again.state, again.result.items_created, again.result.categories_created) == (
+                    common_pb2.JOB_STATE_SUCCEEDED, DIGITS, 10
+                )
+                assert _items(client, dataset) == DIGITS
+    assert caught_writing >= 1, "every kill landed outside the write phase: the test did not test a partial import"
