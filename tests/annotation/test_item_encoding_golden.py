@@ -26,7 +26,8 @@ from typing import Any
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation import codec, convert, row_codec
+from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_services.annotation import codec, convert, row_codec, wire
 from simulacra_services.annotation.model import (
     Annotation,
     Box,
@@ -131,6 +132,22 @@ def test_the_committed_bytes_decode_to_the_item() -> None:
     assert decoded == ANNOTATIONS
     # And the whole message is what the read path makes of the record (version and image bytes added).
     assert message == convert.item_to_proto(dataclasses.replace(_record(), version=3), b"\x89PNG")
+
+
+def test_a_stream_response_joined_from_the_committed_bytes_parses_to_the_items() -> None:
+    """StreamItems sends the stored bytes joined on the wire (annotation/wire.py), not re-serialized."""
+    golden = FIXTURE.read_bytes()
+    image = bytes(range(256)) * 300  # longer than 127: multi-byte lengths
+    items = [wire.encoded_item(golden, 3, image), wire.encoded_item(golden, 0, None), wire.message_item(pb.Item(name="x"))]
+    response = api.StreamItemsResponse.FromString(wire.stream_response(items, "cursor-1"))
+    first, second = pb.Item(), pb.Item()
+    convert.merge_encoded_item(first, golden, 3, image)
+    convert.merge_encoded_item(second, golden, 0, None)
+    assert list(response.items) == [first, second, pb.Item(name="x")]
+    assert response.items[0].image.data == image and response.items[0].image.sha256 == SHA
+    assert response.cursor == "cursor-1"
+    assert all(size == len(b"".join(parts)) for size, parts in items)  # the sizes that bound a response
+
 
 if __name__ == "__main__":
     FIXTURE.write_bytes(convert.encode_item(_record()) or b"")

@@ -22,7 +22,7 @@ import numpy as np
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_services.annotation import convert, names
+from simulacra_services.annotation import convert, names, wire
 from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
 from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import ItemChanges, ItemRecord
@@ -94,8 +94,9 @@ class _StreamReader:
     Rows are read from the database a few hundred at a time and kept until sent;
     a response takes the next rows up to the item and byte limits, then reads
     only their blobs, so memory stays near two responses whatever the images.
-    Most items come with their stored encoding and are sent from it; the
-    others are decoded and converted. The cursor is encoded once per
+    Most items come with their stored encoding and are sent from it, joined
+    with their image bytes into the response's wire bytes (annotation/wire.py);
+    the others are decoded, converted and serialized. The cursor is encoded once per
     response, for its last item.
     """
 
@@ -124,8 +125,8 @@ class _StreamReader:
         if rows:
             self.last_read = rows[-1].item_id
 
-    def next_response(self) -> api.StreamItemsResponse | None:
-        """The next response, or None at the end of the stream."""
+    def next_response(self) -> bytes | None:
+        """The next response, serialized (see annotation/wire.py), or None at the end of the stream."""
         self._fill()
         if not self.buffered:
             return None
@@ -142,22 +143,20 @@ class _StreamReader:
         loaded = self.store.read_stream_entries(records) if self.full else [(record, None) for record in records]
         # Then by the encoded size, which large annotations (polygons, RLE masks) can swell:
         # items past the limit go back to the buffer for the next response.
-        response = api.StreamItemsResponse()
+        items: list[wire.Item] = []
         size = 0
         for index, (record, image) in enumerate(loaded):
             if isinstance(record, EncodedItem):
-                item = response.items.add()
-                convert.merge_encoded_item(item, record.encoded, self.version, image)
+                item = wire.encoded_item(record.encoded, self.version, image)
             else:
-                item = convert.item_to_proto(record, image)
-                response.items.append(item)  # a copy: item is not response.items[-1]
-            size += item.ByteSize()
+                item = wire.message_item(convert.item_to_proto(record, image))
+            size += item[0]
             if index and size > STREAM_RESPONSE_BYTES:
-                del response.items[-1]
                 self.buffered.extendleft(reversed(records[index:]))
                 break
-        response.cursor = pagination.encode_token([records[len(response.items) - 1].item_id, self.version], self.query)
-        return response
+            items.append(item)
+        cursor = pagination.encode_token([records[len(items) - 1].item_id, self.version], self.query)
+        return wire.stream_response(items, cursor)
 
 
 class AnnotationServicer(api_grpc.AnnotationServiceServicer):
@@ -326,7 +325,8 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
 
     async def StreamItems(
         self, request: api.StreamItemsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.StreamItemsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Responses go out as wire bytes made by ``_StreamReader`` (the interceptor passes bytes through)."""
         state = names.parse_version(request.parent, "parent")
         shard_index, shard_count = request.shard_index, request.shard_count
         if shard_count < 0 or not (0 <= shard_index < max(shard_count, 1)):

@@ -11,6 +11,9 @@ One ``grpc.aio.ServerInterceptor`` wraps each method handler so that, in order:
    with a generic message and an error id, its traceback going to the log only;
 4. one request-log line and the metrics record how the RPC ended.
 
+A handler may also return or yield a response already serialized (``bytes``):
+it is sent as it is.
+
 The wrapper replaces the handler's behaviour rather than using a
 continuation-only interceptor because with ``grpc.aio`` that is the only place
 where an exception raised by a streaming handler, even after some messages
@@ -270,7 +273,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return make(
             behaviour,
             request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=_passing_bytes(handler.response_serializer),
         )
 
     @contextlib.asynccontextmanager
@@ -354,6 +357,21 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _Undecodable(error)
 
     return parse
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The handler's serializer, except that a response already serialized (``bytes``) goes out as it is.
+
+    A handler that sends stored encodings (the annotation-store's StreamItems) joins the
+    response's wire bytes itself rather than building a message only to serialize it again.
+    """
+    if serialize is None:
+        return None
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return encode
 
 
 def _decoded(request: Any, kind: str) -> Any:
