@@ -170,6 +170,22 @@ async def test_cancel_while_writing_removes_the_chunks_already_written(annotatio
     assert (after.item_count, after.category_count) == (0, 0)
 
 
+async def test_progress_tracks_the_writing_phase(annotation: Annotations, job_service: jobs_module.JobService, gates: list[Gate]) -> None:
+    job_service.chunk_size = 50
+    gate = gate_at(gates, job_service, "write", 1)
+    await annotation.create_dataset("progress-write")
+    created = await create_mnist_job(annotation, "progress-write", 200)
+    await gate.wait_reached()  # every item checked, one chunk of four written
+    during = (await annotation.stub.GetImportJob(api.GetImportJobRequest(name=created.name))).import_job
+    assert during.state == common_pb2.JOB_STATE_RUNNING
+    # Each item counts half when checked and half when written: 200 checked + 50 written of 2 x 200.
+    assert (during.progress.done, during.progress.total) == (125, 200)
+    assert "50 of 200" in during.progress.message
+    gate.release.set()
+    final = (await watch(annotation, created.name))[-1]
+    assert (final.state, final.progress.done, final.progress.total) == (common_pb2.JOB_STATE_SUCCEEDED, 200, 200)
+
+
 # ---- committing while an import is unfinished ------------------------------------------------
 
 

@@ -518,4 +518,5 @@ def _write(store: Any, context: JobContext, plan: ImportPlan, prepared: list[Pre
             categories=plan.categories if number == 0 and missing else (),
         )
         written += len(result.item_ids)
-        context.progress((total + written) // 2, total, f"wrote {written} of {total} items")
+        # Forced: one small update per chunk, so that progress never lags what is in the database.
+        context.progress((total + written) // 2, total, f"wrote {written} of {total} items", force=True)
