@@ -1,0 +1,82 @@
+"""The annotation-store's migration chain on SQLite and PostgreSQL: jobs written before 0004
+(the old annotation_jobs shape) are carried over into core/jobs' shape."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from simulacra_services.annotation.tables import jobs as jobs_table
+from simulacra_services.core import db
+from simulacra_services.core.db.migrate import alembic_config
+from simulacra_services.core.jobs import JobError, JobStore, Progress
+
+T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def _upgrade_to(engine: Engine, revision: str) -> None:
+    with db.transaction(engine) as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def test_jobs_of_the_old_table_are_carried_over(engine: Engine) -> None:
+    _upgrade_to(engine, "0003")
+    request = {"mnist": {"images": {"path": "i.idx", "sha256": "a" * 64, "size_bytes": "10"}}}
+    result = {"items_created": 3, "categories_created": 1}
+    error = {"code": 10, "reason": "INTERRUPTED", "message": "stopped", "metadata": {"k": "v"}}
+    old = [
+        ("done", "import", "mnist", "JOB_STATE_SUCCEEDED", json.dumps(request), json.dumps(result), "", False, T0, T0),
+        ("failed", "export", "COCO", "JOB_STATE_FAILED", json.dumps({"version": "datasets/old/versions/1"}), "", json.dumps(error), False, T0, T0),
+        ("stopping", "import", "coco", "JOB_STATE_CANCELLING", "{}", "", "", True, T0, None),
+    ]
+    with db.transaction(engine) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO annotation_datasets (dataset_id, display_name, description, labels, create_time, update_time,"
+                " seq, item_count, annotation_count, latest_version) VALUES ('old', '', '', '{}', :t, :t, 0, 0, 0, 0)"
+            ),
+            {"t": T0.replace(tzinfo=None)},
+        )
+        pk = conn.execute(text("SELECT id FROM annotation_datasets WHERE dataset_id = 'old'")).scalar_one()
+        for job_id, kind, format, state, req, res, err, cancel, start, end in old:
+            conn.execute(
+                text(
+                    "INSERT INTO annotation_jobs (job_id, dataset, kind, format, state, progress_done, progress_total,"
+                    " progress_message, request, result, error, cancel_requested, create_time, update_time, start_time, end_time)"
+                    " VALUES (:job_id, :dataset, :kind, :format, :state, 3, 4, 'm', :request, :result, :error, :cancel,"
+                    " :t, :t, :start, :end)"
+                ),
+                {
+                    "job_id": job_id, "dataset": pk, "kind": kind, "format": format, "state": state, "request": req,
+                    "result": res, "error": err, "cancel": cancel, "t": T0.replace(tzinfo=None),
+                    "start": start.replace(tzinfo=None), "end": None if end is None else end.replace(tzinfo=None),
+                },
+            )
+    db.migrate(engine)
+    jobs = JobStore(engine, jobs_table)
+    done = jobs.get("import", "done", "datasets/old")
+    assert (done.state, done.label, done.attempt, done.revision) == ("JOB_STATE_SUCCEEDED", "mnist", 1, 1)
+    assert done.spec == {"format": "mnist", "job": request} and done.result == result and done.error is None
+    assert done.progress == Progress(3, 4, "m") and done.create_time == T0 and done.end_time == T0
+    failed = jobs.get("export", "failed", "datasets/old")
+    assert failed.error == JobError(10, "INTERRUPTED", "stopped", {"k": "v"}) and failed.result == {}
+    assert failed.spec == {"format": "COCO", "job": {"version": "datasets/old/versions/1"}}
+    stopping = jobs.get("import", "stopping", "datasets/old")
+    assert (stopping.state, stopping.requested, stopping.owner, stopping.end_time) == ("JOB_STATE_CANCELLING", "cancel", "", None)
+    # A carried-over job is claimable like any other: the next runner finishes its cancellation.
+    assert jobs.claimable(["import"], "runner", limit=10) == ["stopping"]
