@@ -74,6 +74,8 @@ async def test_sample_and_stream_as_numpy(sampling: Sampling) -> None:
     async with AsyncSamplingClient(address) as client:
         again = await client.sample("digits@1", 10, seed=3, start_index=5)
         parts = [b async for b in client.stream("digits@1", seed=3, start_index=5, count=10, batch_size=4)]
+        names = [g.name async for g in client.list_generators("digits", page_size=1)]
+    assert names == ["models/digits/versions/1"]
     assert np.array_equal(again.samples, batch.samples)
     assert np.array_equal(np.concatenate([b.samples for b in parts]), batch.samples)
 

@@ -241,6 +241,19 @@ class AsyncSamplingClient(ServiceClient):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    async def list_generators(self, model: str = "", *, loaded_only: bool = False, page_size: int = 0) -> AsyncIterator[gen_pb.Generator]:
+        token = ""
+        model_name = "" if not model else (model if model.startswith("models/") else f"models/{model}")
+        while True:
+            response = await self._raw.call(
+                "ListGenerators", rpc.ListGeneratorsRequest(model=model_name, loaded_only=loaded_only, page_size=page_size, page_token=token)
+            )
+            for generator in response.generators:
+                yield generator
+            token = response.next_page_token
+            if not token:
+                return
+
     async def get_generator(self, generator: str) -> gen_pb.Generator:
         return (await self._raw.call("GetGenerator", rpc.GetGeneratorRequest(name=generator_name(generator)))).generator
 
