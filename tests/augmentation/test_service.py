@@ -195,6 +195,8 @@ def _with(index: int, **changes) -> pb.AugmentItem:  # noqa: ANN003
             "items[0].annotations[0].box.w",
         ),
         ([pb.AugmentItem(key="k", image={"dtype": "DATA_TYPE_UINT8", "shape": [3000, 3000, 3], "data": b""})], grpc.StatusCode.RESOURCE_EXHAUSTED, "IMAGE_TOO_LARGE", "items[0].image"),
+        ([pb.AugmentItem(key="k", image=item(0).image, partners=[item(1)] * 9)], grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_PARTNERS", "items[0].partners"),
+        ([pb.AugmentItem(key="k", image=item(0).image, partners=[pb.AugmentItem(image=item(1).image, partners=[item(2)])])], grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_PARTNERS", "items[0].partners[0].partners"),
     ],
 )
 async def test_bad_items_get_a_precise_status(request, tmp_path, items: list, code: grpc.StatusCode, reason: str, field: str) -> None:
@@ -280,3 +282,13 @@ async def test_sdk_numpy_in_and_out(augmentation) -> None:
     assert [o.image.tobytes() for o in out] == [s.image.tobytes() for s in streamed]
     assert grey[0].image.dtype == np.float32 and grey[0].image.shape == (20, 30, 1)
     assert png.startswith(b"\x89PNG")
+
+
+async def test_mosaic_over_the_wire_reports_its_partners(augmentation) -> None:
+    mosaic = json_format.ParseDict({"ops": [{"mosaic": {}}]}, pipeline_pb2.PipelineSpec())
+    message = item(0)
+    message.partners.extend([item(1), item(2), item(3)])
+    response = await stub(augmentation).AugmentBatch(pb.AugmentBatchRequest(pipeline=pb.PipelineSource(pipeline_spec=mosaic), seed=1, items=[message]))
+    (out,) = response.items
+    assert sorted(out.partner_keys) == [f"datasets/d/items/{k}" for k in (1, 2, 3)]
+    assert {a.id for a in out.annotations} <= {"b", "p0.b", "p1.b", "p2.b"} and len(out.annotations) >= 1

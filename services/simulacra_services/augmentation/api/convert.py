@@ -85,12 +85,19 @@ def categories_from_proto(messages: object) -> dict[int, Category]:
     return {int(m.category_id): category_from_proto(m) for m in messages}  # type: ignore[attr-defined]
 
 
-def item_from_proto(message: pb.AugmentItem, field: str, max_pixels: int) -> Item:
+MAX_PARTNERS = 8
+
+
+def item_from_proto(message: pb.AugmentItem, field: str, max_pixels: int, *, nested: bool = False) -> Item:
     if not message.HasField("image"):
         raise _invalid("MISSING_IMAGE", f"{field}.image", "an item needs an image")
     image = image_from_proto(message.image, f"{field}.image", max_pixels)
     annotations = tuple(annotation_from_proto(a, f"{field}.annotations[{i}]") for i, a in enumerate(message.annotations))
-    return Item(image=image, annotations=annotations, key=message.key, seed=message.seed if message.HasField("seed") else None)
+    if len(message.partners) > MAX_PARTNERS or (nested and message.partners):
+        why = "partners have no partners of their own" if nested else f"at most {MAX_PARTNERS} partners per item"
+        raise _invalid("TOO_MANY_PARTNERS", f"{field}.partners", why, limit=MAX_PARTNERS)
+    partners = tuple(item_from_proto(p, f"{field}.partners[{i}]", max_pixels, nested=True) for i, p in enumerate(message.partners))
+    return Item(image=image, annotations=annotations, key=message.key, seed=message.seed if message.HasField("seed") else None, partners=partners)
 
 
 def augmented_to_proto(result: Augmented, message: pb.AugmentedItem) -> None:
@@ -102,3 +109,4 @@ def augmented_to_proto(result: Augmented, message: pb.AugmentedItem) -> None:
     message.applied_ops[:] = list(result.applied_ops)
     message.applied_op_paths[:] = list(result.applied_paths)
     message.dropped_annotations = result.dropped_annotations
+    message.partner_keys[:] = list(result.partner_keys)

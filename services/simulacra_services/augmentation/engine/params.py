@@ -211,6 +211,31 @@ class FloatList(Param):
         return list(value)
 
 
+@dataclass(frozen=True)
+class IntList(Param):
+    lo: int | None = None
+    hi: int | None = None
+    max_len: int = 64
+
+    def read(self, value: Any, field: str) -> tuple[int, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise invalid("INVALID_PARAM_TYPE", field, "must be a list of integers")
+        if len(value) > self.max_len:
+            raise invalid("PARAM_OUT_OF_RANGE", field, f"at most {self.max_len} values, got {len(value)}", count=len(value))
+        out = []
+        for index, item in enumerate(value):
+            number = read_int(item, f"{field}[{index}]")
+            _check_bounds(number, self.lo, self.hi, f"{field}[{index}]")
+            out.append(number)
+        return tuple(out)
+
+    def default_value(self) -> tuple[int, ...]:
+        return ()
+
+    def to_json(self, value: tuple[int, ...]) -> Any:
+        return list(value)
+
+
 INTERPOLATIONS = ("INTERPOLATION_NEAREST", "INTERPOLATION_BILINEAR", "INTERPOLATION_BICUBIC")
 BORDER_MODES = ("BORDER_MODE_CONSTANT", "BORDER_MODE_REFLECT", "BORDER_MODE_REPLICATE")
 

@@ -27,7 +27,8 @@ import numpy as np
 from simulacra_services.annotation.model import Annotation, Category
 from simulacra_services.augmentation.engine import rng as rng_module
 from simulacra_services.augmentation.engine.params import invalid
-from simulacra_services.augmentation.engine.registry import FieldOp, GeometricOp, ImageOp
+from simulacra_services.augmentation.engine.ops.mixing import fit
+from simulacra_services.augmentation.engine.registry import FieldOp, GeometricOp, ImageOp, MixOp
 from simulacra_services.augmentation.engine.spec import GroupNode, Node, OpNode, PipelineSpec, digest
 from simulacra_services.augmentation.engine.targets import Step, TargetTransform
 from simulacra_services.augmentation.engine.warp import Resampling, is_identity, warp
@@ -43,6 +44,8 @@ class Item:
     annotations: Sequence[Annotation] = ()
     key: str = ""
     seed: int | None = None
+    partners: Sequence[Item] = ()
+    """Other items that mixing ops (mixup, cutmix, mosaic, copy_paste) may draw from."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Augmented:
     seed: int
     applied_paths: tuple[str, ...]
     dropped_annotations: int
+    partner_keys: tuple[str, ...] = ()
+    """Keys of the partners mixing ops used, in order (the other sources of this item)."""
 
     @property
     def applied_ops(self) -> tuple[int, ...]:
@@ -75,6 +80,7 @@ class _State:
     width: int = 0
     resampling: Resampling | None = None
     steps: list[Step] = field(default_factory=list)
+    base: tuple[int, int] = (0, 0)  # frame the pending steps start from
     dropped: int = 0
 
 
@@ -122,7 +128,11 @@ class Augmenter:
         check_image(item.image, f"{path}.image")
         state = _State(image=item.image, annotations=list(item.annotations), path=f"{path}.annotations")
         state.height, state.width = item.image.shape[:2]
+        state.base = (state.height, state.width)
+        for index, partner in enumerate(item.partners):
+            check_image(partner.image, f"{path}.partners[{index}].image")
         applied: list[str] = []
+        partner_keys: list[str] = []
         for node, node_path, generator in self._fired(self.spec.ops, "", seed):
             op = node.op
             if isinstance(op, GeometricOp):
@@ -133,6 +143,22 @@ class Augmenter:
                 state.height, state.width = step.height, step.width
                 if not self.fuse:
                     self._flush(state)
+            elif isinstance(op, MixOp):
+                if not item.partners:
+                    continue  # nothing to mix with: the op does not fire
+                self._flush(state)
+                self._materialize(state)
+                sources = []
+                order = generator.permutation(len(item.partners))  # distinct partners while there are enough
+                for number in range(op.partners_wanted(node.values)):
+                    index = int(order[number % len(order)])
+                    partner = item.partners[index]
+                    key = partner.key or f"partners[{index}]"
+                    sources.append(fit(key, partner.image, partner.annotations, state.image, self.categories, f"p{len(partner_keys) + number}.", f"{path}.partners[{index}].annotations"))
+                state.image, state.annotations, dropped = op.mix(node.values, generator, state.image, state.annotations, sources, self.spec.annotation_policy, state.path)
+                state.dropped += dropped
+                partner_keys.extend(s.key for s in sources)
+                state.base = state.image.shape[:2]
             elif isinstance(op, FieldOp):
                 self._flush(state)
                 sampled = op.sample(node.values, generator, state.height, state.width)
@@ -147,9 +173,7 @@ class Augmenter:
                 state.image = op.apply(state.image, node.values, sampled)
             applied.append(node_path)
         self._flush(state)
-        if state.steps and state.annotations:
-            transform = TargetTransform(state.steps, item.image.shape[:2], self.spec.annotation_policy, self.categories, state.path)
-            state.annotations, state.dropped = transform.apply(state.annotations)
+        self._materialize(state)
         return Augmented(
             key=item.key,
             image=state.image,
@@ -157,7 +181,17 @@ class Augmenter:
             seed=seed,
             applied_paths=tuple(applied),
             dropped_annotations=state.dropped,
+            partner_keys=tuple(partner_keys),
         )
+
+    def _materialize(self, state: _State) -> None:
+        """Move the annotations through the resamplings recorded so far (once, all steps at a time)."""
+        if state.steps and state.annotations:
+            transform = TargetTransform(state.steps, state.base, self.spec.annotation_policy, self.categories, state.path)
+            state.annotations, dropped = transform.apply(state.annotations)
+            state.dropped += dropped
+        state.steps = []
+        state.base = state.image.shape[:2]
 
     def _fired(self, nodes: Sequence[Node], prefix: str, seed: int) -> Iterator[tuple[OpNode, str, np.random.Generator]]:
         for index, node in enumerate(nodes):

@@ -63,6 +63,18 @@ class FieldOp(OpType):
         raise NotImplementedError
 
 
+class MixOp(OpType):
+    """Several items into one: draws partners from ``Item.partners`` (see ``ops/mixing.py``)."""
+
+    partners_needed = 1
+
+    def partners_wanted(self, values: Mapping[str, Any]) -> int:
+        return self.partners_needed
+
+    def mix(self, values: Mapping[str, Any], rng: Any, image: np.ndarray, annotations: list, sources: list, policy: Any, path: str) -> tuple:  # pragma: no cover
+        raise NotImplementedError
+
+
 class ImageOp(OpType):
     def apply(self, image: np.ndarray, values: Mapping[str, Any], sampled: Any) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError

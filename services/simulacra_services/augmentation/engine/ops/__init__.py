@@ -1,3 +1,3 @@
 """The op types; importing this package registers every one of them."""
 
-from simulacra_services.augmentation.engine.ops import geometric, photometric, weather  # noqa: F401
+from simulacra_services.augmentation.engine.ops import geometric, mixing, photometric, weather  # noqa: F401

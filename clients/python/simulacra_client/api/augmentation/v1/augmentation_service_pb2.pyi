@@ -261,6 +261,7 @@ class AugmentItem(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    PARTNERS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Identity of the item for seed derivation under SEED_POLICY_ITEM_KEY, echoed back.
     Usually the item's resource name "datasets/{dataset}/items/{item}"; any string
@@ -278,6 +279,13 @@ class AugmentItem(_message.Message):
     def annotations(self) -> _containers.RepeatedCompositeFieldContainer[_annotation_pb2.Annotation]:
         """Annotations in the pixel coordinates of image; pixel maps carry their tensor."""
 
+    @_builtins.property
+    def partners(self) -> _containers.RepeatedCompositeFieldContainer[Global___AugmentItem]:
+        """Other items the mixing ops (mixup, cutmix, mosaic, copy_paste) may draw from;
+        at most 8, without partners of their own. Their keys identify them in
+        AugmentedItem.partner_keys.
+        """
+
     def __init__(
         self,
         *,
@@ -285,10 +293,11 @@ class AugmentItem(_message.Message):
         image: _common_pb2.Tensor | None = ...,
         annotations: _abc.Iterable[_annotation_pb2.Annotation] | None = ...,
         seed: _builtins.int | None = ...,
+        partners: _abc.Iterable[Global___AugmentItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "image", b"image", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "annotations", b"annotations", "image", b"image", "key", b"key", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "annotations", b"annotations", "image", b"image", "key", b"key", "partners", b"partners", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -309,6 +318,7 @@ class AugmentedItem(_message.Message):
     APPLIED_OPS_FIELD_NUMBER: _builtins.int
     DROPPED_ANNOTATIONS_FIELD_NUMBER: _builtins.int
     APPLIED_OP_PATHS_FIELD_NUMBER: _builtins.int
+    PARTNER_KEYS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key of the input item."""
     seed: _builtins.int
@@ -335,6 +345,10 @@ class AugmentedItem(_message.Message):
         "3.1" for ops[1] of the group at ops[3]. applied_ops lists their top-level indices.
         """
 
+    @_builtins.property
+    def partner_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys of the partners the mixing ops used, in order: with `key` the sources of this item."""
+
     def __init__(
         self,
         *,
@@ -345,10 +359,11 @@ class AugmentedItem(_message.Message):
         applied_ops: _abc.Iterable[_builtins.int] | None = ...,
         dropped_annotations: _builtins.int = ...,
         applied_op_paths: _abc.Iterable[_builtins.str] | None = ...,
+        partner_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "applied_op_paths", b"applied_op_paths", "applied_ops", b"applied_ops", "dropped_annotations", b"dropped_annotations", "image", b"image", "key", b"key", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "applied_op_paths", b"applied_op_paths", "applied_ops", b"applied_ops", "dropped_annotations", b"dropped_annotations", "image", b"image", "key", b"key", "partner_keys", b"partner_keys", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -289,6 +289,10 @@ class Op(_message.Message):
     SNOW_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
     SUN_FLARE_FIELD_NUMBER: _builtins.int
+    MIXUP_FIELD_NUMBER: _builtins.int
+    CUTMIX_FIELD_NUMBER: _builtins.int
+    MOSAIC_FIELD_NUMBER: _builtins.int
+    COPY_PASTE_FIELD_NUMBER: _builtins.int
     SEQUENTIAL_FIELD_NUMBER: _builtins.int
     ONE_OF_FIELD_NUMBER: _builtins.int
     SOME_OF_FIELD_NUMBER: _builtins.int
@@ -357,6 +361,16 @@ class Op(_message.Message):
     @_builtins.property
     def sun_flare(self) -> Global___SunFlareOp: ...
     @_builtins.property
+    def mixup(self) -> Global___MixupOp:
+        """Mixing: several items into one; partners come from AugmentItem.partners."""
+
+    @_builtins.property
+    def cutmix(self) -> Global___CutmixOp: ...
+    @_builtins.property
+    def mosaic(self) -> Global___MosaicOp: ...
+    @_builtins.property
+    def copy_paste(self) -> Global___CopyPasteOp: ...
+    @_builtins.property
     def sequential(self) -> Global___SequentialOp:
         """Composition: groups of ops, nestable (at most 8 deep, 256 ops in all)."""
 
@@ -404,19 +418,23 @@ class Op(_message.Message):
         snow: Global___SnowOp | None = ...,
         shadow: Global___ShadowOp | None = ...,
         sun_flare: Global___SunFlareOp | None = ...,
+        mixup: Global___MixupOp | None = ...,
+        cutmix: Global___CutmixOp | None = ...,
+        mosaic: Global___MosaicOp | None = ...,
+        copy_paste: Global___CopyPasteOp | None = ...,
         sequential: Global___SequentialOp | None = ...,
         one_of: Global___OneOfOp | None = ...,
         some_of: Global___SomeOfOp | None = ...,
         random_order: Global___RandomOrderOp | None = ...,
         registered: Global___RegisteredOp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "copy_paste", b"copy_paste", "crop", b"crop", "cutmix", b"cutmix", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "mixup", b"mixup", "mosaic", b"mosaic", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "crop", b"crop", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_probability", b"_probability", "affine", b"affine", "brightness_contrast", b"brightness_contrast", "center_crop", b"center_crop", "color_jitter", b"color_jitter", "copy_paste", b"copy_paste", "crop", b"crop", "cutmix", b"cutmix", "cutout", b"cutout", "elastic", b"elastic", "fog", b"fog", "gamma", b"gamma", "gaussian_blur", b"gaussian_blur", "gaussian_noise", b"gaussian_noise", "grayscale", b"grayscale", "horizontal_flip", b"horizontal_flip", "hue_saturation_value", b"hue_saturation_value", "jpeg", b"jpeg", "kind", b"kind", "mixup", b"mixup", "mosaic", b"mosaic", "motion_blur", b"motion_blur", "night", b"night", "normalize", b"normalize", "one_of", b"one_of", "pad", b"pad", "perspective", b"perspective", "probability", b"probability", "rain", b"rain", "random_crop", b"random_crop", "random_order", b"random_order", "random_resized_crop", b"random_resized_crop", "registered", b"registered", "resize", b"resize", "rotate", b"rotate", "sequential", b"sequential", "shadow", b"shadow", "snow", b"snow", "some_of", b"some_of", "sun_flare", b"sun_flare", "transpose", b"transpose", "vertical_flip", b"vertical_flip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__probability: _TypeAlias = _typing.Literal["probability"]  # noqa: Y015
     _WhichOneofArgType__probability: _TypeAlias = _typing.Literal["_probability", b"_probability"]  # noqa: Y015
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "transpose", "perspective", "crop", "random_crop", "center_crop", "pad", "elastic", "brightness_contrast", "gamma", "hue_saturation_value", "grayscale", "motion_blur", "jpeg", "snow", "shadow", "sun_flare", "sequential", "one_of", "some_of", "random_order", "registered"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["horizontal_flip", "vertical_flip", "rotate", "affine", "random_resized_crop", "resize", "color_jitter", "gaussian_noise", "gaussian_blur", "cutout", "fog", "rain", "night", "normalize", "transpose", "perspective", "crop", "random_crop", "center_crop", "pad", "elastic", "brightness_contrast", "gamma", "hue_saturation_value", "grayscale", "motion_blur", "jpeg", "snow", "shadow", "sun_flare", "mixup", "cutmix", "mosaic", "copy_paste", "sequential", "one_of", "some_of", "random_order", "registered"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__probability) -> _WhichOneofReturnType__probability | None: ...
@@ -1429,6 +1447,137 @@ class ElasticOp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ElasticOp: _TypeAlias = ElasticOp  # noqa: Y015
+
+@_typing.final
+class MixupOp(_message.Message):
+    """Mixing ops draw their partners from the item's AugmentItem.partners (distinct
+    ones in an order drawn from the op's random stream, repeating only when there
+    are too few), fitted to the item's current size; without partners they do not fire. What a paste hides is hidden in the item's
+    annotations too: masks lose the hidden pixels, boxes shrink to their visible
+    pixels, polygons become the outline of their visible part, visible keypoints
+    under it become hidden (visibility 1), and annotations below the policy's
+    min_visibility are dropped. 3D cuboids and pixel maps cannot be mixed
+    (ANNOTATION_NOT_TRANSFORMABLE unless the policy drops them).
+
+    (1 - w) * item + w * partner; both annotation sets are kept, the partner's
+    with the attribute mixup_weight.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def weight(self) -> Global___FloatRange:
+        """Unset means [0.2, 0.5]."""
+
+    def __init__(
+        self,
+        *,
+        weight: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MixupOp: _TypeAlias = MixupOp  # noqa: Y015
+
+@_typing.final
+class CutmixOp(_message.Message):
+    """A random rectangle (area fraction `area`, aspect 1/2..2) of a partner pasted over the item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def area(self) -> Global___FloatRange:
+        """Unset means [0.1, 0.4]."""
+
+    def __init__(
+        self,
+        *,
+        area: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CutmixOp: _TypeAlias = CutmixOp  # noqa: Y015
+
+@_typing.final
+class MosaicOp(_message.Message):
+    """The item and three partners in a 2x2 grid around a random centre."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CENTER_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def center(self) -> Global___FloatRange:
+        """Centre of the grid as a fraction of width and height; unset means [0.3, 0.7]."""
+
+    @_builtins.property
+    def scale(self) -> Global___FloatRange:
+        """Scale of each tile; unset means 0.5."""
+
+    def __init__(
+        self,
+        *,
+        center: Global___FloatRange | None = ...,
+        scale: Global___FloatRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["center", b"center", "scale", b"scale"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center", b"center", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MosaicOp: _TypeAlias = MosaicOp  # noqa: Y015
+
+@_typing.final
+class CopyPasteOp(_message.Message):
+    """Object instances (a mask or polygon with its instance_id siblings) cut out of
+    partners and pasted over the item: the cheapest way to put rare objects into
+    common scenes with exact per-pixel labels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    CATEGORY_IDS_FIELD_NUMBER: _builtins.int
+    PARTNERS_FIELD_NUMBER: _builtins.int
+    max_instances: _builtins.int
+    """1-64; unset means 3."""
+    partners: _builtins.int
+    """Partners drawn, 1-8; unset means 1."""
+    @_builtins.property
+    def category_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only instances of these categories; empty takes any."""
+
+    def __init__(
+        self,
+        *,
+        max_instances: _builtins.int | None = ...,
+        category_ids: _abc.Iterable[_builtins.int] | None = ...,
+        partners: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_partners", b"_partners", "max_instances", b"max_instances", "partners", b"partners"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_partners", b"_partners", "category_ids", b"category_ids", "max_instances", b"max_instances", "partners", b"partners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
+    _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    _WhichOneofReturnType__partners: _TypeAlias = _typing.Literal["partners"]  # noqa: Y015
+    _WhichOneofArgType__partners: _TypeAlias = _typing.Literal["_partners", b"_partners"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__partners) -> _WhichOneofReturnType__partners | None: ...
+
+Global___CopyPasteOp: _TypeAlias = CopyPasteOp  # noqa: Y015
 
 @_typing.final
 class SequentialOp(_message.Message):
