@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from simulacra_services.core import errors
-from simulacra_services.core.api.names import MAX_NAME_CHARS, VERSION_NUMBER, NamePattern, invalid_name, shown
+from simulacra_services.core.api.names import MAX_NAME_CHARS, VERSION_NUMBER, NamePattern, invalid_name
+from simulacra_services.core.errors import shown
 
 MODEL_VERSION = NamePattern("models/{model}/versions/{version}", version=VERSION_NUMBER)
 STATE = NamePattern("datasets/{dataset}[/versions/{version}]", version=rf"{VERSION_NUMBER}|latest")

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "services" / "simulacra_services" / "annotation"
 SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py", "enums.py")]
 # Core modules some of whose reasons reach annotation clients: its jobs run on core/jobs, which
 # has reasons of its own the annotation-store never raises (JOB_NOT_PAUSABLE, ...).
-SOME_SHARED = [ROOT / "services" / "simulacra_services" / "core" / "jobs" / name for name in ("store.py", "runner.py")]
+SOME_SHARED = [ROOT / "services" / "simulacra_services" / "core" / path for path in ("jobs/store.py", "jobs/runner.py", "db/idempotency.py")]
 
 # UPPER_SNAKE string constants of the package that are not error reasons.
 NOT_REASONS = {"CASCADE", "COCO", "JPEG", "YOLO"}

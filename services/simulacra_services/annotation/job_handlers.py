@@ -15,6 +15,7 @@ discarded the same way, so an import is all or nothing even under kill -9.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Callable
 from typing import Any
@@ -130,64 +131,65 @@ def to_json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-class ImportHandler:
-    """Runs import jobs (COCO, YOLO, MNIST) and discards what failed ones wrote."""
+class _ThreadedHandler(abc.ABC):
+    """A job whose work runs in a worker thread, given its request message and its ``WorkContext``."""
 
     resumable = False
+    REQUEST: type = pb.ImportJob
 
     def __init__(self, store: Any, options: JobOptions) -> None:
         self.store = store
         self.options = options
 
     async def run(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
-        return await asyncio.to_thread(self._work, job, ctx)
+        return await asyncio.to_thread(self._start, job, ctx)
 
-    def _work(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+    def _start(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
         context = WorkContext(ctx, dataset_of(job), self.options)
         context.checkpoint("start", 0)
-        request = request_of(job, pb.ImportJob())
+        result = self.work(request_of(job, self.REQUEST()), context)
+        context.finished()
+        return to_json(result)
+
+    @abc.abstractmethod
+    def work(self, request: Any, context: WorkContext) -> Any:
+        """The job's result message."""
+
+
+class ImportHandler(_ThreadedHandler):
+    """Runs import jobs (COCO, YOLO, MNIST) and discards what failed ones wrote."""
+
+    REQUEST = pb.ImportJob
+
+    def work(self, request: pb.ImportJob, context: WorkContext) -> pb.ImportResult:
         summary = importers.run_import(
             self.store, context, import_source(request), POLICIES[request.box_bounds_policy],
             chunk_size=self.options.chunk_size, workers=self.options.prepare_workers,
         )
-        context.finished()
-        return to_json(
-            pb.ImportResult(
-                items_created=summary.items_created,
-                annotations_created=summary.annotations_created,
-                categories_created=summary.categories_created,
-                items_skipped=summary.items_skipped,
-                warnings=summary.warnings,
-            )
+        return pb.ImportResult(
+            items_created=summary.items_created,
+            annotations_created=summary.annotations_created,
+            categories_created=summary.categories_created,
+            items_skipped=summary.items_skipped,
+            warnings=summary.warnings,
         )
 
     async def discard(self, job: JobRecord) -> None:
         await asyncio.to_thread(self.store.discard_import, dataset_of(job), job.job_id)
 
 
-class ExportHandler:
+class ExportHandler(_ThreadedHandler):
     """Runs export jobs (COCO, YOLO). An export writes only new blobs: nothing to discard."""
 
-    resumable = False
+    REQUEST = pb.ExportJob
 
-    def __init__(self, store: Any, options: JobOptions) -> None:
-        self.store = store
-        self.options = options
-
-    async def run(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
-        return await asyncio.to_thread(self._work, job, ctx)
-
-    def _work(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
-        context = WorkContext(ctx, dataset_of(job), self.options)
-        context.checkpoint("start", 0)
-        request = request_of(job, pb.ExportJob())
+    def work(self, request: pb.ExportJob, context: WorkContext) -> pb.ExportResult:
         version = int(names.parse_version(request.version, "export_job.version").version or 0)
         output = exporters.run_export(
             self.store, context, version, EXPORT_FORMATS[request.format], filter=request.filter,
             skip_images=request.skip_images, chunk_size=self.options.chunk_size,
         )
-        context.finished()
-        return to_json(export_result(output))
+        return export_result(output)
 
 
 def export_result(output: ExportOutput) -> pb.ExportResult:

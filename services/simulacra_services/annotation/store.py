@@ -70,6 +70,7 @@ from simulacra_services.core.jobs import ACTIVE as ACTIVE_JOB_STATES
 from simulacra_services.core.jobs import JobRecord as CoreJobRecord
 from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.db import transaction, utcnow
+from simulacra_services.core.db.idempotency import request_id_reused
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
 
@@ -209,12 +210,7 @@ class AnnotationStore:
         if row is None:
             return None
         if row.payload_sha256 != digest:
-            raise errors.AlreadyExists(
-                "REQUEST_ID_REUSED",
-                f"request_id {request_id!r} was already used for a different request; use a new request id "
-                "for new content (resend the same request only to retry it)",
-                {"field": "request_id", "request_id": request_id},
-            )
+            raise request_id_reused(request_id)
         return row.response
 
     # ------------------------------------------------------------------

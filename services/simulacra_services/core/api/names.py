@@ -13,7 +13,7 @@ around an optional part (``datasets/{dataset}[/versions/{version}]``).
 Optional variables that are absent parse as None.
 
 A malformed name is ``errors.InvalidArgument`` with reason ``INVALID_NAME``
-and metadata ``field``, ``name`` (cut to ``SHOWN_CHARS``) and ``expected``
+and metadata ``field``, ``name`` (cut by ``errors.shown``) and ``expected``
 (the template), so a bad name never reaches a query or an object key and an
 echoed value never swells an error beyond gRPC's metadata limits. Names
 longer than ``MAX_NAME_CHARS`` are refused before any matching.
@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from simulacra_services.core import errors
+from simulacra_services.core.errors import shown
 
 MAX_NAME_CHARS = 512
-SHOWN_CHARS = 200
 
 RESOURCE_ID = r"[a-z][a-z0-9-]{0,62}"
 """AIP-122 style ids: lower case letters, digits and hyphens, starting with a letter, at most 63."""
@@ -38,11 +38,6 @@ VERSION_OR_ALIAS = rf"{VERSION_NUMBER}|latest|{RESOURCE_ID}"
 """A version number or an alias (``latest``, ``production``...)."""
 
 _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-
-
-def shown(value: str) -> str:
-    """``value`` as an error may echo it: cut to ``SHOWN_CHARS`` characters."""
-    return value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "..."
 
 
 def invalid_name(name: str, expected: str, field: str = "name", why: str = "") -> errors.SimulacraError:

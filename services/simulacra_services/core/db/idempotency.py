@@ -19,7 +19,7 @@ from sqlalchemy import Column, Index, String, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from simulacra_services.core.errors import InvalidArgument
+from simulacra_services.core.errors import AlreadyExists, InvalidArgument, SimulacraError, shown
 
 from .schema import UtcDateTime, metadata, utcnow
 
@@ -81,3 +81,14 @@ def _check_key(field: str, value: str) -> None:
             f"{field} must be 1 to {MAX_KEY_LENGTH} printable characters",
             {"field": field, "max_length": MAX_KEY_LENGTH, "length": len(value) if isinstance(value, str) else 0},
         )
+
+
+def request_id_reused(request_id: str) -> SimulacraError:
+    """ALREADY_EXISTS REQUEST_ID_REUSED: a request id came back with a different request (every
+    service says it in these words: upload batches, job creation)."""
+    return AlreadyExists(
+        "REQUEST_ID_REUSED",
+        f"request_id {shown(request_id)!r} was already used for a different request; use a new request id "
+        "for new content (resend the same request only to retry it)",
+        {"field": "request_id", "request_id": shown(request_id)},
+    )

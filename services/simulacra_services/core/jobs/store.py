@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from simulacra_services.core import errors
 from simulacra_services.core.db import transaction, utcnow
+from simulacra_services.core.db.idempotency import request_id_reused
 from simulacra_services.core.jobs.model import (
     ACTIVE,
     CANCELLED,
@@ -222,12 +223,7 @@ class JobStore:
             ).first()
             if row is not None:
                 if row.request_digest != digest:
-                    raise errors.AlreadyExists(
-                        "REQUEST_ID_REUSED",
-                        f"request_id {request_id!r} was already used for a different request; use a new request id "
-                        "for new content (resend the same request only to retry it)",
-                        {"field": "request_id", "request_id": request_id},
-                    )
+                    raise request_id_reused(request_id)
                 return self.record(row), False
         conn.execute(t.insert().values(values))
         row = self._row(conn, values["job_id"])
