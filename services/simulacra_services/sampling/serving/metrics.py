@@ -63,6 +63,16 @@ class SamplingMetrics:
         self.streams = Gauge("simulacra_sampling_open_streams", "StreamSamples calls open.", registry=self.registry)
         self._stats: dict[str, GeneratorStatistics] = defaultdict(lambda: GeneratorStatistics(batch_sizes={}))
         self._lock = threading.Lock()
+        self._children: dict[str, tuple] = {}
+
+    def _of(self, generator: str) -> tuple:
+        """The labelled children of one generator, looked up once (``labels()`` costs on every call)."""
+        children = self._children.get(generator)
+        if children is None:
+            children = self._children[generator] = tuple(
+                m.labels(generator) for m in (self.requests, self.samples, self.latency, self.queue, self.compute, self.batch_size)
+            )
+        return children
 
     def statistics(self, generator: str) -> GeneratorStatistics:
         with self._lock:
@@ -71,10 +81,11 @@ class SamplingMetrics:
 
     def observe_batch(self, generator: str, size: int, queue_seconds: list[float], compute_seconds: float, now_ms: int) -> None:
         """One inference (called from the event loop by the batcher)."""
-        self.batch_size.labels(generator).observe(size)
-        self.compute.labels(generator).observe(compute_seconds)
+        _, _, _, queue, compute, batch_size = self._of(generator)
+        batch_size.observe(size)
+        compute.observe(compute_seconds)
         for q in queue_seconds:
-            self.queue.labels(generator).observe(q)
+            queue.observe(q)
         with self._lock:
             s = self._stats[generator]
             s.queue_count += len(queue_seconds)
@@ -89,9 +100,10 @@ class SamplingMetrics:
             entry[1] += int(compute_seconds * 1e9)
 
     def observe_request(self, generator: str, samples: int, seconds: float) -> None:
-        self.requests.labels(generator).inc()
-        self.samples.labels(generator).inc(samples)
-        self.latency.labels(generator).observe(seconds)
+        requests, samples_total, latency, _, _, _ = self._of(generator)
+        requests.inc()
+        samples_total.inc(samples)
+        latency.observe(seconds)
         with self._lock:
             s = self._stats[generator]
             s.success_count += 1
