@@ -1,7 +1,7 @@
 """An import is all or nothing even when its process is killed (kill -9) while it runs.
 
-The annotation-store runs as a real process (``simulacra serve annotation``, local files + SQLite,
-a one-second job lease). The test starts an MNIST import, kills the process with SIGKILL at several
+The annotation-store runs as a real process (``simulacra serve annotation``, a one-second job
+lease) over local files + SQLite and over S3 (SeaweedFS) + PostgreSQL. The test starts an MNIST import, kills the process with SIGKILL at several
 points (while the input is being checked, right after the first chunk was written, halfway through
 the writing), starts the service again on the same data and checks that the new process took the
 job over once the dead one's lease ran out, removed every item and category the job had written,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +23,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from simulacra_client.annotation import AnnotationClient, idx_bytes
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.channel import HealthStatus, check_health, open_channel
+
+from simulacra_services.core import db
+from simulacra_services.core.config import Settings
+from tests.harness import BACKENDS, backend_settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,17 +46,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def service_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], AnnotationClient]]:
-    """``simulacra serve annotation`` on ``data_dir``; stopped (SIGKILL) on exit if still running."""
+def service_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], AnnotationClient]]:
+    """``simulacra serve annotation`` with ``settings``; stopped (SIGKILL) on exit if still running."""
     port = _free_port()
     env = {
         **os.environ,
-        "SIMULACRA_DATA_DIR": str(data_dir),
-        "SIMULACRA_HOST": "127.0.0.1",
-        "SIMULACRA_ANNOTATION_PORT": str(port),
-        "SIMULACRA_ANNOTATION_METRICS_PORT": "0",
-        "SIMULACRA_JOB_LEASE_SECONDS": "1",
-        "SIMULACRA_LOG_LEVEL": "WARNING",
+        **settings.replace(annotation_port=port, annotation_metrics_port=0, job_lease_seconds=1.0).to_env(),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "simulacra_services.cli.main", "serve", "annotation"],
@@ -101,10 +100,16 @@ def _start_import(client: AnnotationClient, dataset: str) -> str:
     return client.create_import_job(dataset, pb.ImportJob(mnist=source)).name
 
 
-def _written(data_dir: Path, dataset: str) -> int:
-    """Items in the working state, read straight from the SQLite file of a dead process."""
-    with sqlite3.connect(data_dir / "simulacra.db") as conn:
-        (count,) = conn.execute("SELECT item_count FROM annotation_datasets WHERE dataset_id = ?", (dataset,)).fetchone()
+def _written(settings: Settings, dataset: str) -> int:
+    """Items in the working state, read straight from the database of a dead process."""
+    engine = db.create_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(
+                sa.text("SELECT item_count FROM annotation_datasets WHERE dataset_id = :dataset"), {"dataset": dataset}
+            ).scalar_one()
+    finally:
+        engine.dispose()
     return int(count)
 
 
@@ -119,21 +124,24 @@ KILL_POINTS: dict[str, Callable[[AnnotationClient, str, str], bool]] = {
 }
 
 
-def test_an_import_killed_at_any_point_leaves_nothing_and_can_run_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_import_killed_at_any_point_leaves_nothing_and_can_run_again(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    settings = backend_settings(request, tmp_path, backend)
     caught_writing = 0
     for index, (point, reached) in enumerate(KILL_POINTS.items()):
-        data_dir = tmp_path / f"point-{index}"
-        dataset = f"killed-{index}"
-        with service_process(data_dir) as (process, client):
+        dataset = f"killed-{index}"  # one database and one store for all points: each point its own dataset
+        with service_process(settings) as (process, client):
             client.create_dataset(dataset)
             job = _start_import(client, dataset)
             _wait(f"the import to be {point}", lambda: reached(client, dataset, job))
             os.kill(process.pid, signal.SIGKILL)
             process.wait(30)
-        left = _written(data_dir, dataset)  # what the dead process had written (read from its database)
+        left = _written(settings, dataset)  # what the dead process had written (read from its database)
         if 0 < left < DIGITS:
             caught_writing += 1
-        with service_process(data_dir) as (_, client):
+        with service_process(settings) as (_, client):
             _wait("the job to end", lambda: client.get_import_job(job).state in TERMINAL)
             ended = client.get_import_job(job)
             if ended.state == common_pb2.JOB_STATE_SUCCEEDED:  # it finished before the kill landed
