@@ -1,8 +1,8 @@
 """A sample stream: consecutive batches of one shard of the index sequence, bounded in flight.
 
-At most ``max_in_flight`` batches are computed ahead of the consumer: the producer waits on a
-bounded queue, so a slow client never makes the server buffer more. Cancelling the consumer
-(client gone, deadline) cancels the batches still being computed.
+At most ``max_in_flight`` batches are computed (or computing) ahead of what the consumer has
+taken: the producer waits for a slot, so a slow client never makes the server buffer more.
+Cancelling the consumer (client gone, deadline) cancels the batches still being computed.
 """
 
 from __future__ import annotations
@@ -29,21 +29,20 @@ class StreamPlan:
 
 
 async def stream_batches(generator: LoadedGenerator, checked: CheckedSpec, plan: StreamPlan, *, offload: bool) -> AsyncIterator[SampleBatch]:
-    queue: asyncio.Queue[asyncio.Future[SampleBatch] | None] = asyncio.Queue(maxsize=max(1, plan.max_in_flight))
+    # A slot per message computed ahead: taken before a batch starts, given back when the batch
+    # is handed to the transport. The queue itself is unbounded; the slots bound it.
+    slots = asyncio.Semaphore(max(1, plan.max_in_flight))
+    queue: asyncio.Queue[asyncio.Future[SampleBatch] | None] = asyncio.Queue()
 
     async def fill() -> None:
         start, sent = plan.start_index, 0
         while plan.count == 0 or sent < plan.count:
             n = plan.batch_size if plan.count == 0 else min(plan.batch_size, plan.count - sent)
             indices = shard_indices(start, plan.shard_index, plan.shard_count, n)
-            task = asyncio.ensure_future(produce(generator, checked, indices, offload=offload))
-            try:
-                await queue.put(task)
-            except BaseException:
-                task.cancel()
-                raise
+            await slots.acquire()
+            queue.put_nowait(asyncio.ensure_future(produce(generator, checked, indices, offload=offload)))
             start, sent = int(indices[-1]) + 1, sent + n
-        await queue.put(None)
+        queue.put_nowait(None)
 
     producer = asyncio.ensure_future(fill())
     try:
@@ -57,7 +56,9 @@ async def stream_batches(generator: LoadedGenerator, checked: CheckedSpec, plan:
             task = getter.result()
             if task is None:
                 return
-            yield await task
+            batch = await task
+            slots.release()
+            yield batch
     finally:
         producer.cancel()
         with contextlib.suppress(BaseException):
