@@ -14,7 +14,7 @@ from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb
 from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api
 from tests.sampling.conftest import Sampling, rpc_error
-from tests.sampling.generators import DIGITS, PLAIN, SCENES
+from tests.sampling.generators import PLAIN, SCENES
 
 _NP = {common_pb2.DATA_TYPE_FLOAT32: np.float32, common_pb2.DATA_TYPE_UINT8: np.uint8, common_pb2.DATA_TYPE_INT64: np.int64}
 
