@@ -292,3 +292,28 @@ async def test_mosaic_over_the_wire_reports_its_partners(augmentation) -> None:
     (out,) = response.items
     assert sorted(out.partner_keys) == [f"datasets/d/items/{k}" for k in (1, 2, 3)]
     assert {a.id for a in out.annotations} <= {"b", "p0.b", "p1.b", "p2.b"} and len(out.annotations) >= 1
+
+
+async def test_the_stream_on_the_torch_path_gives_the_same_draws(augmentation) -> None:
+    import torch
+
+    items = [item(i) for i in range(6)]
+
+    async def stream(device: str) -> list:
+        config = pb.AugmentStreamConfig(pipeline=pb.PipelineSource(pipeline_spec=spec()), seed=5, device=device)
+        out = []
+        async for response in stub(augmentation).AugmentStream(iter([pb.AugmentStreamRequest(config=config), pb.AugmentStreamRequest(items=items)])):
+            out += list(response.items)
+        return out
+
+    plain, torched = await stream(""), await stream("cpu")
+    for a, b in zip(plain, torched):
+        assert (a.seed, list(a.applied_op_paths), list(a.annotations)) == (b.seed, list(b.applied_op_paths), list(b.annotations))
+        difference = np.abs(np.frombuffer(a.image.data, np.uint8).astype(int) - np.frombuffer(b.image.data, np.uint8).astype(int))
+        assert difference.max() <= 3
+    for device, code, reason in (("tpu", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DEVICE"), ("cuda", grpc.StatusCode.FAILED_PRECONDITION, "DEVICE_UNAVAILABLE")):
+        if device == "cuda" and torch.cuda.is_available():
+            continue  # a machine with a GPU serves it; the CPU build refuses it
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stream(device)
+        assert (rpc_error(raised.value).code, rpc_error(raised.value).reason) == (code, reason)

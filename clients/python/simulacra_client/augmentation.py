@@ -361,11 +361,15 @@ class AugmentationClient:
         batch_size: int = 16,
         start_position: int = 0,
         categories: Sequence[annotation_pb2.Category] = (),
+        device: str = "",
     ) -> Iterator[AugmentedImage]:
-        """Augment an iterable of items over one stream, ``batch_size`` per request, in order."""
+        """Augment an iterable of items over one stream, ``batch_size`` per request, in order.
+
+        ``device``: "" for the server's numpy path, "cpu" or "cuda" for its batched torch path.
+        """
 
         def requests() -> Iterator[rpc.AugmentStreamRequest]:
-            config = rpc.AugmentStreamConfig(pipeline=self._source(pipeline), seed=seed, categories=list(categories), start_position=start_position)
+            config = rpc.AugmentStreamConfig(pipeline=self._source(pipeline), seed=seed, categories=list(categories), start_position=start_position, device=device)
             yield rpc.AugmentStreamRequest(config=config)
             batch: list[rpc.AugmentItem] = []
             for item in items:

@@ -40,6 +40,21 @@ def pipeline_id_of(name: str, field: str = "name") -> str:
     return pipeline_id
 
 
+def torch_augmenter(augmenter: Augmenter, device: str) -> object:
+    """The batched torch path on ``device`` (imports torch: only streams that ask for it do)."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise _invalid("INVALID_DEVICE", "config.device", f"expected \"\", \"cpu\" or \"cuda\", got {device[:40]!r}")
+    try:
+        import torch
+
+        from simulacra_services.augmentation.engine.batched import TorchAugmenter
+    except ImportError:
+        raise errors.FailedPrecondition("DEVICE_UNAVAILABLE", "this augmentation server has no torch; leave device empty", {"device": device}) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise errors.FailedPrecondition("DEVICE_UNAVAILABLE", f"this augmentation server has no CUDA device for {device!r}", {"device": device})
+    return TorchAugmenter(augmenter, device)
+
+
 class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
     def __init__(
         self, pipelines: PipelineRepository, runner: BatchRunner, jobs: JobRunner | None = None, *, max_image_pixels: int = MAX_IMAGE_PIXELS
@@ -108,13 +123,14 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
             raise _invalid("MISSING_CONFIG", "config", "the first request of a stream carries the config (pipeline and seed)")
         config = first.config
         augmenter = await self._augmenter(config.pipeline, config.categories, "config.pipeline")
+        batched = await asyncio.to_thread(torch_augmenter, augmenter, config.device) if config.device else None
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         ordered: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
         position = config.start_position
 
         async def augment(request: pb.AugmentStreamRequest, start: int) -> pb.AugmentStreamResponse:
             items = await asyncio.to_thread(self._items, request.items, "items")
-            results = await self._runner.run(augmenter, items, config.seed, start_position=start)
+            results = await self._runner.run(augmenter, items, config.seed, start_position=start, batched=batched)
             response = pb.AugmentStreamResponse(pipeline_digest=augmenter.digest, position=start)
             await asyncio.to_thread(self._fill, response, results)
             return response

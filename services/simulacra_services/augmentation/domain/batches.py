@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 from simulacra_services.annotation.model import AnnotationKind, BoxBoundsPolicy, Category, ImageSize
@@ -81,9 +82,15 @@ class BatchRunner:
         start_position: int = 0,
         copy_index: int = 0,
         path: str = "items",
+        batched: Any = None,
     ) -> list[Augmented]:
+        """``batched``: a ``TorchAugmenter`` for the same pipeline, to run the items as one torch batch."""
         loop = asyncio.get_running_loop()
         checked = await loop.run_in_executor(self._pool, check_items, augmenter, items, path)
+        if batched is not None:
+            seeds = [item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + i, copy_index) for i, item in enumerate(checked)]
+            paths = [f"{path}[{i}]" for i in range(len(checked))]
+            return await loop.run_in_executor(self._pool, batched.run_batch, checked, seeds, paths)
         futures = []
         for index, item in enumerate(checked):
             seed = item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + index, copy_index)

@@ -105,6 +105,25 @@ def errors_resource(field: str, image: np.ndarray):  # noqa: ANN201
     )
 
 
+class NumpyPixels:
+    """Where the executor sends pixel work: numpy + OpenCV, at once (the default)."""
+
+    def warp(self, image: np.ndarray, matrix: np.ndarray, height: int, width: int, resampling: Resampling) -> np.ndarray:
+        return warp(image, matrix, height, width, resampling)
+
+    def remap(self, image: np.ndarray, field: object, values: Mapping[str, object]) -> np.ndarray:
+        return field.remap(image, values["interpolation"], values["border_mode"], values["fill_value"])  # type: ignore[attr-defined]
+
+    def apply(self, image: np.ndarray, op: ImageOp, values: Mapping[str, object], sampled: object) -> np.ndarray:
+        return op.apply(image, values, sampled)
+
+    def mixing(self) -> bool:
+        return True
+
+
+NUMPY = NumpyPixels()
+
+
 class Augmenter:
     """A validated pipeline, ready to run on items (thread-safe: it holds no per-item state)."""
 
@@ -123,8 +142,8 @@ class Augmenter:
             return rng_module.position_seed(request_seed, position)
         return rng_module.item_seed(request_seed, key, copy_index)
 
-    def run(self, item: Item, seed: int, path: str = "item") -> Augmented:
-        """Augment one item with the given item seed."""
+    def run(self, item: Item, seed: int, path: str = "item", pixels: NumpyPixels = NUMPY) -> Augmented:
+        """Augment one item with the given item seed (``pixels``: where the pixel work goes)."""
         check_image(item.image, f"{path}.image")
         state = _State(image=item.image, annotations=list(item.annotations), path=f"{path}.annotations")
         state.height, state.width = item.image.shape[:2]
@@ -142,11 +161,13 @@ class Augmenter:
                 state.matrix = step.matrix @ state.matrix
                 state.height, state.width = step.height, step.width
                 if not self.fuse:
-                    self._flush(state)
+                    self._flush(state, pixels)
             elif isinstance(op, MixOp):
                 if not item.partners:
                     continue  # nothing to mix with: the op does not fire
-                self._flush(state)
+                if not pixels.mixing():
+                    raise NotImplementedError("mixing ops run on the numpy path only")
+                self._flush(state, pixels)
                 self._materialize(state)
                 sources = []
                 order = generator.permutation(len(item.partners))  # distinct partners while there are enough
@@ -160,19 +181,18 @@ class Augmenter:
                 partner_keys.extend(s.key for s in sources)
                 state.base = state.image.shape[:2]
             elif isinstance(op, FieldOp):
-                self._flush(state)
+                self._flush(state, pixels)
                 sampled = op.sample(node.values, generator, state.height, state.width)
                 field = op.field(node.values, sampled, state.height, state.width)
-                values = node.values
-                state.image = field.remap(state.image, values["interpolation"], values["border_mode"], values["fill_value"])
+                state.image = pixels.remap(state.image, field, node.values)
                 state.steps.append(Step(np.eye(3), state.height, state.width, field))
             else:
                 assert isinstance(op, ImageOp)
-                self._flush(state)
+                self._flush(state, pixels)
                 sampled = op.sample(node.values, generator, state.height, state.width)
-                state.image = op.apply(state.image, node.values, sampled)
+                state.image = pixels.apply(state.image, op, node.values, sampled)
             applied.append(node_path)
-        self._flush(state)
+        self._flush(state, pixels)
         self._materialize(state)
         return Augmented(
             key=item.key,
@@ -215,12 +235,12 @@ class Augmenter:
         for index in children:
             yield from self._node(node.children[index], f"{path}.{index}", seed)
 
-    def _flush(self, state: _State) -> None:
+    def _flush(self, state: _State, pixels: NumpyPixels = NUMPY) -> None:
         in_h, in_w = state.image.shape[:2]
         if state.resampling is None:
             return
         if not ((state.height, state.width) == (in_h, in_w) and is_identity(state.matrix)):
-            state.image = warp(state.image, state.matrix, state.height, state.width, state.resampling)
+            state.image = pixels.warp(state.image, state.matrix, state.height, state.width, state.resampling)
             state.steps.append(Step(state.matrix, state.height, state.width))
         state.matrix = np.eye(3)
         state.resampling = None

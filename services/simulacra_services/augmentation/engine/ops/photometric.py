@@ -159,6 +159,35 @@ def apply_colour_matrix(image: np.ndarray, matrix: np.ndarray, offset: np.ndarra
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def colour_transform(sampled: tuple, means: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """ColorJitter's draws as one affine colour map (matrix, offset in [0, 1] units), given the
+    image's channel means in [0, 1]: 3x3 for colour, 1x1 (brightness and contrast) for grey."""
+    order, (brightness, contrast, saturation, hue) = sampled
+    if channels < 3:
+        gain, offset = 1.0, 0.0
+        for step in order:
+            if step == 0:
+                gain, offset = gain * brightness, offset * brightness
+            elif step == 1:
+                mean = gain * float(means[0]) + offset
+                gain, offset = gain * contrast, offset * contrast + (1.0 - contrast) * mean
+        return np.array([[gain]]), np.array([offset])
+    matrix, offset = np.eye(3), np.zeros(3)
+    for step in order:
+        if step == 0:
+            matrix, offset = matrix * brightness, offset * brightness
+        elif step == 1:
+            mean = float(_LUMA @ (matrix @ means[:3] + offset))
+            matrix, offset = matrix * contrast, offset * contrast + (1.0 - contrast) * mean
+        elif step == 2:
+            mix = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _LUMA)
+            matrix, offset = mix @ matrix, mix @ offset
+        elif hue:
+            turn = hue_matrix(hue)
+            matrix, offset = turn @ matrix, turn @ offset
+    return matrix, offset
+
+
 @register
 class ColorJitter(ImageOp):
     """torchvision's ColorJitter factors (brightness, contrast, saturation, hue) in a random order,
@@ -179,33 +208,13 @@ class ColorJitter(ImageOp):
         return order, tuple(uniform(rng, values[k]) for k in ("brightness", "contrast", "saturation", "hue"))
 
     def apply(self, image, values, sampled):
-        order, (brightness, contrast, saturation, hue) = sampled
         channels = image.shape[2]
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         means = np.array(cv2.mean(image)[:channels]) / scale
+        matrix, offset = colour_transform(sampled, means, channels)
         if channels < 3:
-            # Grey: brightness and contrast only, as one lookup table.
-            gain, offset = 1.0, 0.0
-            for step in order:
-                if step == 0:
-                    gain, offset = gain * brightness, offset * brightness
-                elif step == 1:
-                    mean = gain * float(means[0]) + offset
-                    gain, offset = gain * contrast, offset * contrast + (1.0 - contrast) * mean
-            return lut(image, lambda x: x * gain + offset)
-        matrix, offset = np.eye(3), np.zeros(3)
-        for step in order:
-            if step == 0:
-                matrix, offset = matrix * brightness, offset * brightness
-            elif step == 1:
-                mean = float(_LUMA @ (matrix @ means[:3] + offset))
-                matrix, offset = matrix * contrast, offset * contrast + (1.0 - contrast) * mean
-            elif step == 2:
-                mix = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _LUMA)
-                matrix, offset = mix @ matrix, mix @ offset
-            elif hue:
-                turn = hue_matrix(hue)
-                matrix, offset = turn @ matrix, turn @ offset
+            gain, shift = float(matrix[0, 0]), float(offset[0])
+            return lut(image, lambda x: x * gain + shift)
         if channels == 3:
             return apply_colour_matrix(image, matrix, offset)
         rgb = apply_colour_matrix(np.ascontiguousarray(image[:, :, :3]), matrix, offset)

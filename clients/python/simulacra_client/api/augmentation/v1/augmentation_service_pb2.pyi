@@ -444,11 +444,19 @@ class AugmentStreamConfig(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     START_POSITION_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     start_position: _builtins.int
     """Position of the stream's first item. A client resuming a broken stream under
     SEED_POLICY_POSITION sets it to the number of items it has received, and
     gets the same items it would have had without the break.
+    """
+    device: _builtins.str
+    """Where the pixels are computed: "" (the default) is the numpy/OpenCV path;
+    "cpu" or "cuda" the batched torch path on that device, for items of one
+    request together (same draws and annotations; pixels within a few levels of
+    the default path, see docs/augmentation.md). FAILED_PRECONDITION
+    (DEVICE_UNAVAILABLE) when the server has no such device or no torch.
     """
     @_builtins.property
     def pipeline(self) -> Global___PipelineSource: ...
@@ -463,10 +471,11 @@ class AugmentStreamConfig(_message.Message):
         seed: _builtins.int = ...,
         categories: _abc.Iterable[_annotation_pb2.Category] | None = ...,
         start_position: _builtins.int = ...,
+        device: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "pipeline", b"pipeline", "seed", b"seed", "start_position", b"start_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "device", b"device", "pipeline", b"pipeline", "seed", b"seed", "start_position", b"start_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
