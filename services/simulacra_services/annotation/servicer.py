@@ -25,7 +25,7 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as ap
 from simulacra_services.annotation import convert, names, wire
 from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
 from simulacra_services.annotation.model import PixelMap
-from simulacra_services.annotation.records import ItemChanges, ItemRecord
+from simulacra_services.annotation.records import BatchResult, ItemChanges, ItemRecord
 from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.row_codec import EncodedItem
 from simulacra_services.annotation.store import AnnotationStore
@@ -237,22 +237,8 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                     )
                 parent = request.parent
                 check_request_id(request.request_id)
-                digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-                new_items = []
-                for index, upload in enumerate(request.items):
-                    try:
-                        new_items.append(convert.new_item_from_proto(upload, f"items[{index}]"))
-                    except errors.SimulacraError as error:
-                        error.metadata.setdefault("item_index", str(index))
-                        raise
-                result = await _run(
-                    self.store.write_batch,
-                    dataset_id,
-                    new_items,
-                    request_id=request.request_id,
-                    payload_digest=digest,
-                    policy=convert.box_bounds_policy(request.box_bounds_policy),
-                )
+                # Hashing and converting a batch of up to 64 MiB is no work for the event loop.
+                result = await _run(self._write_batch, dataset_id, request)
             except errors.SimulacraError as error:
                 error.metadata.setdefault("request_id", request.request_id)
                 raise
@@ -262,19 +248,37 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                 replayed=result.replayed,
             )
 
-    async def _with_images(self, records: list[ItemRecord]) -> list[pb.Item]:
-        """Items with image bytes and pixel-map data (read in parallel: the object store may be remote)."""
-        loaded = await _run(self.store.read_full, records)
-        return [convert.item_to_proto(r, data) for r, data in loaded]
+    def _write_batch(self, dataset_id: str, request: api.UploadItemsRequest) -> BatchResult:
+        """One UploadItems message, converted and written (in a worker thread: it may hold 64 MiB)."""
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        new_items = []
+        for index, upload in enumerate(request.items):
+            try:
+                new_items.append(convert.new_item_from_proto(upload, f"items[{index}]"))
+            except errors.SimulacraError as error:
+                error.metadata.setdefault("item_index", str(index))
+                raise
+        return self.store.write_batch(
+            dataset_id, new_items, request_id=request.request_id, payload_digest=digest,
+            policy=convert.box_bounds_policy(request.box_bounds_policy),
+        )
 
-    async def GetItem(self, request: api.GetItemRequest, context: grpc.aio.ServicerContext) -> api.GetItemResponse:
+    def _items_to_proto(self, records: list[ItemRecord], full: bool) -> list[pb.Item]:
+        """Items as messages; ``full``: with image bytes and pixel-map data (read in parallel: the object
+        store may be remote). Called in a worker thread, as is the serializing of the response that holds them."""
+        if not full:
+            return [convert.item_to_proto(r) for r in records]
+        return [convert.item_to_proto(r, data) for r, data in self.store.read_full(records)]
+
+    # Item responses are built and serialized in a worker thread (a FULL view may hold many MiB of
+    # images) and go out as bytes: the server's interceptor sends bytes as they are.
+    async def GetItem(self, request: api.GetItemRequest, context: grpc.aio.ServicerContext) -> bytes:
         name = names.parse_item(request.name)
         full = convert.full_view(request.view, pb.ITEM_VIEW_FULL)
         record = await _run(self.store.get_item, name.state.dataset_id, name.item_id, version=_version_arg(name.state), full=False)
-        (item,) = await self._with_images([record]) if full else [convert.item_to_proto(record)]
-        return api.GetItemResponse(item=item)
+        return await _run(lambda: api.GetItemResponse(item=self._items_to_proto([record], full)[0]).SerializeToString())
 
-    async def ListItems(self, request: api.ListItemsRequest, context: grpc.aio.ServicerContext) -> api.ListItemsResponse:
+    async def ListItems(self, request: api.ListItemsRequest, context: grpc.aio.ServicerContext) -> bytes:
         state = names.parse_state(request.parent)
         full = convert.full_view(request.view, pb.ITEM_VIEW_BASIC)
         page = await _run(
@@ -286,8 +290,9 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        items = await self._with_images(page.records) if full else [convert.item_to_proto(r) for r in page.records]
-        return api.ListItemsResponse(items=items, next_page_token=page.next_page_token)
+        return await _run(
+            lambda: api.ListItemsResponse(items=self._items_to_proto(page.records, full), next_page_token=page.next_page_token).SerializeToString()
+        )
 
     async def UpdateItem(self, request: api.UpdateItemRequest, context: grpc.aio.ServicerContext) -> api.UpdateItemResponse:
         name = names.parse_item(request.item.name, "item.name")
@@ -413,7 +418,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                 if upload is None:
                     upload = _BlobUpload.start(chunk, len(done))
                     upload.known = await _run(self.store.blobs.exists, upload.sha256)
-                upload.add(chunk)
+                await _run(upload.add, chunk)  # hashing and spooling (to disk past 8 MiB) off the loop
                 if upload.complete:
                     size = await _run(upload.finish, self.store)
                     done.append(pb.BlobReference(sha256=upload.sha256, size_bytes=size))
