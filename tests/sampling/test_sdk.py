@@ -58,6 +58,8 @@ async def test_sample_and_stream_as_numpy(sampling: Sampling) -> None:
     batch = out["batch"]
     assert batch.generator == "models/digits/versions/1" and batch.samples.shape == (10, 1, 8, 8) and batch.samples.dtype == np.float32
     assert batch.indices.tolist() == list(range(5, 15)) and batch.seed == 3 and batch.truncation is None
+    source = batch.lineage(2).synthetic
+    assert (source.generator, source.generator_version, source.seed, source.sample_index) == ("models/digits", 1, 3, 7)
     expected = np.clip(np.rint((batch.samples + np.float32(1)) * np.float32(127.5)), 0, 255).astype(np.uint8)
     assert np.array_equal(out["uint8"].samples, expected.transpose(0, 2, 3, 1))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out["png"].images[1]))), expected[1, 0])

@@ -73,6 +73,18 @@ class SampleBatch:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def lineage(self, i: int) -> common_pb2.Lineage:
+        """Where sample ``i`` came from, as the annotation-store records it (``Lineage.synthetic``).
+
+        The label is the item's class annotation; keep the truncation and attribute values (when
+        used) as item attributes: with those, the sample can be produced again bit for bit."""
+        _, model, _, version = self.generator.split("/")
+        return common_pb2.Lineage(
+            synthetic=common_pb2.SyntheticSource(
+                generator=f"models/{model}", generator_version=int(version), seed=self.seed, sample_index=int(self.indices[i])
+            )
+        )
+
 
 def _batch(response: Any, indices: Sequence[int]) -> SampleBatch:
     return SampleBatch(
