@@ -17,6 +17,9 @@ and it renews the leases of the jobs it runs at the same pace. So:
   its next write or renewal and stops that job without touching it again:
   every write it makes is fenced by its owner id.
 
+Leases are timestamps written by each replica's clock: replicas' clocks must
+agree to well within a lease (NTP does), or a fast clock takes jobs over early.
+
 Handlers (one per kind) implement ``JobHandler``: ``async run(job, ctx) ->
 result dict``, an optional ``async discard(job)`` (remove what a job that
 will not succeed left behind: called once, before the job ends CANCELLED or
