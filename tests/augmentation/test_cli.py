@@ -63,4 +63,6 @@ async def test_preview_run_and_rebalance(services: Services, tmp_path: Path) -> 
     assert bad.returncode == 1 and "PARAM_OUT_OF_RANGE" in bad.stderr
     missing = await asyncio.to_thread(cli, services, "run", "src@9", "--pipeline", str(ours), "--into", "y")
     assert missing.returncode == 1 and "error:" in missing.stderr
+    no_item = await asyncio.to_thread(cli, services, "preview", reference, "--pipeline", str(ours), "--out", str(tmp_path / "x.png"), "--item", "nope")
+    assert no_item.returncode == 1 and no_item.stderr.startswith("error:") and "NOT_FOUND" in no_item.stderr and not (tmp_path / "x.png").exists()
     _ = np

@@ -93,8 +93,11 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
 
 
 def _preview(client: Any, args: argparse.Namespace, pipeline: Any, settings: Settings, connection: dict, out: TextIO) -> None:
+    import grpc
     import numpy as np
     from PIL import Image
+
+    from simulacra_client.errors import from_rpc_error
 
     from simulacra_client.annotation import AnnotationClient, version_name
     from simulacra_client.api.annotation.v1 import annotation_pb2 as apb
@@ -103,7 +106,10 @@ def _preview(client: Any, args: argparse.Namespace, pipeline: Any, settings: Set
     version = version_name(args.dataset)
     with AnnotationClient(settings.address("annotation"), **connection) as annotations:
         if args.item:
-            item = annotations.stub.GetItem(_get_item(version, args.item)).item
+            try:
+                item = annotations.stub.GetItem(_get_item(version, args.item)).item
+            except grpc.RpcError as error:
+                raise from_rpc_error(error) from None
         else:
             item = next(iter(annotations.list_items(version, page_size=1, view=apb.ITEM_VIEW_FULL)), None)
             if item is None:
