@@ -52,6 +52,29 @@ async def test_a_job_runs_and_watch_sees_progress_then_ends(store: JobStore) -> 
     assert handler.runs == [(record.job_id, 1, None)] and handler.discarded == []
 
 
+async def test_a_replica_that_does_not_run_the_job_watches_it_to_its_end(store: JobStore) -> None:
+    gate = asyncio.Event()
+    worker = fast_runner(store, {"train": Recorder(gate=gate, steps=4)})
+    onlooker = fast_runner(store, {"train": Recorder()}, max_running=1)  # never started: it only watches
+    await worker.start()
+    try:
+        record, _ = await worker.create("train", {"value": 1})
+        seen: list[JobRecord] = []
+
+        async def watch() -> None:
+            async for update in onlooker.watch("train", record.job_id):
+                seen.append(update)
+
+        watching = asyncio.create_task(watch())
+        await wait_for(lambda: any(r.progress.done == 2 for r in seen), "the onlooker to see step 2")
+        gate.set()
+        await asyncio.wait_for(watching, 60)
+    finally:
+        await worker.close()
+    assert seen[-1].state == SUCCEEDED and all(not r.terminal for r in seen[:-1])
+    assert [r.revision for r in seen] == sorted({r.revision for r in seen})
+
+
 async def test_watch_of_an_ended_job_yields_once(store: JobStore) -> None:
     runner = fast_runner(store, {"train": Recorder()})
     await runner.start()
