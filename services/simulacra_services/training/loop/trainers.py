@@ -152,7 +152,7 @@ class GanTrainer(Trainer):
         self.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_optimizer.step()
-        self.ema.update(self.generator)
+        self.ema.update(self.generator, step)
         self.ada.end_step(step, n)
         losses = {"generator": g_loss.item(), "discriminator": d_loss.item(), "d_real": d_real.mean().item()}
         if hp.r1_gamma > 0:
