@@ -17,7 +17,8 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc a
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import NotFoundError, from_rpc_error
-from tests.augmentation.conftest import Services, make_source
+from tests.augmentation.conftest import Services, _png, make_source
+from tests.augmentation.support import photo
 
 PIPELINE = {
     "ops": [
@@ -156,3 +157,40 @@ async def test_bad_job_requests_get_a_precise_status(services: Services, fields:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await services.stub.GetAugmentDatasetJob(pb.GetAugmentDatasetJobRequest(name="augmentDatasetJobs/nope"))
     assert from_rpc_error(raised.value).code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_copy_paste_spreads_a_rare_object_through_a_dataset(services: Services) -> None:
+    def make_scenes() -> str:
+        with services.client() as client:
+            client.create_dataset("scenes", categories=[apb.Category(category_id=1, display_name="car"), apb.Category(category_id=3, display_name="deer")])
+            items = []
+            for index in range(4):
+                items.append((f"road{index}", apb.Item(image=apb.Image(data=_png(photo(48, 48, seed=index))),
+                                                     annotations=[apb.Annotation(category_id=1, box=apb.Box(x=2, y=2, w=20, h=10))])))
+            deer = apb.Polygon(parts=[apb.PolygonPart(coordinates=[20, 20, 40, 22, 36, 40, 18, 36])])
+            items.append(("rare", apb.Item(image=apb.Image(data=_png(photo(48, 48, seed=9))),
+                                           annotations=[apb.Annotation(category_id=3, instance_id="deer", polygon=deer)])))
+            client.upload_items("scenes", items)
+            return client.commit("scenes").version.name
+
+    source = await asyncio.to_thread(make_scenes)
+    spec = json_format.ParseDict({"ops": [{"copy_paste": {"category_ids": [3]}}]}, pipeline_pb2.PipelineSpec())
+    request = pb.AugmentDatasetJob(source_dataset_version=source, pipeline=pb.PipelineSource(pipeline_spec=spec), seed=2,
+                                   target_dataset="datasets/with-deer", partners_per_item=1, partner_category_ids=[3])
+    created = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(augment_dataset_job=request))).augment_dataset_job
+    done = await finish(services, created.name)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    # Every road scene got the deer (a polygon and a box: one object); the deer item has no other partner.
+    assert done.class_counts_after[3] == 4 + 1
+
+    def read() -> list:
+        with services.client() as client:
+            return [s.item for s in client.stream_items(done.output_dataset_version)]
+
+    derived = await asyncio.to_thread(read)
+    roads = [i for i in derived if i.lineage.augmented.source_item != "datasets/scenes/items/rare"]
+    assert len(roads) == 4
+    for item in roads:
+        assert item.attributes["augment_partners"] == "datasets/scenes/items/rare"
+        kinds = {(a.category_id, a.WhichOneof("kind")) for a in item.annotations}
+        assert {(1, "box"), (3, "polygon"), (3, "box")} <= kinds

@@ -11,6 +11,7 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_services.annotation.convert import timestamp
 from simulacra_services.augmentation.api import convert
+from simulacra_services.augmentation.api.convert import MAX_PARTNERS
 from simulacra_services.augmentation.engine import PipelineSpec, canonical, digest
 from simulacra_services.augmentation.jobs.planning import MAX_COPIES_PER_ITEM
 from simulacra_services.core import errors
@@ -51,6 +52,11 @@ def spec_from_proto(job: pb.AugmentDatasetJob, pipeline: PipelineSpec) -> dict[s
     for index, category_id in enumerate(job.category_ids):
         if category_id < 1:
             raise _invalid("PARAM_OUT_OF_RANGE", f"{_FIELD}.category_ids[{index}]", f"category ids are >= 1, got {category_id}")
+    if not 0 <= job.partners_per_item <= MAX_PARTNERS:
+        raise _invalid("PARAM_OUT_OF_RANGE", f"{_FIELD}.partners_per_item", f"must lie in [0, {MAX_PARTNERS}], got {job.partners_per_item}", value=job.partners_per_item)
+    for index, category_id in enumerate(job.partner_category_ids):
+        if category_id < 1:
+            raise _invalid("PARAM_OUT_OF_RANGE", f"{_FIELD}.partner_category_ids[{index}]", f"category ids are >= 1, got {category_id}")
     source = job.pipeline.WhichOneof("source")
     return {
         "source_dataset_version": job.source_dataset_version,
@@ -66,6 +72,8 @@ def spec_from_proto(job: pb.AugmentDatasetJob, pipeline: PipelineSpec) -> dict[s
         "filter": job.filter,
         "mode": mode,
         "max_imbalance_ratio": float(ratio),
+        "partners_per_item": int(job.partners_per_item),
+        "partner_category_ids": [int(c) for c in job.partner_category_ids],
     }
 
 
@@ -101,6 +109,8 @@ def job_to_proto(record: JobRecord) -> pb.AugmentDatasetJob:
         class_counts_before=_counts(result.get("class_counts_before")),
         class_counts_after=_counts(result.get("class_counts_after")),
         items_written=int(result.get("items_written", 0)),
+        partners_per_item=int(spec.get("partners_per_item", 0)),
+        partner_category_ids=list(spec.get("partner_category_ids", [])),
     )
     if record.start_time is not None:
         message.start_time.CopyFrom(timestamp(record.start_time))

@@ -88,7 +88,60 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def object_counts(item: pb.Item) -> Counter[int]:
-    return Counter(int(a.category_id) for a in item.annotations if a.category_id > 0 and a.WhichOneof("kind") != "pixel_map")
+    """Objects per category: annotations that share an instance_id are one object (as the store's class balance)."""
+    counts: Counter[int] = Counter()
+    seen: set[tuple[int, str]] = set()
+    for a in item.annotations:
+        if a.category_id <= 0 or a.WhichOneof("kind") == "pixel_map":
+            continue
+        if a.instance_id:
+            if (a.category_id, a.instance_id) in seen:
+                continue
+            seen.add((a.category_id, a.instance_id))
+        counts[int(a.category_id)] += 1
+    return counts
+
+
+def to_engine(item: pb.Item) -> tuple[np.ndarray, tuple]:
+    image = decode_image(item.image.data, f"{item.name}.image")
+    annotations = tuple(annotation_from_proto(a, f"{item.name}.annotations[{i}]") for i, a in enumerate(item.annotations))
+    return image, annotations
+
+
+class PartnerSource:
+    """The partners of each augmented copy: distinct items of the pool (never the item itself), in an
+    order fixed by (seed, item, copy index); read from the version on first use, the last 64 kept."""
+
+    CACHE = 64
+
+    def __init__(self, client: AnnotationClient, version: str, pool: list[str], count: int, seed: int) -> None:
+        self.client, self.version, self.pool, self.count, self.seed = client, version, pool, count, seed
+        self._cache: dict[str, Item] = {}
+
+    def for_copy(self, item_name: str, copy_index: int) -> tuple[Item, ...]:
+        others = [n for n in self.pool if n != item_name]
+        if not self.count or not others:
+            return ()
+        stream = seeds.op_generator(seeds.item_seed(self.seed, item_name, copy_index), "partners")
+        order = stream.permutation(len(others))
+        return tuple(self._item(others[i]) for i in order[: self.count])
+
+    def _item(self, name: str) -> Item:
+        cached = self._cache.pop(name, None)
+        if cached is None:
+            request = rpc.GetItemRequest(name=f"{self.version}/items/{name.rsplit('/', 1)[1]}", view=pb.ITEM_VIEW_FULL)
+            try:
+                message = self.client.stub.GetItem(request, timeout=120).item
+            except grpc.RpcError as error:
+                from simulacra_client.errors import from_rpc_error
+
+                raise domain_error(from_rpc_error(error), f"reading partner {name}") from None
+            image, annotations = to_engine(message)
+            cached = Item(image, annotations, key=name)
+        self._cache[name] = cached
+        while len(self._cache) > self.CACHE:
+            self._cache.pop(next(iter(self._cache)))
+        return cached
 
 
 class AugmentDatasetHandler:
@@ -129,6 +182,9 @@ class AugmentDatasetHandler:
                 (s.item.name, object_counts(s.item))
                 for s in self._call(lambda: list(client.stream_items(version.name, filter=selection, view=pb.ITEM_VIEW_BASIC)), f"listing {source}")
             ]
+            wanted = set(spec.get("partner_category_ids", []))
+            pool = [name for name, counts in counted if not wanted or wanted & set(counts)]
+            partners = PartnerSource(client, version.name, pool, spec.get("partners_per_item", 0), spec["seed"])
             ctx.check()
             before = histogram(c for _, c in counted)
             if spec["mode"] == "rebalance":
@@ -147,7 +203,7 @@ class AugmentDatasetHandler:
                     batch.append((item.name.rsplit("/", 1)[1], self._source_copy(item)))
                 for copy_index in range(copies):
                     ctx.check()
-                    output = self._augment(augmenter, item, spec, copy_index, version.name, name)
+                    output = self._augment(augmenter, item, spec, copy_index, version.name, name, partners)
                     after.update(object_counts(output[1]))
                     batch.append(output)
                     written += 1
@@ -205,14 +261,16 @@ class AugmentDatasetHandler:
         return copy
 
     @staticmethod
-    def _augment(augmenter: Augmenter, item: pb.Item, spec: Mapping[str, Any], copy_index: int, version: str, name: str) -> tuple[str, pb.Item]:
-        image = decode_image(item.image.data, f"{item.name}.image")
-        annotations = tuple(annotation_from_proto(a, f"{item.name}.annotations[{i}]") for i, a in enumerate(item.annotations))
+    def _augment(
+        augmenter: Augmenter, item: pb.Item, spec: Mapping[str, Any], copy_index: int, version: str, name: str, partners: PartnerSource
+    ) -> tuple[str, pb.Item]:
         seed = seeds.item_seed(spec["seed"], item.name, copy_index)
-        result = augmenter.run(Item(image, annotations, key=item.name), seed, item.name)
+        result = augmenter.run(Item(*to_engine(item), key=item.name, partners=partners.for_copy(item.name, copy_index)), seed, item.name)
         out = pb.Item(split=item.split, image=pb.Image(data=encode_png(result.image)), file_name="")
         out.attributes.update(item.attributes)
         out.attributes.update({"augment_source_version": version, "augment_copy": str(copy_index), "augment_job": name})
+        if result.partner_keys:
+            out.attributes["augment_partners"] = ",".join(dict.fromkeys(result.partner_keys))[:1024]
         out.lineage.augmented.CopyFrom(common_pb2.AugmentedSource(source_item=item.name, pipeline_digest=spec["pipeline_digest"], seed=seed))
         for annotation in result.annotations:
             annotation_to_proto(annotation, out.annotations.add())

@@ -701,6 +701,8 @@ class AugmentDatasetJob(_message.Message):
     CLASS_COUNTS_BEFORE_FIELD_NUMBER: _builtins.int
     CLASS_COUNTS_AFTER_FIELD_NUMBER: _builtins.int
     ITEMS_WRITTEN_FIELD_NUMBER: _builtins.int
+    PARTNERS_PER_ITEM_FIELD_NUMBER: _builtins.int
+    PARTNER_CATEGORY_IDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. "augmentDatasetJobs/{job}"."""
     source_dataset_version: _builtins.str
@@ -732,6 +734,13 @@ class AugmentDatasetJob(_message.Message):
     """REBALANCE only: > 1; 0 means 2."""
     items_written: _builtins.int
     """Output only: augmented items written."""
+    partners_per_item: _builtins.int
+    """Partners given to each augmented copy for the mixing ops (mixup, cutmix,
+    mosaic, copy_paste), 0-8; 0 (the default) gives none, so mixing ops do not fire.
+    They are drawn from the selected items (never the item itself), distinct, in an
+    order fixed by (seed, item, copy index), and recorded in the attribute
+    augment_partners (their names, comma-separated).
+    """
     @_builtins.property
     def pipeline(self) -> Global___PipelineSource:
         """The pipeline as asked for (by name or inline)."""
@@ -771,6 +780,13 @@ class AugmentDatasetJob(_message.Message):
 
     @_builtins.property
     def class_counts_after(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]: ...
+    @_builtins.property
+    def partner_category_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only selected items with an annotation of one of these categories are
+        partners (e.g. the rare class whose instances copy_paste should spread);
+        empty means any selected item.
+        """
+
     def __init__(
         self,
         *,
@@ -798,10 +814,12 @@ class AugmentDatasetJob(_message.Message):
         class_counts_before: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
         class_counts_after: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
         items_written: _builtins.int = ...,
+        partners_per_item: _builtins.int = ...,
+        partner_category_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "pipeline", b"pipeline", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_ids", b"category_ids", "class_counts_after", b"class_counts_after", "class_counts_before", b"class_counts_before", "copies_per_item", b"copies_per_item", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "filter", b"filter", "include_source_items", b"include_source_items", "items_written", b"items_written", "max_imbalance_ratio", b"max_imbalance_ratio", "mode", b"mode", "name", b"name", "output_dataset_version", b"output_dataset_version", "pipeline", b"pipeline", "pipeline_digest", b"pipeline_digest", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "seed", b"seed", "source_dataset_version", b"source_dataset_version", "splits", b"splits", "start_time", b"start_time", "state", b"state", "target_dataset", b"target_dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_ids", b"category_ids", "class_counts_after", b"class_counts_after", "class_counts_before", b"class_counts_before", "copies_per_item", b"copies_per_item", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "filter", b"filter", "include_source_items", b"include_source_items", "items_written", b"items_written", "max_imbalance_ratio", b"max_imbalance_ratio", "mode", b"mode", "name", b"name", "output_dataset_version", b"output_dataset_version", "partner_category_ids", b"partner_category_ids", "partners_per_item", b"partners_per_item", "pipeline", b"pipeline", "pipeline_digest", b"pipeline_digest", "progress", b"progress", "resolved_pipeline", b"resolved_pipeline", "seed", b"seed", "source_dataset_version", b"source_dataset_version", "splits", b"splits", "start_time", b"start_time", "state", b"state", "target_dataset", b"target_dataset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
