@@ -234,6 +234,14 @@ async def test_preview_is_a_png_grid_and_reproducible(augmentation) -> None:
     assert (rpc_error(raised.value).reason, rpc_error(raised.value).metadata["field"]) == ("PARAM_OUT_OF_RANGE", "count")
 
 
+async def test_a_preview_larger_than_the_pixel_limit_is_refused(request, tmp_path) -> None:
+    settings = backend_settings(request, tmp_path, "local", max_image_pixels=20_000)
+    async with running_service(DEFINITION, settings, workers=1) as service:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub(service).PreviewAugmentations(pb.PreviewAugmentationsRequest(pipeline=pb.PipelineSource(pipeline_spec=spec()), item=item(1), count=16))
+    assert (rpc_error(raised.value).code, rpc_error(raised.value).reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "PREVIEW_TOO_LARGE")
+
+
 async def test_stored_pipelines(stored) -> None:
     api = stub(stored)
     created = (await api.CreatePipeline(pb.CreatePipelineRequest(pipeline_id="flips", pipeline=pipeline_pb2.Pipeline(description="d", spec=spec())))).pipeline

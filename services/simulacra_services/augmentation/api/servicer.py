@@ -188,6 +188,12 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
         if not request.HasField("item"):
             raise _invalid("MISSING_ITEM", "item", "a preview needs an item")
         item = convert.item_from_proto(request.item, "item", self._max_pixels)
+        if count * item.image.shape[0] * item.image.shape[1] > self._max_pixels:
+            raise errors.ResourceExhausted(
+                "PREVIEW_TOO_LARGE",
+                f"count: {count} tiles of {item.image.shape[1]}x{item.image.shape[0]} exceed {self._max_pixels} pixels; ask for fewer or a smaller image",
+                {"field": "count", "limit": self._max_pixels},
+            )
         results = []
         for index in range(count):
             copy = Item(item.image, item.annotations, item.key, None if item.seed is None else (item.seed + index) % 2**64)

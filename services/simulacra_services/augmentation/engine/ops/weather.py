@@ -16,6 +16,9 @@ from simulacra_services.augmentation.engine.ops.photometric import from_unit, to
 from simulacra_services.augmentation.engine.params import Float, Int, Range
 from simulacra_services.augmentation.engine.registry import ImageOp, register, uniform
 
+MAX_STREAKS = 100_000
+"""Rain streaks and snow flakes drawn per image at most, whatever the density and the image size."""
+
 
 @register
 class Fog(ImageOp):
@@ -47,7 +50,7 @@ class Rain(ImageOp):
     }
 
     def sample(self, values, rng, height, width):
-        count = int(uniform(rng, values["drop_density"]) * height * width / 10_000)
+        count = min(MAX_STREAKS, int(uniform(rng, values["drop_density"]) * height * width / 10_000))
         length = max(1.0, uniform(rng, values["drop_length"]) * height)
         slant = math.radians(uniform(rng, values["slant_degrees"]))
         starts = rng.uniform((0.0, -length), (width, height), size=(count, 2))
@@ -75,7 +78,7 @@ class Snow(ImageOp):
 
     def sample(self, values, rng, height, width):
         coverage = uniform(rng, values["coverage"])
-        count = int(uniform(rng, values["flake_density"]) * height * width / 10_000)
+        count = min(MAX_STREAKS, int(uniform(rng, values["flake_density"]) * height * width / 10_000))
         flakes = rng.uniform((0.0, 0.0, 0.5), (width, height, 2.0), size=(count, 3))
         return coverage, flakes
 
