@@ -35,7 +35,7 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as ap
 from simulacra_client.channel import open_channel
 from simulacra_services.annotation.blobs import READ_CHUNK_BYTES
 from simulacra_services.annotation.service import DEFINITION
-from tests.harness import running_service
+from tests.harness import png, running_service
 
 T = TypeVar("T")
 
@@ -157,6 +157,25 @@ async def test_uploading_and_reading_large_items_leaves_the_loop_free(service: S
     streamed = [item for response in responses for item in response.items]
     assert [item.name for item in streamed] == ["datasets/big/items/big-0", "datasets/big/items/big-1"]
     assert all(item.image.data == big_png and item.version == 1 for item in streamed)
+
+
+async def test_updating_an_item_with_a_huge_polygon_leaves_the_loop_free(service: Service) -> None:
+    """Two polygons of 50 parts of 10,000 points (the most a part may have; 16 MB of coordinates)
+    are converted and checked off the loop."""
+    await asyncio.to_thread(
+        service.stub.CreateDataset,
+        api.CreateDatasetRequest(dataset_id="poly", categories=[pb.Category(category_id=1, display_name="shape")]),
+    )
+    upload = api.UploadItemsRequest.ItemUpload(item_id="p", item=pb.Item(image=pb.Image(data=png(64, 48))))
+    await asyncio.to_thread(lambda: list(service.stub.UploadItems(iter([api.UploadItemsRequest(parent="datasets/poly", request_id="p", items=[upload])]))))
+    coordinates = np.random.default_rng(3).uniform(0, 48, size=(2, 50, 20_000)).tolist()
+    polygons = [
+        pb.Annotation(category_id=1, polygon=pb.Polygon(parts=[pb.PolygonPart(coordinates=part) for part in parts])) for parts in coordinates
+    ]
+    request = api.UpdateItemRequest(item=pb.Item(name="datasets/poly/items/p", annotations=polygons))
+    request.update_mask.paths.append("annotations")
+    updated = await service.check("UpdateItem with polygons of 1,000,000 points", lambda: service.stub.UpdateItem(request))
+    assert [[list(part.coordinates) for part in a.polygon.parts] for a in updated.item.annotations] == coordinates
 
 
 def _chunks(data: bytes, sha256: str) -> Iterator[api.UploadBlobsRequest]:

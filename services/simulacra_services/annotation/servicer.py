@@ -294,7 +294,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             lambda: api.ListItemsResponse(items=self._items_to_proto(page.records, full), next_page_token=page.next_page_token).SerializeToString()
         )
 
-    async def UpdateItem(self, request: api.UpdateItemRequest, context: grpc.aio.ServicerContext) -> api.UpdateItemResponse:
+    async def UpdateItem(self, request: api.UpdateItemRequest, context: grpc.aio.ServicerContext) -> bytes:
         name = names.parse_item(request.item.name, "item.name")
         dataset_id = _working_state(name.state, "item.name")
         paths = list(request.update_mask.paths) or list(_UPDATE_PATHS)
@@ -305,6 +305,10 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
                     f"update_mask.paths[{index}]: {path!r} cannot be updated; choose among {', '.join(_UPDATE_PATHS)}",
                     {"field": f"update_mask.paths[{index}]", "path": path},
                 )
+        # Annotations may be large (long polygons, RLE masks): converted and written in a worker thread.
+        return await _run(self._update_item, dataset_id, name.item_id, paths, request)
+
+    def _update_item(self, dataset_id: str, item_id: str, paths: list[str], request: api.UpdateItemRequest) -> bytes:
         item = request.item
         changes = ItemChanges(
             split=item.split if "split" in paths else None,
@@ -313,15 +317,10 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             annotations=convert.annotations_from_proto(item.annotations, "item.annotations") if "annotations" in paths else None,
             lineage=convert.lineage_from_proto(item.lineage) if "lineage" in paths else None,
         )
-        record = await _run(
-            self.store.update_item,
-            dataset_id,
-            name.item_id,
-            changes,
-            etag=item.etag,
-            policy=convert.box_bounds_policy(request.box_bounds_policy),
+        record = self.store.update_item(
+            dataset_id, item_id, changes, etag=item.etag, policy=convert.box_bounds_policy(request.box_bounds_policy)
         )
-        return api.UpdateItemResponse(item=convert.item_to_proto(record))
+        return api.UpdateItemResponse(item=convert.item_to_proto(record)).SerializeToString()
 
     async def DeleteItem(self, request: api.DeleteItemRequest, context: grpc.aio.ServicerContext) -> api.DeleteItemResponse:
         name = names.parse_item(request.name)
