@@ -13,6 +13,7 @@ import asyncio
 import grpc
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as api_grpc
+from simulacra_services.augmentation.api.annotation_store import AnnotationStoreGateway
 from simulacra_services.augmentation.api.servicer import AugmentationServicer
 from simulacra_services.augmentation.domain.batches import BatchRunner
 from simulacra_services.augmentation.jobs.dataset_job import KIND, AugmentDatasetHandler, job_name
@@ -34,7 +35,8 @@ async def register(server: grpc.aio.Server, settings: Settings, *, workers: int 
     try:
         await asyncio.to_thread(db.migrate, engine)
         store = JobStore(engine, AUGMENTATION_JOBS, job_name=lambda kind, parent, job_id: job_name(job_id))
-        handler = AugmentDatasetHandler(settings.address("annotation"))
+        annotation_address = settings.address("annotation")
+        handler = AugmentDatasetHandler(lambda: AnnotationStoreGateway(annotation_address))
         jobs = JobRunner(store, {KIND: handler}, max_running=max_running_jobs, lease_seconds=settings.job_lease_seconds)
         await jobs.start()
     except BaseException:

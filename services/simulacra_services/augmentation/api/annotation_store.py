@@ -1,0 +1,186 @@
+"""The annotation-store as the dataset jobs see it: the SDK behind plain domain types.
+
+All protobuf of the job path lives here (and in the SDK): the job itself
+(``jobs/dataset_job.py``) gets images as numpy arrays and annotations, categories
+and lineage as the annotation-store's domain types. Every SDK error becomes a
+domain error with the same code and reason, and what the job was doing.
+Synchronous: the job calls it from its worker thread.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import cv2
+import grpc
+import numpy as np
+
+from simulacra_client.annotation import AnnotationClient
+from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
+from simulacra_client.errors import NotFoundError, SimulacraRpcError, from_rpc_error
+from simulacra_services.annotation.convert import (
+    annotation_from_proto,
+    annotation_to_proto,
+    category_from_proto,
+    lineage_from_proto,
+    lineage_to_proto,
+)
+from simulacra_services.annotation.model import Annotation, Category
+from simulacra_services.augmentation.jobs.items import NewItem, StoredItem, object_counts
+from simulacra_services.core import errors
+
+T = TypeVar("T")
+_ERRORS = {cls.code.value: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.SimulacraError) and cls is not errors.SimulacraError}
+
+
+def domain_error(error: SimulacraRpcError, what: str) -> errors.SimulacraError:
+    """An annotation-store error as a domain error: same code and reason, and what was being done."""
+    cls = _ERRORS.get(error.code.name, errors.Unavailable)
+    reason = error.reason or ("ANNOTATION_STORE_UNAVAILABLE" if error.code is grpc.StatusCode.UNAVAILABLE else "ANNOTATION_STORE_ERROR")
+    return cls(reason, f"{what}: {error.message}", {**error.metadata, "annotation_store_code": error.code.name})
+
+
+def decode_image(data: bytes, field: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise errors.DataLoss("UNDECODABLE_IMAGE", f"{field}: the stored image does not decode", {"field": field})
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.dtype != np.uint8:
+        image = (image / 257).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    if image.dtype != np.uint8:
+        raise errors.InvalidArgument("FLOAT_OUTPUT_NOT_STORABLE", "pipeline: a NormalizeOp makes float images; stored items need uint8 (leave normalize to the stream)")
+    pixels = image[:, :, 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", pixels)
+    assert ok
+    return encoded.tobytes()
+
+
+class AnnotationStoreGateway:
+    def __init__(self, address: str, *, timeout: float = 120.0) -> None:
+        self._client = AnnotationClient(address, timeout=timeout)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> AnnotationStoreGateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _call(what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return function(*args, **kwargs)
+        except SimulacraRpcError as error:
+            raise domain_error(error, what) from None
+        except grpc.RpcError as error:
+            raise domain_error(from_rpc_error(error), what) from None
+
+    # -- reading ---------------------------------------------------------------------
+
+    def version(self, reference: str) -> str:
+        return self._call(f"reading {reference}", self._client.get_version, reference).name
+
+    def categories(self, reference: str) -> list[Category]:
+        return [category_from_proto(c) for c in self._call(f"reading the categories of {reference}", self._client.list_categories, reference)]
+
+    def object_counts(self, version: str, selection: str) -> list[tuple[str, Counter[int]]]:
+        """(item name, objects per category) of the selected items, without their pixels."""
+        streamed = self._call(f"listing {version}", lambda: list(self._client.stream_items(version, filter=selection, view=pb.ITEM_VIEW_BASIC)))
+        return [(s.item.name, object_counts(self._annotations(s.item))) for s in streamed]
+
+    def items(self, version: str, selection: str) -> Iterator[StoredItem]:
+        """The selected items with their pixels, one at a time."""
+        stream = self._client.stream_items(version, filter=selection, view=pb.ITEM_VIEW_FULL)
+        while True:
+            streamed = self._call(f"reading {version}", next, stream, None)
+            if streamed is None:
+                return
+            yield self._stored(streamed.item)
+
+    def item(self, version: str, name: str) -> StoredItem:
+        request = rpc.GetItemRequest(name=f"{version}/items/{name.rsplit('/', 1)[1]}", view=pb.ITEM_VIEW_FULL)
+        return self._stored(self._call(f"reading {name}", self._client.stub.GetItem, request, timeout=self._timeout).item)
+
+    @staticmethod
+    def _annotations(item: pb.Item) -> tuple[Annotation, ...]:
+        return tuple(annotation_from_proto(a, f"{item.name}.annotations[{i}]") for i, a in enumerate(item.annotations))
+
+    def _stored(self, item: pb.Item) -> StoredItem:
+        return StoredItem(
+            name=item.name,
+            split=item.split,
+            attributes=dict(item.attributes),
+            image=decode_image(item.image.data, f"{item.name}.image"),
+            annotations=self._annotations(item),
+            lineage=lineage_from_proto(item.lineage),
+            encoded=bytes(item.image.data),
+        )
+
+    # -- writing ---------------------------------------------------------------------
+
+    def prepare_target(self, target: str, categories: Sequence[Category], job_id: str) -> None:
+        """Create the target (labelled ``augment_job``: ``job_id``) with ``categories``, or add the missing ones."""
+        messages = [self._category(c) for c in categories]
+        try:
+            self._client.get_dataset(target)
+        except NotFoundError:
+            self._call(f"creating {target}", self._client.create_dataset, target, labels={"augment_job": job_id}, categories=messages)
+            return
+        except SimulacraRpcError as error:
+            raise domain_error(error, f"reading {target}") from None
+        present = {c.category_id for c in self.categories(target)}
+        for message in messages:
+            if message.category_id not in present:
+                self._call(f"adding category {message.category_id} to {target}", self._client.create_category, target, message)
+
+    @staticmethod
+    def _category(category: Category) -> pb.Category:
+        return pb.Category(
+            category_id=category.category_id,
+            display_name=category.display_name,
+            supercategory=category.supercategory,
+            keypoint_names=list(category.keypoint_names),
+            skeleton=[pb.KeypointPair(first=a, second=b) for a, b in category.skeleton],
+            flip_pairs=[pb.KeypointPair(first=a, second=b) for a, b in category.flip_pairs],
+        )
+
+    def upload(self, target: str, items: Sequence[NewItem]) -> None:
+        messages = []
+        for new in items:
+            data = new.encoded or encode_png(new.image)  # type: ignore[arg-type]
+            message = pb.Item(split=new.split, image=pb.Image(data=data))
+            message.attributes.update(new.attributes)
+            lineage = lineage_to_proto(new.lineage)
+            if lineage is not None:
+                message.lineage.CopyFrom(lineage)
+            for annotation in new.annotations:
+                annotation_to_proto(annotation, message.annotations.add())
+            messages.append((new.item_id, message))
+        self._call(f"uploading to {target}", self._client.upload_items, target, messages, batch_size=max(len(messages), 1),
+                   box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP)
+
+    def commit(self, target: str, description: str) -> str:
+        return self._call(f"committing {target}", self._client.commit, target, description=description[:4096]).version.name
+
+    def discard(self, target: str, job_id: str, job_name: str) -> None:
+        """Remove what a job wrote: the target when the job created it, else the items it uploaded."""
+        try:
+            dataset = self._client.get_dataset(target)
+        except SimulacraRpcError:
+            return
+        if dataset.labels.get("augment_job") == job_id:
+            self._call(f"deleting {target}", self._client.delete_dataset, target, force=True)
+            return
+        for item in self._call(f"listing {target}", lambda: list(self._client.list_items(target, filter=f'attributes.augment_job = "{job_name}"'))):
+            self._call(f"deleting {item.name}", self._client.stub.DeleteItem, rpc.DeleteItemRequest(name=item.name), timeout=self._timeout)
