@@ -37,9 +37,7 @@ from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.albumentations_import import from_albumentations
 from simulacra_client.annotation import JobCancelledError, JobFailedError, dataset_name, version_name
-from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
-from simulacra_client.raw import RawClient
-from simulacra_client.retry import DEFAULT_RETRY, RetryPolicy
+from simulacra_client.raw import RawClient, ServiceClient
 
 __all__ = ["AugmentationClient", "AugmentedImage", "Pipeline", "from_albumentations", "load_pipeline"]
 
@@ -194,25 +192,14 @@ class ItemInput:
         return message
 
 
-class AugmentationClient:
-    """A connection to the augmentation service. Use as a context manager, or call ``close()``."""
+class AugmentationClient(ServiceClient):
+    """A connection to the augmentation service. Use as a context manager, or call ``close()``.
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        tls_ca: str | os.PathLike[str] | bytes | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        timeout: float = 60.0,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-    ) -> None:
-        self.address = address
-        self._raw = RawClient.connect(
-            address, rpc_grpc.AugmentationServiceStub, rpc, token=token, tls_ca=tls_ca,
-            max_message_bytes=max_message_bytes, timeout=timeout, retry=retry,
-        )
-        self.stub = self._raw.stub
+    Arguments as ``raw.ServiceClient``: ``address``, ``token``, ``tls_ca``, ``max_message_bytes``,
+    ``timeout`` (per unary call), ``retry``.
+    """
+
+    RAW, STUB, SERVICES = RawClient, rpc_grpc.AugmentationServiceStub, rpc
 
     def close(self) -> None:
         self._raw.close()
