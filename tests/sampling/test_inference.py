@@ -157,3 +157,30 @@ async def test_inference_statuses_health_and_seeded_attributes(sampling: Samplin
     answers = {r.infer_response.id: r for r in [r async for r in stream]}
     assert "MODEL_NOT_FOUND" in answers["a"].error_message and not answers["b"].error_message
     assert answers["b"].infer_response.outputs[0].name == "samples"
+
+
+async def test_repository_calls_by_version(sampling: Sampling) -> None:
+    sampling.register("digits")
+    sampling.register("digits", weights_seed=1)
+    stub = pb_grpc.GRPCInferenceServiceStub(sampling.channel)
+    await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="digits", parameters={"version": pb.ModelRepositoryParameter(string_param="1")}))
+    assert (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="1"))).ready
+    assert not (await stub.ModelReady(pb.ModelReadyRequest(name="digits"))).ready  # the default alias, latest, is version 2
+    index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+    assert [(m.name, m.version, m.state) for m in index.models] == [("digits", "1", "READY")]
+    everything = await stub.RepositoryIndex(pb.RepositoryIndexRequest())
+    assert [(m.name, m.version) for m in everything.models] == [("digits", "2"), ("digits", "1")]
+    config = (await stub.ModelConfig(pb.ModelConfigRequest(name="digits", version="1"))).config
+    assert config.parameters["simulacra_version"].string_value == "1" and list(config.output[0].dims) == [1, 8, 8]
+    metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"))
+    assert list(metadata.versions) == ["2", "1"]
+    await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits"))
+    assert not (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="1"))).ready
+    for call, request, reason in [
+        (stub.ModelConfig, pb.ModelConfigRequest(name="nope"), "MODEL_NOT_FOUND"),
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="digits", parameters={"provider": pb.ModelRepositoryParameter(string_param="abacus")}), "UNKNOWN_PROVIDER"),
+        (stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"), "MODEL_NOT_FOUND"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(request)
+        assert rpc_error(raised.value).reason == reason
