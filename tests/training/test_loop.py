@@ -119,19 +119,19 @@ def test_ada_raises_p_when_the_discriminator_overfits_and_lowers_it_otherwise():
 
 
 def test_enhanced_gan_logs_ada_p_and_plain_gan_does_not():
-    enhanced, plain = tiny_run("enhanced_gan", ada_interval=1, ada_speed_images=80), tiny_run("gan")
+    enhanced, plain = tiny_run("enhanced_gan", ada_interval=1, ada_speed_images=80, ada_initial_p=0.5), tiny_run("gan")
     enhanced.run()
     plain.run()
     assert "ada_p" in enhanced.history[-1] and "ada_p" not in plain.history[-1]
     assert len(enhanced.trainer.ada.history) == 6
-    assert enhanced.history[0]["ada_p"] != pytest.approx(0.2)  # it moved from its initial p
+    assert enhanced.history[0]["ada_p"] != pytest.approx(0.5)  # it moved from its initial p
 
 
 def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("vae", {}).learning_rate == 1e-3
-    gan = resolve("enhanced_gan", {"batch_size": 32, "ada_initial_p": 0.0})
+    gan = resolve("enhanced_gan", {"batch_size": 32, "ada_target": 0.0})
     assert gan.diff_augment == ("color", "translation", "cutout") and gan.adaptive_augmentation
-    assert gan.batch_size == 32 and gan.ada_initial_p == 0.0  # an explicit zero stays zero
+    assert gan.batch_size == 32 and gan.ada_target == 0.0  # an explicit zero stays zero (the default is 0.6)
     for given, field in [
         ({"batch_size": 0}, "batch_size"),
         ({"learning_rate": -1.0}, "learning_rate"),

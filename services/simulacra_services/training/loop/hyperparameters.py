@@ -53,10 +53,12 @@ class Hyperparameters:
 KIND_DEFAULTS: dict[str, dict] = {
     "vae": {"learning_rate": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999, "discriminator_learning_rate": 0.0},
     "gan": {},
+    # ADA starts at p = 0 (as StyleGAN2-ADA does) and raises p only when r_t says the discriminator
+    # overfits: augmentation a discriminator does not need only slows the generator down.
     "enhanced_gan": {
         "diff_augment": ("color", "translation", "cutout"),
         "adaptive_augmentation": True,
-        "ada_initial_p": 0.2,
+        "ada_initial_p": 0.0,
     },
 }
 
