@@ -175,6 +175,25 @@ class Plain:
         self.discarded.append(job.job_id)
 
 
+async def test_cancelling_a_paused_job_discards_it_through_a_runner(store: JobStore) -> None:
+    gate = asyncio.Event()
+    handler = Recorder(gate=gate, steps=4)
+    runner = fast_runner(store, {"train": handler})
+    await runner.start()
+    try:
+        record, _ = await runner.create("train", {})
+        await wait_for(lambda: store.get("train", record.job_id).checkpoint == {"step": 2}, "step 2")
+        await runner.pause("train", record.job_id)
+        gate.set()
+        await wait_for(lambda: store.get("train", record.job_id).state == PAUSED, "the pause")
+        assert (await runner.cancel("train", record.job_id)).state == CANCELLING
+        ended = await final(runner, "train", record.job_id)
+    finally:
+        await runner.close()
+    assert ended.state == CANCELLED and handler.discarded == [record.job_id]
+    assert len(handler.runs) == 1  # discarded, not run again
+
+
 async def test_handlers_in_threads_and_non_resumable_jobs(store: JobStore) -> None:
     handler = Plain()
     runner = fast_runner(store, {"import": handler})

@@ -229,10 +229,18 @@ def test_pause_and_resume_transitions(store: JobStore) -> None:
     assert released is not None and (released.state, released.owner, released.requested) == (PAUSED, "", "")
     assert released.progress == Progress(4, 8)
 
-    store.request_cancel("train", queued.job_id)
+    # It ran before: its cancellation goes through a runner, which discards what it left.
+    cancelling = store.request_cancel("train", queued.job_id)
+    assert (cancelling.state, cancelling.requested) == (CANCELLING, "cancel")
+    assert store.claimable(["train"], OWNER_B, limit=10) == [queued.job_id]
     with pytest.raises(errors.FailedPrecondition) as caught:
         store.request_pause("train", queued.job_id)
     assert caught.value.reason == "JOB_NOT_PAUSABLE"
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        store.resume("train", queued.job_id)
+    assert caught.value.reason == "JOB_NOT_RESUMABLE"
+    store.claim(queued.job_id, OWNER_B, 30)
+    store.finish(queued.job_id, OWNER_B, CANCELLED)
     with pytest.raises(errors.FailedPrecondition) as caught:
         store.resume("train", queued.job_id)
     assert caught.value.reason == "JOB_NOT_RESUMABLE"

@@ -6,7 +6,7 @@ api/ layer converts with ``JobState.Value(record.state)``.
     QUEUED ──claim──> RUNNING ──> SUCCEEDED | FAILED
       │                 │  └──pause asked──> PAUSED ──resume──> QUEUED
       │                 └──cancel asked──> CANCELLING ──> CANCELLED
-      └──cancel──> CANCELLED            (PAUSED ──cancel──> CANCELLED)
+      └──cancel──> CANCELLED            (PAUSED ──cancel──> CANCELLING ──discard──> CANCELLED)
 
 SUCCEEDED, FAILED and CANCELLED are terminal; a resumable job (training) may
 leave FAILED or CANCELLED through ``resume`` and run again from its checkpoint.

@@ -276,7 +276,8 @@ class JobRunner:
         return record, created
 
     async def cancel(self, kind: str, job_id: str, parent: str | None = None) -> JobRecord:
-        """Cancel: at once when queued or paused; a running job stops at its next ``ctx.check()``."""
+        """Cancel: at once when the job never ran; a running job stops at its next ``ctx.check()``, and
+        one that ran before (paused, or queued again) is claimed, discarded and ended CANCELLED."""
         record = await asyncio.to_thread(self.store.request_cancel, kind, job_id, parent)
         ctx = self._running.get(job_id)
         if ctx is not None and record.state == CANCELLING:

@@ -378,14 +378,16 @@ class JobStore:
 
     # ---- requests from RPCs -------------------------------------------------------------------
     def request_cancel(self, kind: str, job_id: str, parent: str | None = None) -> JobRecord:
-        """QUEUED or PAUSED: CANCELLED at once. RUNNING: CANCELLING until its runner stops. Ended: unchanged."""
+        """A job that never ran: CANCELLED at once. One that is running, or ran before (queued again
+        or paused, with a checkpoint): CANCELLING, until a runner has called its handler's ``discard``
+        and ended it CANCELLED. Ended: unchanged."""
         t = self.table
         now = utcnow()
         with transaction(self.engine) as conn:
             row = self._matching(conn, kind, job_id, parent)
-            if row.state in (QUEUED, PAUSED) and (row.owner is None):
+            if row.state in (QUEUED, PAUSED) and row.owner is None and row.attempt == 0:
                 values: dict[str, Any] = {"state": CANCELLED, "requested": "", "end_time": now}
-            elif row.state in (RUNNING, QUEUED):
+            elif row.state in (RUNNING, QUEUED, PAUSED):
                 values = {"state": CANCELLING, "requested": REQUEST_CANCEL}
             else:  # CANCELLING or ended
                 return self.record(row)
