@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -125,19 +126,43 @@ def test_rotated_box_rotates_exactly() -> None:
     assert moved.angle_degrees == pytest.approx(-20.0)
 
 
-def test_cuboid_follows_crops_and_resizes_and_refuses_rotation() -> None:
-    cuboid = Cuboid3d(
-        Vector3(0, 0, 10), CuboidDimensions(4, 2, 1.5), Quaternion(1, 0, 0, 0), "camera", CameraIntrinsics(100, 100, 64, 48), tuple(Point2d(10 + i, 20 + i) for i in range(8))
-    )
+def _project(cuboid: Cuboid3d) -> np.ndarray:
+    """The 8 corners of a cuboid projected with its intrinsics (pinhole, camera x right, y down, z forward)."""
+    q = cuboid.rotation
+    rotation = np.array([
+        [1 - 2 * (q.y**2 + q.z**2), 2 * (q.x * q.y - q.z * q.w), 2 * (q.x * q.z + q.y * q.w)],
+        [2 * (q.x * q.y + q.z * q.w), 1 - 2 * (q.x**2 + q.z**2), 2 * (q.y * q.z - q.x * q.w)],
+        [2 * (q.x * q.z - q.y * q.w), 2 * (q.y * q.z + q.x * q.w), 1 - 2 * (q.x**2 + q.y**2)],
+    ])
+    d = cuboid.dimensions
+    offsets = np.array([[sx * d.length, sy * d.width, sz * d.height] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (-0.5, 0.5)])
+    points = offsets @ rotation.T + np.array([cuboid.center.x, cuboid.center.y, cuboid.center.z])
+    k = cuboid.intrinsics
+    return np.stack([k.fx * points[:, 0] / points[:, 2] + k.cx, k.fy * points[:, 1] / points[:, 2] + k.cy], axis=1)
+
+
+def test_cuboids_follow_crops_resizes_and_rotations_and_refuse_mirrors() -> None:
+    base = Cuboid3d(Vector3(0.5, -0.2, 10), CuboidDimensions(4, 2, 1.5), Quaternion(0.9238795, 0, 0.3826834, 0), "camera", CameraIntrinsics(100, 100, 64, 48))
+    cuboid = dataclasses.replace(base, projected_corners=tuple(Point2d(x, y) for x, y in _project(base)))
     out = run([{"crop": {"x": 10, "y": 10, "width": 100, "height": 80}}, {"resize": {"height": 40, "width": 50}}], photo(), [Annotation(cuboid, 2, id="c")])
     moved = out.annotations[0].geometry
-    assert moved.intrinsics == CameraIntrinsics(50, 50, 27, 19)
-    assert moved.projected_corners[0] == Point2d(0, 5)
-    with pytest.raises(errors.InvalidArgument) as caught:
-        run([{"rotate": {"angle_degrees": fixed(10)}}], photo(), [Annotation(cuboid, 2, id="c")])
-    assert caught.value.reason == "ANNOTATION_NOT_TRANSFORMABLE"
-    assert caught.value.metadata["field"] == "item.annotations[0].cuboid"
-    dropped = run([{"rotate": {"angle_degrees": fixed(10)}}], photo(), [Annotation(cuboid, 2, id="c")], drop_untransformable=True)
+    assert moved.intrinsics == pytest.approx(CameraIntrinsics(50, 50, 27, 19))
+    # The moved projected corners are the projection of the moved cuboid with the new intrinsics.
+    for ops in (
+        [{"crop": {"x": 10, "y": 10, "width": 100, "height": 80}}, {"resize": {"height": 40, "width": 50}}],
+        [{"rotate": {"angle_degrees": fixed(25)}}],
+        [{"affine": {"rotate_degrees": fixed(-40), "scale": fixed(1.3), "translate_x": fixed(0.1)}}, {"pad": {"left": 7}}],
+    ):
+        moved = run(ops, photo(), [Annotation(cuboid, 2, id="c")]).annotations[0].geometry
+        np.testing.assert_allclose(_project(moved), [(p.x, p.y) for p in moved.projected_corners], atol=1e-6)
+        norm = math.sqrt(moved.rotation.w**2 + moved.rotation.x**2 + moved.rotation.y**2 + moved.rotation.z**2)
+        assert norm == pytest.approx(1.0)
+    for ops in ([{"horizontal_flip": {}}], [{"affine": {"shear_x_degrees": fixed(10)}}], [{"perspective": {}}]):
+        with pytest.raises(errors.InvalidArgument) as caught:
+            run(ops, photo(), [Annotation(cuboid, 2, id="c")])
+        assert caught.value.reason == "ANNOTATION_NOT_TRANSFORMABLE"
+        assert caught.value.metadata["field"] == "item.annotations[0].cuboid"
+    dropped = run([{"horizontal_flip": {}}], photo(), [Annotation(cuboid, 2, id="c")], drop_untransformable=True)
     assert dropped.annotations == () and dropped.dropped_annotations == 1
 
 

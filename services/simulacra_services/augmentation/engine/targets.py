@@ -17,9 +17,10 @@ Rules (also in docs/augmentation.md):
   category's ``flip_pairs``.
 - Rotated boxes move their corners; a transform that keeps right angles gives
   the exact box, any other the minimum-area rectangle of the corners.
-- Cuboids: only positive scale + translate (crops, resizes, pads) can be
-  expressed by new intrinsics; any other transform fails with
-  ANNOTATION_NOT_TRANSFORMABLE (or drops the cuboid when the policy says so).
+- Cuboids: crops, resizes, pads and rotations are a camera roll with new
+  intrinsics (``_cuboid``); mirrors, shears, perspective and elastic fields
+  fail with ANNOTATION_NOT_TRANSFORMABLE (or drop the cuboid when the policy
+  says so).
 - An annotation is dropped when nothing of it is left in the frame, when its
   visible fraction falls below ``min_visibility``, its area below
   ``min_area_pixels``, or its box below ``min_width`` x ``min_height``.
@@ -49,7 +50,9 @@ from simulacra_services.annotation.model import (
     PixelMap,
     Point2d,
     Polygon,
+    Quaternion,
     RotatedBox,
+    Vector3,
 )
 from simulacra_services.augmentation.engine.field import Field
 from simulacra_services.augmentation.engine.params import invalid
@@ -397,22 +400,55 @@ class TargetTransform:
         return dataclasses.replace(annotation, geometry=Keypoints(points=tuple(moved)), area=area)
 
     def _cuboid(self, annotation: Annotation, cuboid: Cuboid3d, field: str) -> Annotation | None:
-        m = self.matrix
-        if self.bends or not (abs(m[0, 1]) < _EPS and abs(m[1, 0]) < _EPS and abs(m[2, 0]) < _EPS and abs(m[2, 1]) < _EPS and m[0, 0] > 0 and m[1, 1] > 0):
+        """Affine maps without mirror or shear: a camera roll (about the optical axis) and new intrinsics.
+
+        The map's linear part factors as A = R(phi) diag(sx, sy). Then every projected point
+        p = (fx X/Z + cx, fy Y/Z + cy) goes to A p + t, which is the projection of the point rolled
+        by phi about the camera's z axis, with focal lengths (fx sx, fy sy) and principal point
+        A (cx, cy) + t, as long as the roll sees equal focal lengths (phi = 0 or fx sx = fy sy).
+        """
+        m = self.matrix / self.matrix[2, 2]
+        a, t = m[:2, :2], m[:2, 2]
+        q, r = np.linalg.qr(a)
+        signs = np.sign(np.diag(r))
+        q, r = q * signs, signs[:, None] * r
+        sx, sy, shear = float(r[0, 0]), float(r[1, 1]), float(r[0, 1])
+        phi = math.atan2(q[1, 0], q[0, 0])
+        intrinsics = cuboid.intrinsics
+        fx, fy = (intrinsics.fx * sx, intrinsics.fy * sy) if intrinsics is not None else (sx, sy)
+        rolls = abs(phi) > 1e-9
+        representable = (
+            not self.bends
+            and abs(m[2, 0]) < _EPS
+            and abs(m[2, 1]) < _EPS
+            and np.linalg.det(q) > 0
+            and sx > 0
+            and sy > 0
+            and abs(shear) <= 1e-9 * max(sx, sy)
+            and (not rolls or abs(fx - fy) <= 1e-6 * max(fx, fy))
+        )
+        if not representable:
             if self.policy.drop_untransformable:
                 return None
             raise invalid(
                 "ANNOTATION_NOT_TRANSFORMABLE",
                 f"{field}.cuboid",
-                "a 3D cuboid follows only crops, resizes and pads (positive scale and translation); "
-                "this pipeline flips, rotates, shears, warps or bends (elastic) the image",
+                "a 3D cuboid follows crops, resizes, pads and rotations (a camera roll with new intrinsics); "
+                "this pipeline mirrors, shears, scales unevenly under a rotation, warps in perspective or bends (elastic) the image",
             )
-        sx, sy, tx, ty = m[0, 0] / m[2, 2], m[1, 1] / m[2, 2], m[0, 2] / m[2, 2], m[1, 2] / m[2, 2]
-        intrinsics = cuboid.intrinsics
         if intrinsics is not None:
-            intrinsics = CameraIntrinsics(intrinsics.fx * sx, intrinsics.fy * sy, intrinsics.cx * sx + tx, intrinsics.cy * sy + ty)
-        corners = tuple(Point2d(c.x * sx + tx, c.y * sy + ty) for c in cuboid.projected_corners)
-        return dataclasses.replace(annotation, geometry=dataclasses.replace(cuboid, intrinsics=intrinsics, projected_corners=corners))
+            cx, cy = (a @ np.array([intrinsics.cx, intrinsics.cy]) + t).tolist()
+            intrinsics = CameraIntrinsics(fx, fy, cx, cy)
+        corners = tuple(Point2d(float(x), float(y)) for x, y in transform_points(m, np.array([[c.x, c.y] for c in cuboid.projected_corners]).reshape(-1, 2)))
+        center, rotation = cuboid.center, cuboid.rotation
+        if rolls:
+            c, s = math.cos(phi), math.sin(phi)
+            center = Vector3(c * center.x - s * center.y, s * center.x + c * center.y, center.z)
+            w, z = math.cos(phi / 2), math.sin(phi / 2)  # the roll as a quaternion, applied before the object's rotation
+            q0 = rotation
+            rotation = Quaternion(w * q0.w - z * q0.z, w * q0.x - z * q0.y, w * q0.y + z * q0.x, w * q0.z + z * q0.w)
+        moved = dataclasses.replace(cuboid, intrinsics=intrinsics, projected_corners=corners, center=center, rotation=rotation)
+        return dataclasses.replace(annotation, geometry=moved)
 
     def _pixel_map(self, annotation: Annotation, pixel_map: PixelMap, field: str) -> Annotation:
         if pixel_map.data is None:

@@ -8,10 +8,12 @@ Images travel as simulacra.common.v1.Tensor of shape [H, W, C] (height, width,
 channels; C is 1, 3 or 4), dtype uint8 (0..255) or float32 (0..1). Geometric ops
 move every annotation with the pixels (boxes, rotated boxes, polygons, masks,
 keypoints, per-pixel maps); photometric ops leave annotations unchanged.
-Masks and per-pixel maps are always resampled with nearest-neighbour. A geometric
-op on an item with an annotation it cannot move consistently (a 3D cuboid, whose
-frame is not the image plane) fails with INVALID_ARGUMENT, reason
-ANNOTATION_NOT_TRANSFORMABLE, rather than return a wrong label.
+Masks and per-pixel maps are always resampled with nearest-neighbour. A 3D
+cuboid follows crops, resizes, pads and rotations (a camera roll with new
+intrinsics); a geometric op it cannot follow consistently (a mirror, a shear,
+a perspective or elastic warp) fails with INVALID_ARGUMENT, reason
+ANNOTATION_NOT_TRANSFORMABLE, rather than return a wrong label, unless
+AnnotationPolicy.drop_untransformable drops the cuboid.
 """
 
 from collections import abc as _abc
