@@ -130,6 +130,16 @@ async def test_a_failed_or_cancelled_job_leaves_nothing_behind(services: Service
 
     for dataset in ("never", "floats", "stopped"):
         assert await asyncio.to_thread(absent, dataset), dataset
+    # Listing: newest first, page by page, and by state.
+    first = await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest(page_size=2))
+    rest = await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest(page_size=2, page_token=first.next_page_token))
+    assert [j.name for j in first.augment_dataset_jobs] + [j.name for j in rest.augment_dataset_jobs] == [cancelled.name, floats.name, failed.name]
+    assert rest.next_page_token == ""
+    only_failed = await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest(state=common_pb2.JOB_STATE_FAILED))
+    assert [j.name for j in only_failed.augment_dataset_jobs] == [floats.name, failed.name]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest(page_size=2, page_token=first.next_page_token, state=common_pb2.JOB_STATE_FAILED))
+    assert from_rpc_error(raised.value).reason == "INVALID_PAGE_TOKEN"
 
 
 @pytest.mark.parametrize(
