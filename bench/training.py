@@ -109,18 +109,18 @@ def our_gan_steps(config: ModelConfig, data: TrainingData, steps: int, batch: in
     return statistics.median(times[2:])
 
 
-def section_loop(quick: bool) -> dict:
+def section_loop(quick: bool, *, width: int = 16, steps: int = 60, batch: int = 64, repeats: int = 3) -> dict:
     train, _ = mnist(0.1)
-    config = ModelConfig(latent_dim=64, base_width=16 if quick else 32, num_classes=10)
-    steps, batch = (6, 16) if quick else (60, 64)
+    config = ModelConfig(latent_dim=64, base_width=16 if quick else width, num_classes=10)
+    steps, batch = (6, 16) if quick else (steps, batch)
     rounds = []
-    for _ in range(1 if quick else 3):  # interleaved, so load changes hit both alike
+    for _ in range(1 if quick else repeats):  # interleaved, so load changes hit both alike
         plain = plain_gan_steps(config, train, steps, batch, seed=0)
         ours = our_gan_steps(config, train, steps, batch, seed=0)
         rounds.append((ours, plain))
     ours = statistics.median(r[0] for r in rounds)
     plain = statistics.median(r[1] for r in rounds)
-    figures = {"batch": batch, "steps": steps, "our_step_ms": ours * 1e3, "plain_step_ms": plain * 1e3, "ratio": ours / plain}
+    figures = {"batch": batch, "steps": steps, "base_width": config.base_width, "our_step_ms": ours * 1e3, "plain_step_ms": plain * 1e3, "ratio": ours / plain}
     print(f"loop: our GAN step {ours * 1e3:.1f} ms vs plain PyTorch {plain * 1e3:.1f} ms (batch {batch}): ratio {ours / plain:.2f}")
     return figures
 
@@ -243,7 +243,11 @@ def table(results: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
-    sub.add_parser("loop")
+    lp = sub.add_parser("loop")
+    lp.add_argument("--width", type=int, default=16)
+    lp.add_argument("--steps", type=int, default=60)
+    lp.add_argument("--batch", type=int, default=64)
+    lp.add_argument("--repeats", type=int, default=3)
     sub.add_parser("data")
     m = sub.add_parser("mnist")
     m.add_argument("--kind", choices=("vae", "gan", "enhanced_gan"), required=True)
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.section == "loop":
-        section_loop(False)
+        section_loop(False, width=args.width, steps=args.steps, batch=args.batch, repeats=args.repeats)
     elif args.section == "data":
         section_data(False)
     elif args.section == "table":
