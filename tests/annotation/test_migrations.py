@@ -6,16 +6,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
+from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.annotation.tables import jobs as jobs_table
 from simulacra_services.core import db
 from simulacra_services.core.db.migrate import alembic_config
 from simulacra_services.core.jobs import JobError, JobStore, Progress
+from simulacra_services.core.storage import LocalObjectStore
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -80,3 +83,73 @@ def test_jobs_of_the_old_table_are_carried_over(engine: Engine) -> None:
     assert (stopping.state, stopping.requested, stopping.owner, stopping.end_time) == ("JOB_STATE_CANCELLING", "cancel", "", None)
     # A carried-over job is claimable like any other: the next runner finishes its cancellation.
     assert jobs.claimable(["import"], "runner", limit=10) == ["stopping"]
+
+
+def _dataset(conn, dataset_id: str) -> int:  # noqa: ANN001
+    conn.execute(
+        text(
+            "INSERT INTO annotation_datasets (dataset_id, display_name, description, labels, create_time, update_time,"
+            " seq, item_count, annotation_count, latest_version) VALUES (:d, '', '', '{}', :t, :t, 0, 0, 0, 0)"
+        ),
+        {"d": dataset_id, "t": T0.replace(tzinfo=None)},
+    )
+    return conn.execute(text("SELECT id FROM annotation_datasets WHERE dataset_id = :d"), {"d": dataset_id}).scalar_one()
+
+
+_OLD_REQUESTS = [
+    ("cats", "upload", "batch-1", "a" * 64, {"item_ids": ["x", "y"]}),
+    ("cats", "import", "job1-0", "b" * 64, {"item_ids": ["z"], "category_ids": [3]}),
+    ("cat", "upload", "batch-1", "c" * 64, {"item_ids": []}),
+]
+
+
+def test_request_records_of_annotation_requests_are_carried_into_idempotency_keys(engine: Engine, tmp_path: Path) -> None:
+    _upgrade_to(engine, "0004")
+    with db.transaction(engine) as conn:
+        pks = {name: _dataset(conn, name) for name in ("cats", "cat")}
+        for dataset_id, scope, request_id, digest, response in _OLD_REQUESTS:
+            conn.execute(
+                text(
+                    "INSERT INTO annotation_requests (dataset, scope, request_id, payload_sha256, response, create_time)"
+                    " VALUES (:d, :s, :r, :p, :response, :t)"
+                ),
+                {"d": pks[dataset_id], "s": scope, "r": request_id, "p": digest, "response": json.dumps(response),
+                 "t": T0.replace(tzinfo=None)},
+            )
+    db.migrate(engine)
+    with engine.connect() as conn:
+        for dataset_id, scope, request_id, digest, response in _OLD_REQUESTS:
+            key = f"annotation:datasets/{dataset_id}:{scope}"
+            assert db.recorded_response(conn, key, request_id, digest) == response
+        created = conn.execute(text("SELECT created_at FROM idempotency_keys")).scalars().all()
+    assert len(created) == 3 and "annotation_requests" not in inspect(engine).get_table_names()
+    store = AnnotationStore(engine, LocalObjectStore(tmp_path / "objects"))
+    # The store reads the carried records: a retried batch replays, an import's writes are found.
+    assert store.replayed_batch("cats", "batch-1", "a" * 64).item_ids == ["x", "y"]
+    assert store.import_writes("cats", "job1") == (["z"], [3])
+
+
+def test_downgrade_puts_request_records_back(engine: Engine) -> None:
+    _upgrade_to(engine, "0004")
+    with db.transaction(engine) as conn:
+        pks = {name: _dataset(conn, name) for name in ("cats", "cat")}
+        for dataset_id, scope, request_id, digest, response in _OLD_REQUESTS:
+            conn.execute(
+                text(
+                    "INSERT INTO annotation_requests (dataset, scope, request_id, payload_sha256, response, create_time)"
+                    " VALUES (:d, :s, :r, :p, :response, :t)"
+                ),
+                {"d": pks[dataset_id], "s": scope, "r": request_id, "p": digest, "response": json.dumps(response),
+                 "t": T0.replace(tzinfo=None)},
+            )
+    _upgrade_to(engine, "0006")
+    with db.transaction(engine) as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT d.dataset_id, r.scope, r.request_id, r.payload_sha256 FROM annotation_requests AS r"
+                 " JOIN annotation_datasets AS d ON d.id = r.dataset ORDER BY d.dataset_id, r.scope")
+        ).all()
+    assert sorted(tuple(row) for row in rows) == sorted(r[:4] for r in _OLD_REQUESTS)

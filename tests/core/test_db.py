@@ -16,10 +16,10 @@ import setuptools
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, Table, event, func, inspect, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from simulacra_services.core import db
-from simulacra_services.core.errors import InvalidArgument
+from simulacra_services.core.errors import AlreadyExists, InvalidArgument
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_migrate_creates_tables_at_head(engine: Engine) -> None:
 
 def test_migrate_twice_changes_nothing(migrated: Engine) -> None:
     with db.transaction(migrated) as conn:
-        assert db.remember_request(conn, "test.Op", "r-1", "d-1")
+        assert db.record_response(conn, "test.Op", "r-1", "d-1", {"n": 1})
     statements: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
@@ -84,7 +84,7 @@ def test_migrate_twice_changes_nothing(migrated: Engine) -> None:
         event.remove(migrated, "before_cursor_execute", record)
     assert not {"CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE"} & set(statements), statements
     with migrated.connect() as conn:
-        assert db.recorded_digest(conn, "test.Op", "r-1") == "d-1"
+        assert _digest(conn, "test.Op", "r-1") == "d-1"
 
 
 _MIGRATING_CHILD = """
@@ -287,33 +287,67 @@ def test_import_all_tables_finds_the_core_tables() -> None:
 # ---- idempotency keys -----------------------------------------------------------
 
 
-def test_remember_request_is_true_once(migrated: Engine) -> None:
+def _digest(conn: Connection, scope: str, request_id: str) -> str | None:
+    """The payload digest recorded for a request id, or None."""
+    statement = select(db.idempotency_keys.c.payload_sha256).where(
+        db.idempotency_keys.c.scope == scope, db.idempotency_keys.c.request_id == request_id
+    )
+    return conn.execute(statement).scalar_one_or_none()
+
+
+def test_recorded_response_replays_the_first_answer_and_refuses_another_payload(migrated: Engine) -> None:
     with db.transaction(migrated) as conn:
-        assert db.remember_request(conn, "annotation.CreateDataset", "req-1", "digest-a") is True
-    with db.transaction(migrated) as conn:
-        assert db.remember_request(conn, "annotation.CreateDataset", "req-1", "digest-b") is False
-        # Same id in another scope is another request.
-        assert db.remember_request(conn, "training.CreateJob", "req-1", "digest-c") is True
+        assert db.recorded_response(conn, "annotation:datasets/a:upload", "req-1", "p" * 64) is None
+        assert db.record_response(conn, "annotation:datasets/a:upload", "req-1", "p" * 64, {"item_ids": ["x", "y"]})
     with migrated.connect() as conn:
-        assert db.recorded_digest(conn, "annotation.CreateDataset", "req-1") == "digest-a"
-        assert db.recorded_digest(conn, "annotation.CreateDataset", "req-2") is None
+        assert db.recorded_response(conn, "annotation:datasets/a:upload", "req-1", "p" * 64) == {"item_ids": ["x", "y"]}
+        with pytest.raises(AlreadyExists) as caught:
+            db.recorded_response(conn, "annotation:datasets/a:upload", "req-1", "q" * 64)
+        assert caught.value.reason == "REQUEST_ID_REUSED" and caught.value.metadata["request_id"] == "req-1"
+        # Same id under another parent is another request.
+        assert db.recorded_response(conn, "annotation:datasets/b:upload", "req-1", "q" * 64) is None
+
+
+def test_recorded_responses_by_prefix_and_forget_scopes(migrated: Engine) -> None:
+    with db.transaction(migrated) as conn:
+        for scope, request_id in [("s:a_b:import", "job_1-0"), ("s:a_b:import", "job_1-1"), ("s:a_b:import", "jobx1-0"),
+                                  ("s:a_b:upload", "job_1-0"), ("s:aXb:import", "job_1-0")]:
+            db.record_response(conn, scope, request_id, "d", {"r": request_id, "s": scope})
+        # "_" is no wildcard in either prefix.
+        assert sorted(db.recorded_responses(conn, "s:a_b:import", "job_1-")) == ["job_1-0", "job_1-1"]
+        assert db.recorded_responses(conn, "s:a_b:upload") == {"job_1-0": {"r": "job_1-0", "s": "s:a_b:upload"}}
+        assert db.forget_scopes(conn, "s:a_b:") == 4
+        remaining = conn.execute(select(db.idempotency_keys.c.scope)).scalars().all()
+    assert remaining == ["s:aXb:import"]
+
+
+def test_record_response_is_true_once(migrated: Engine) -> None:
+    with db.transaction(migrated) as conn:
+        assert db.record_response(conn, "annotation.CreateDataset", "req-1", "digest-a", {"n": 1}) is True
+    with db.transaction(migrated) as conn:
+        assert db.record_response(conn, "annotation.CreateDataset", "req-1", "digest-b", {"n": 1}) is False
+        # Same id in another scope is another request.
+        assert db.record_response(conn, "training.CreateJob", "req-1", "digest-c", {"n": 1}) is True
+    with migrated.connect() as conn:
+        assert _digest(conn, "annotation.CreateDataset", "req-1") == "digest-a"
+        assert _digest(conn, "annotation.CreateDataset", "req-2") is None
 
 
 def test_rolled_back_transaction_remembers_nothing(migrated: Engine) -> None:
     with pytest.raises(RuntimeError, match="work failed"):
         with db.transaction(migrated) as conn:
-            assert db.remember_request(conn, "test.Op", "req-1", "digest-a")
+            assert db.record_response(conn, "test.Op", "req-1", "digest-a", {"n": 1})
             raise RuntimeError("work failed")
     with migrated.connect() as conn:
-        assert db.recorded_digest(conn, "test.Op", "req-1") is None
+        assert _digest(conn, "test.Op", "req-1") is None
     with db.transaction(migrated) as conn:
-        assert db.remember_request(conn, "test.Op", "req-1", "digest-a") is True
+        assert db.record_response(conn, "test.Op", "req-1", "digest-a", {"n": 1}) is True
 
 
 def test_concurrent_duplicates_exactly_one_wins(migrated: Engine) -> None:
     def attempt(i: int) -> bool:
         with db.transaction(migrated) as conn:
-            return db.remember_request(conn, "test.Op", "same-request", f"digest-{i}")
+            return db.record_response(conn, "test.Op", "same-request", f"digest-{i}", {"n": 1})
 
     results = run_concurrently(4, attempt)
     assert sorted(results) == [False, False, False, True]
@@ -322,7 +356,7 @@ def test_concurrent_duplicates_exactly_one_wins(migrated: Engine) -> None:
 def test_recorded_time_is_aware_utc(migrated: Engine) -> None:
     before = db.utcnow()
     with db.transaction(migrated) as conn:
-        db.remember_request(conn, "test.Op", "req-1", "d")
+        db.record_response(conn, "test.Op", "req-1", "d", {"n": 1})
     with migrated.connect() as conn:
         created = conn.execute(select(db.idempotency_keys.c.created_at)).scalar_one()
     assert created.tzinfo is not None and created.utcoffset() == dt.timedelta(0)
@@ -331,7 +365,7 @@ def test_recorded_time_is_aware_utc(migrated: Engine) -> None:
 
 def test_forget_requests_before_deletes_only_older_records(migrated: Engine) -> None:
     with db.transaction(migrated) as conn:
-        db.remember_request(conn, "test.Op", "old", "d")
+        db.record_response(conn, "test.Op", "old", "d", {"n": 1})
     cutoff = db.utcnow() + dt.timedelta(microseconds=1)
     with db.transaction(migrated) as conn:
         conn.execute(
@@ -339,7 +373,7 @@ def test_forget_requests_before_deletes_only_older_records(migrated: Engine) -> 
             .where(db.idempotency_keys.c.request_id == "old")
             .values(created_at=cutoff - dt.timedelta(days=2))
         )
-        db.remember_request(conn, "test.Op", "new", "d")
+        db.record_response(conn, "test.Op", "new", "d", {"n": 1})
         conn.execute(
             db.idempotency_keys.update()
             .where(db.idempotency_keys.c.request_id == "new")
@@ -359,10 +393,10 @@ def test_forget_requests_before_deletes_only_older_records(migrated: Engine) -> 
         ("", "req-1", "INVALID_SCOPE"),
     ],
 )
-def test_remember_request_rejects_bad_keys(migrated: Engine, scope: str, request_id: str, reason: str) -> None:
+def test_record_response_rejects_bad_keys(migrated: Engine, scope: str, request_id: str, reason: str) -> None:
     with db.transaction(migrated) as conn:
         with pytest.raises(InvalidArgument) as caught:
-            db.remember_request(conn, scope, request_id, "digest")
+            db.record_response(conn, scope, request_id, "digest", {"n": 1})
         assert caught.value.reason == reason
         assert caught.value.metadata["max_length"] == str(db.idempotency.MAX_KEY_LENGTH)
         assert conn.execute(select(func.count()).select_from(db.idempotency_keys)).scalar_one() == 0
@@ -385,7 +419,7 @@ def test_concurrent_read_then_write_transactions_all_commit(migrated: Engine) ->
         for round_ in range(5):
             with db.transaction(migrated) as conn:
                 count = conn.execute(select(func.count()).select_from(db.idempotency_keys)).scalar_one()
-                db.remember_request(conn, "test.Counter", f"{i}-{round_}", str(count))
+                db.record_response(conn, "test.Counter", f"{i}-{round_}", str(count), {"n": 1})
 
     run_concurrently(4, read_then_write)
     with migrated.connect() as conn:

@@ -61,7 +61,7 @@ from simulacra_services.annotation.row_codec import (
     version_of,
 )
 from simulacra_services.annotation.statistics import Statistics, compute_statistics
-from simulacra_services.annotation.tables import annotations, datasets, items, jobs, requests, versions
+from simulacra_services.annotation.tables import annotations, datasets, items, jobs, request_scope, versions
 from simulacra_services.annotation.tables import categories as categories_table
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
@@ -70,7 +70,7 @@ from simulacra_services.core.jobs import ACTIVE as ACTIVE_JOB_STATES
 from simulacra_services.core.jobs import JobRecord as CoreJobRecord
 from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.db import transaction, utcnow
-from simulacra_services.core.db.idempotency import request_id_reused
+from simulacra_services.core.db import idempotency
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
 
@@ -189,29 +189,16 @@ class AnnotationStore:
         )
         return [category_of(row) for row in rows]
 
+    @staticmethod
     def _record_request(
-        self, conn: Connection, dataset_pk: int, scope: str, request_id: str, digest: str, response: Any
+        conn: Connection, dataset: Row[Any], scope: str, request_id: str, digest: str, response: Any
     ) -> None:
-        conn.execute(
-            requests.insert().values(
-                dataset=dataset_pk, scope=scope, request_id=request_id, payload_sha256=digest,
-                response=response, create_time=utcnow(),
-            )
-        )
+        idempotency.record_response(conn, request_scope(dataset.dataset_id, scope), request_id, digest, response)
 
     @staticmethod
-    def _recorded(conn: Connection, dataset_pk: int, scope: str, request_id: str, digest: str) -> Any | None:
+    def _recorded(conn: Connection, dataset: Row[Any], scope: str, request_id: str, digest: str) -> Any | None:
         """The response first given to ``request_id``; REQUEST_ID_REUSED when the payload differs."""
-        row = conn.execute(
-            sa.select(requests.c.payload_sha256, requests.c.response).where(
-                requests.c.dataset == dataset_pk, requests.c.scope == scope, requests.c.request_id == request_id
-            )
-        ).first()
-        if row is None:
-            return None
-        if row.payload_sha256 != digest:
-            raise request_id_reused(request_id)
-        return row.response
+        return idempotency.recorded_response(conn, request_scope(dataset.dataset_id, scope), request_id, digest)
 
     # ------------------------------------------------------------------
     # datasets
@@ -325,7 +312,8 @@ class AnnotationStore:
             # Children first: not every SQLite build enforces ON DELETE CASCADE the same way, this does.
             item_rows = sa.select(items.c.id).where(items.c.dataset == dataset.id)
             conn.execute(sa.delete(annotations).where(annotations.c.item_row.in_(item_rows)))
-            for table in (items, categories_table, versions, requests):
+            idempotency.forget_scopes(conn, request_scope(dataset_id))
+            for table in (items, categories_table, versions):
                 conn.execute(sa.delete(table).where(table.c.dataset == dataset.id))
             conn.execute(sa.delete(jobs).where(jobs.c.parent == f"datasets/{dataset_id}"))
             conn.execute(sa.delete(datasets).where(datasets.c.id == dataset.id))
@@ -489,7 +477,7 @@ class AnnotationStore:
         check_request_id(request_id)
         with self.engine.connect() as conn:
             dataset = self._dataset_row(conn, dataset_id)
-            response = self._recorded(conn, dataset.id, scope, request_id, payload_digest)
+            response = self._recorded(conn, dataset, scope, request_id, payload_digest)
         return None if response is None else BatchResult(list(response["item_ids"]), True)
 
     def write_batch(
@@ -536,14 +524,14 @@ class AnnotationStore:
         with transaction(self.engine) as conn:
             dataset = self._dataset_row(conn, dataset_id, lock=True)
             if request_id:
-                response = self._recorded(conn, dataset.id, scope, request_id, payload_digest)
+                response = self._recorded(conn, dataset, scope, request_id, payload_digest)
                 if response is not None:
                     return BatchResult(list(response["item_ids"]), True)
             created = [c.category_id for c in self._create_missing_categories(conn, dataset, categories)] if categories else []
             if not prepared:  # no items: no new sequence number unless categories were created
                 if request_id:
                     self._record_request(
-                        conn, dataset.id, scope, request_id, payload_digest, {"item_ids": [], "category_ids": created}
+                        conn, dataset, scope, request_id, payload_digest, {"item_ids": [], "category_ids": created}
                     )
                 return BatchResult([], False)
             live_categories = {c.category_id for c in self._categories(conn, dataset.id, None)}
@@ -572,7 +560,7 @@ class AnnotationStore:
             item_ids = [item.item_id for item in prepared]
             if request_id:
                 self._record_request(
-                    conn, dataset.id, scope, request_id, payload_digest, {"item_ids": item_ids, "category_ids": created}
+                    conn, dataset, scope, request_id, payload_digest, {"item_ids": item_ids, "category_ids": created}
                 )
             return BatchResult(item_ids, False)
 
@@ -621,20 +609,13 @@ class AnnotationStore:
         """``(item ids, category ids)`` an import job wrote: its chunks' request records (``{job}-{n}``)
         are written in the same transactions as the rows, so they name exactly what is in the database."""
         with self.engine.connect() as conn:
-            dataset = conn.execute(sa.select(datasets.c.id).where(datasets.c.dataset_id == dataset_id)).first()
-            if dataset is None:
-                return [], []
-            rows = conn.execute(
-                sa.select(requests.c.request_id, requests.c.response).where(
-                    requests.c.dataset == dataset.id, requests.c.scope == "import", requests.c.request_id.like(f"{job_id}-%")
-                )
-            ).all()
+            responses = idempotency.recorded_responses(conn, request_scope(dataset_id, "import"), f"{job_id}-")
         item_ids: list[str] = []
         category_ids: list[int] = []
-        for row in rows:
-            if row.request_id.removeprefix(f"{job_id}-").isdigit():
-                item_ids.extend(row.response.get("item_ids", []))
-                category_ids.extend(row.response.get("category_ids", []))
+        for request_id, response in sorted(responses.items()):
+            if request_id.removeprefix(f"{job_id}-").isdigit():
+                item_ids.extend(response.get("item_ids", []))
+                category_ids.extend(response.get("category_ids", []))
         return item_ids, category_ids
 
     def discard_import(self, dataset_id: str, job_id: str) -> tuple[int, int]:

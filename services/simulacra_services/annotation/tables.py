@@ -160,21 +160,15 @@ versions = Table(
     Column("content_sha256", String(64), nullable=False),
 )
 
-requests = Table(
-    "annotation_requests",
-    metadata,
-    # Idempotency of uploads and job creation: the first answer to a request id, kept to replay it.
-    Column("dataset", RowId, ForeignKey("annotation_datasets.id", ondelete="CASCADE"), primary_key=True),
-    Column("scope", String(32), primary_key=True),
-    Column("request_id", String(128), primary_key=True),
-    Column("payload_sha256", String(64), nullable=False),
-    Column("response", JSON, nullable=False),
-    Column("create_time", UtcDateTime(), nullable=False),
-    Index("ix_annotation_requests_create_time", "create_time"),
-)
+
+def request_scope(dataset_id: str, operation: str = "") -> str:
+    """The idempotency scope (core's ``idempotency_keys``) of a dataset's upload batches and import
+    chunks (``operation`` "upload" or "import"); without ``operation``, the prefix of all of them."""
+    return f"annotation:datasets/{dataset_id}:{operation}"
+
 
 # Import and export jobs: core/jobs' table (kind "import" or "export", parent "datasets/{id}",
 # label the source or export format, spec {"format": ..., "job": <the request as JSON>}).
 jobs = job_table("annotation_jobs")
 
-__all__ = ["annotations", "categories", "datasets", "items", "jobs", "requests", "versions"]
+__all__ = ["annotations", "categories", "datasets", "items", "jobs", "request_scope", "versions"]

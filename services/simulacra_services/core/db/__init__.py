@@ -16,7 +16,14 @@ turns a change there into a migration.
 """
 
 from .engine import create_engine, is_sqlite, normalize_url, transaction, write_transaction
-from .idempotency import forget_requests_before, idempotency_keys, recorded_digest, remember_request
+from .idempotency import (
+    forget_requests_before,
+    forget_scopes,
+    idempotency_keys,
+    record_response,
+    recorded_response,
+    recorded_responses,
+)
 from .migrate import SchemaTooNewError, current_revision, head_revision, head_revisions, migrate
 from .schema import NAMING_CONVENTION, UtcDateTime, import_all_tables, metadata, utcnow
 
@@ -27,6 +34,7 @@ __all__ = [
     "create_engine",
     "current_revision",
     "forget_requests_before",
+    "forget_scopes",
     "head_revision",
     "head_revisions",
     "idempotency_keys",
@@ -35,8 +43,9 @@ __all__ = [
     "metadata",
     "migrate",
     "normalize_url",
-    "recorded_digest",
-    "remember_request",
+    "record_response",
+    "recorded_response",
+    "recorded_responses",
     "transaction",
     "utcnow",
     "write_transaction",

@@ -1,21 +1,28 @@
-"""Idempotency keys: the record that a request was already carried out.
+"""Idempotency keys: the record that a request was already carried out, and its answer.
 
 A client that retries a mutating call (because the answer was lost, not the
-work) sends the same request id. The service does the work and, in the same
-transaction, calls :func:`remember_request`; ``False`` means that request id
-was already carried out (by an earlier attempt, or a concurrent one that
-committed first), so the service rolls back its work and answers with the
-earlier result, identified by :func:`recorded_digest`.
+work) sends the same request id. The service checks :func:`recorded_response`
+first; if nothing is recorded it does the work and, in the same transaction,
+calls :func:`record_response` with the digest of the request's payload and
+the (JSON) response to replay. A retry then gets the first response back; the
+same request id with another payload is REQUEST_ID_REUSED.
 
-On PostgreSQL a concurrent duplicate waits on the primary key until the
-first transaction ends, so exactly one of them gets ``True``.
+``scope`` names the operation and whatever the request id is unique within
+(e.g. ``"annotation:datasets/cats:upload"``), so ids of different operations
+or parents never collide; :func:`forget_scopes` drops a parent's records when
+the parent goes. On PostgreSQL a concurrent duplicate waits on the primary
+key until the first transaction ends, so exactly one insert wins.
+
+Job creation keeps its request ids in the job table (``core.jobs``); this is
+for the other mutating calls (upload batches, import chunks, create requests).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import Column, Index, String, Table, delete, select
+from sqlalchemy import JSON, Column, Index, String, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -25,46 +32,77 @@ from .schema import UtcDateTime, metadata, utcnow
 
 MAX_KEY_LENGTH = 128
 """Longest scope or request id accepted; request ids come from clients."""
+DIGEST_LENGTH = 64
+"""A payload digest: lower-case hex sha256."""
 
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
     Column("scope", String(MAX_KEY_LENGTH), primary_key=True),
     Column("request_id", String(MAX_KEY_LENGTH), primary_key=True),
-    Column("response_digest", String(MAX_KEY_LENGTH), nullable=False),
+    Column("payload_sha256", String(DIGEST_LENGTH), nullable=False),
+    # What the first attempt answered (JSON), replayed to a retry.
+    Column("response", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     # Expiry deletes by age.
     Index(None, "created_at"),
 )
 
 
-def remember_request(conn: Connection, scope: str, request_id: str, digest: str) -> bool:
-    """Record that ``request_id`` in ``scope`` was carried out with result ``digest``.
+def recorded_response(conn: Connection, scope: str, request_id: str, payload_digest: str) -> Any | None:
+    """The response first given to ``request_id`` in ``scope``, or ``None`` when it was never recorded.
 
-    Returns ``True`` when this is the first time, ``False`` when the request
-    id was recorded before (the earlier digest is kept). Runs in the caller's
-    transaction, so a rollback forgets the request too. ``scope`` names the
-    operation (e.g. ``"annotation.CreateDataset"``) so ids of different
-    operations never collide.
+    REQUEST_ID_REUSED (ALREADY_EXISTS) when it was recorded for another payload.
     """
     _check_key("scope", scope)
     _check_key("request_id", request_id)
-    _check_key("digest", digest)
-    values = {"scope": scope, "request_id": request_id, "response_digest": digest, "created_at": utcnow()}
+    row = conn.execute(
+        select(idempotency_keys.c.payload_sha256, idempotency_keys.c.response).where(
+            idempotency_keys.c.scope == scope, idempotency_keys.c.request_id == request_id
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.payload_sha256 != payload_digest:
+        raise request_id_reused(request_id)
+    return row.response
+
+
+def record_response(conn: Connection, scope: str, request_id: str, payload_digest: str, response: Any) -> bool:
+    """Record that ``request_id`` in ``scope`` was carried out for ``payload_digest``, answering ``response``.
+
+    Returns ``True`` when this is the first record, ``False`` when one was
+    there already (it is kept). Runs in the caller's transaction, so a
+    rollback forgets the request too.
+    """
+    _check_key("scope", scope)
+    _check_key("request_id", request_id)
+    if not isinstance(payload_digest, str) or len(payload_digest) > DIGEST_LENGTH:
+        raise ValueError(f"payload_digest must be a string of at most {DIGEST_LENGTH} characters")
+    values = {
+        "scope": scope, "request_id": request_id, "payload_sha256": payload_digest,
+        "response": response, "created_at": utcnow(),
+    }
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = insert(idempotency_keys).values(values).on_conflict_do_nothing(index_elements=["scope", "request_id"])
     # Without preserve_rowcount SQLAlchemy reports no row count for INSERT.
     return conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount == 1
 
 
-def recorded_digest(conn: Connection, scope: str, request_id: str) -> str | None:
-    """The digest recorded for ``request_id`` in ``scope``, or ``None`` if it was never recorded."""
+def recorded_responses(conn: Connection, scope: str, request_id_prefix: str = "") -> dict[str, Any]:
+    """``{request id: response}`` of every record in ``scope`` whose request id starts with the prefix."""
     _check_key("scope", scope)
-    _check_key("request_id", request_id)
-    statement = select(idempotency_keys.c.response_digest).where(
-        idempotency_keys.c.scope == scope, idempotency_keys.c.request_id == request_id
-    )
-    return conn.execute(statement).scalar_one_or_none()
+    statement = select(idempotency_keys.c.request_id, idempotency_keys.c.response).where(idempotency_keys.c.scope == scope)
+    if request_id_prefix:
+        statement = statement.where(idempotency_keys.c.request_id.startswith(request_id_prefix, autoescape=True))
+    return {row.request_id: row.response for row in conn.execute(statement)}
+
+
+def forget_scopes(conn: Connection, scope_prefix: str) -> int:
+    """Delete the records of every scope that starts with ``scope_prefix`` (a parent that is deleted)."""
+    _check_key("scope_prefix", scope_prefix)
+    statement = delete(idempotency_keys).where(idempotency_keys.c.scope.startswith(scope_prefix, autoescape=True))
+    return conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
 
 
 def forget_requests_before(conn: Connection, cutoff: dt.datetime) -> int:
