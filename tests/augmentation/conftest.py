@@ -17,10 +17,8 @@ import pytest
 from simulacra_client.annotation import AnnotationClient
 from simulacra_client.api.annotation.v1 import annotation_pb2 as apb
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as api_grpc
-from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
 from simulacra_services.annotation.service import DEFINITION as ANNOTATION
 from simulacra_services.augmentation.service import DEFINITION
-from simulacra_services.augmentation.service import DEFINITION as AUGMENTATION
 from tests.augmentation.support import photo
 from tests.harness import BACKENDS, RunningService, backend_settings, local_settings, running_service
 
@@ -46,7 +44,7 @@ def stub(service: RunningService) -> api_grpc.AugmentationServiceStub:
 @dataclass
 class Services:
     annotation_address: str
-    stub: pb_grpc.AugmentationServiceStub
+    stub: api_grpc.AugmentationServiceStub
     augmentation_address: str = ""
 
     def client(self) -> AnnotationClient:
@@ -57,8 +55,8 @@ class Services:
 async def services(tmp_path) -> AsyncIterator[Services]:
     async with running_service(ANNOTATION, local_settings(tmp_path / "annotation")) as annotation:
         settings = local_settings(tmp_path / "augmentation", annotation_address=annotation.address)
-        async with running_service(AUGMENTATION, settings, workers=1) as augmentation:
-            yield Services(annotation.address, pb_grpc.AugmentationServiceStub(augmentation.channel), augmentation.address)
+        async with running_service(DEFINITION, settings, workers=1) as augmentation:
+            yield Services(annotation.address, api_grpc.AugmentationServiceStub(augmentation.channel), augmentation.address)
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -13,7 +13,6 @@ from google.protobuf import json_format
 from simulacra_client.annotation import AnnotationClient
 from simulacra_client.api.annotation.v1 import annotation_pb2 as apb
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
-from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import NotFoundError, from_rpc_error

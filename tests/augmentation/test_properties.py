@@ -142,11 +142,12 @@ def test_annotations_land_on_their_pixels(spec_data: dict, drawn: tuple, seed: i
     # Nothing emitted is refused by the annotation-store.
     validate_annotations(out.annotations, ImageSize(width, height), CATEGORIES, policy=BoxBoundsPolicy.REJECT)
     by_id = {a.id: a for a in out.annotations}
-    # Annotations move exactly; the drawn pixels move by nearest-neighbour, up to a pixel per
-    # resampling (two when a pixel op splits the geometric ops into two runs).
-    # An elastic field bends straight edges between the sampled points of a box: a pixel more.
+    # Annotations move exactly; the drawn shape is re-rendered by nearest-neighbour, which errs by
+    # half a source pixel (times the zoom, up to 1.6 here) plus the sliver a sharp corner leaves
+    # between pixel centres: 1.5 px per resampling, twice that when a pixel op splits the geometric
+    # ops into two runs; an elastic field bends straight edges between a box's sampled points: 1 more.
     text = str(spec_data)
-    tolerance = (2.0 if any("gamma" in op for op in spec_data["ops"]) else 1.0) + (1.0 if "elastic" in text else 0.0)
+    tolerance = (3.0 if any("gamma" in op for op in spec_data["ops"]) else 1.5) + (1.0 if "elastic" in text else 0.0)
     # A box drawn as a filled shape stays the bounding box of the shape's pixels.
     for annotation_id, channel in (("box", 0), ("mask-box", 1)):
         if annotation_id in by_id:

@@ -29,7 +29,7 @@ from simulacra_services.augmentation.engine import rng as rng_module
 from simulacra_services.augmentation.engine.params import invalid
 from simulacra_services.augmentation.engine.ops.mixing import fit
 from simulacra_services.augmentation.engine.registry import FieldOp, GeometricOp, ImageOp, MixOp
-from simulacra_services.augmentation.engine.spec import GroupNode, Node, OpNode, PipelineSpec, digest
+from simulacra_services.augmentation.engine.spec import Node, OpNode, PipelineSpec, digest
 from simulacra_services.augmentation.engine.targets import Step, TargetTransform
 from simulacra_services.augmentation.engine.warp import Resampling, is_identity, warp
 
