@@ -7,33 +7,35 @@ the expected pattern) and never reaches a query or an object key.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from simulacra_services.core import errors
-from simulacra_services.core.api.names import MAX_NAME_CHARS, invalid_name
+from simulacra_services.core.errors import shown
+from simulacra_services.core.api.names import RESOURCE_ID, VERSION_NUMBER, NamePattern, invalid_name
 
-DATASET_ID = r"[a-z][a-z0-9-]{0,62}"
+DATASET_ID = RESOURCE_ID
 """What a dataset id may be: the one rule, used by names, validation and lineage checks."""
 ITEM_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 """What an item id may be."""
-WORKING_ITEM_NAME = re.compile(rf"datasets/{DATASET_ID}/items/{ITEM_ID}")
-"""An item of a working state, as lineage's source_item names it."""
+VERSION = rf"{VERSION_NUMBER}|latest"
+"""A version of a dataset: its number, or ``latest``."""
+CATEGORY_ID = r"[1-9][0-9]{0,9}"
+JOB_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+"""Job ids may start with a digit (they are random hex when the client names none)."""
 
-_DATASET = rf"(?P<dataset>{DATASET_ID})"
-_VERSION = r"(?P<version>[1-9][0-9]{0,17}|latest)"
-_ITEM = rf"(?P<item>{ITEM_ID})"
-_CATEGORY = r"(?P<category>[1-9][0-9]{0,9})"
-_JOB = r"(?P<job>[a-z0-9][a-z0-9-]{0,62})"
-_STATE = rf"datasets/{_DATASET}(?:/versions/{_VERSION})?"
-
-_PATTERNS = {
-    "dataset": (re.compile(rf"datasets/{_DATASET}"), "datasets/{dataset}"),
-    "state": (re.compile(_STATE), "datasets/{dataset} or datasets/{dataset}/versions/{version}"),
-    "version": (re.compile(rf"datasets/{_DATASET}/versions/{_VERSION}"), "datasets/{dataset}/versions/{version}"),
-    "item": (re.compile(rf"{_STATE}/items/{_ITEM}"), "datasets/{dataset}[/versions/{version}]/items/{item}"),
-    "category": (re.compile(rf"{_STATE}/categories/{_CATEGORY}"), "datasets/{dataset}[/versions/{version}]/categories/{category}"),
+DATASET = NamePattern("datasets/{dataset}", dataset=DATASET_ID)
+STATE = NamePattern("datasets/{dataset}[/versions/{version}]", dataset=DATASET_ID, version=VERSION)
+VERSION_NAME = NamePattern("datasets/{dataset}/versions/{version}", dataset=DATASET_ID, version=VERSION)
+ITEM = NamePattern("datasets/{dataset}[/versions/{version}]/items/{item}", dataset=DATASET_ID, version=VERSION, item=ITEM_ID)
+CATEGORY = NamePattern(
+    "datasets/{dataset}[/versions/{version}]/categories/{category}", dataset=DATASET_ID, version=VERSION, category=CATEGORY_ID
+)
+JOBS = {
+    collection: NamePattern(f"datasets/{{dataset}}/{collection}/{{job}}", dataset=DATASET_ID, job=JOB_ID)
+    for collection in ("importJobs", "exportJobs")
 }
+WORKING_ITEM_NAME = NamePattern("datasets/{dataset}/items/{item}", dataset=DATASET_ID, item=ITEM_ID).regex
+"""An item of a working state, as lineage's source_item names it."""
 
 
 @dataclass(frozen=True)
@@ -60,50 +62,46 @@ class CategoryName:
     category_id: int
 
 
-def _match(kind: str, name: str, field: str) -> re.Match[str]:
-    pattern, shape = _PATTERNS[kind]
-    match = pattern.fullmatch(name) if len(name) <= MAX_NAME_CHARS else None
-    if match is None or ".." in (match.groupdict().get("item") or ""):
-        raise invalid_name(name, shape, field)
-    return match
+def _item_parts(name: str, field: str) -> dict[str, str | None]:
+    parts = ITEM.parse(name, field)
+    if ".." in (parts["item"] or ""):
+        raise invalid_name(name, ITEM.template, field)
+    return parts
 
 
 def parse_dataset(name: str, field: str = "name") -> str:
     """The dataset id of ``datasets/{dataset}``."""
-    return _match("dataset", name, field)["dataset"]
+    return DATASET.parse(name, field)["dataset"]
 
 
 def parse_state(name: str, field: str = "parent") -> StateName:
-    match = _match("state", name, field)
+    match = STATE.parse(name, field)
     return StateName(match["dataset"], match["version"])
 
 
 def parse_version(name: str, field: str = "name") -> StateName:
-    match = _match("version", name, field)
+    match = VERSION_NAME.parse(name, field)
     return StateName(match["dataset"], match["version"])
 
 
 def parse_item(name: str, field: str = "name") -> ItemName:
-    match = _match("item", name, field)
+    match = _item_parts(name, field)
     return ItemName(StateName(match["dataset"], match["version"]), match["item"])
 
 
 def parse_category(name: str, field: str = "name") -> CategoryName:
-    match = _match("category", name, field)
+    match = CATEGORY.parse(name, field)
     category_id = int(match["category"])
     if category_id > 2**31 - 1:
         raise errors.InvalidArgument(
-            "INVALID_NAME", f"{field}: category ids run from 1 to 2^31-1", {"field": field, "name": name}
+            "INVALID_NAME", f"{field}: category ids run from 1 to 2^31-1", {"field": field, "name": shown(name)}
         )
     return CategoryName(StateName(match["dataset"], match["version"]), category_id)
 
 
 def parse_job(name: str, collection: str, field: str = "name") -> tuple[str, str]:
     """``(dataset_id, job_id)`` of ``datasets/{dataset}/{collection}/{job}`` (collection importJobs or exportJobs)."""
-    pattern = re.compile(rf"datasets/{_DATASET}/{collection}/{_JOB}")
-    match = pattern.fullmatch(name) if len(name) <= MAX_NAME_CHARS else None
-    if match is None:
-        raise invalid_name(name, f"datasets/{{dataset}}/{collection}/{{job}}", field)
+    match = JOBS[collection].parse(name, field)
     return match["dataset"], match["job"]
 
 
