@@ -37,7 +37,7 @@ def resolve(compose_file: Path) -> dict:
 
 
 def simulacra_services(model: dict) -> dict[str, dict]:
-    return {name: s for name, s in model["services"].items() if s.get("image", "").startswith("simulacra:")}
+    return {name: s for name, s in model["services"].items() if s.get("image", "").startswith("simulacra-")}
 
 
 def cross_check(model: dict) -> list[str]:
@@ -102,12 +102,17 @@ def test_compose_file_agrees_with_the_code(model: dict) -> None:
     assert cross_check(model) == []
 
 
-def test_each_service_runs_from_the_one_image_built_by_the_dockerfile(model: dict) -> None:
+def test_each_service_runs_from_a_stage_of_the_dockerfile_and_only_training_has_torch(model: dict) -> None:
     ours = simulacra_services(model)
     assert sorted(ours) == sorted(SERVICES)
-    for service in ours.values():
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "deploy" / "docker" / "Dockerfile").read_text(), re.MULTILINE))
+    for name, service in ours.items():
         assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile"
         assert Path(service["build"]["context"]).resolve() == ROOT
+        # The serving processes import no torch (tests/core/test_import_graph.py): their image has none.
+        assert service["build"]["target"] == ("training" if name == "training" else "serving")
+        assert service["build"]["target"] in stages
+        assert service["image"] == f"simulacra-{service['build']['target']}:0.1.0"
 
 
 def test_storage_and_database_settings_reach_the_compose_backends(model: dict) -> None:

@@ -77,10 +77,12 @@ def test_manifests_agree_with_the_code() -> None:
 
 def test_images_match_compose() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    compose_image = compose["x-simulacra-service"]["image"]
-    for doc in load_documents():
-        if doc["kind"] == "Deployment":
-            assert doc["spec"]["template"]["spec"]["containers"][0]["image"] == compose_image
+    deployments = [doc for doc in load_documents() if doc["kind"] == "Deployment"]
+    assert deployments
+    for doc in deployments:
+        service = compose["services"][doc["metadata"]["name"]]
+        image = service.get("image", compose["x-simulacra-service"]["image"])
+        assert doc["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
 
 def test_checks_can_fail() -> None:
