@@ -12,7 +12,6 @@ import asyncio
 import collections
 import hashlib
 import math
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,13 +22,14 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
 from simulacra_services.annotation import convert, names, wire
-from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES, check_sha256
+from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
 from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import BatchResult, ItemChanges, ItemRecord
 from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.row_codec import EncodedItem
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import errors
+from simulacra_services.core.api import blobs as blob_api
 from simulacra_services.core.api import pagination
 
 if TYPE_CHECKING:
@@ -397,69 +397,19 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     async def FindMissingBlobs(
         self, request: api.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
     ) -> api.FindMissingBlobsResponse:
-        if len(request.sha256s) > MAX_FIND_BLOBS:
-            raise errors.InvalidArgument(
-                "TOO_MANY_BLOBS",
-                f"sha256s: {len(request.sha256s)} digests, at most {MAX_FIND_BLOBS} per request",
-                {"field": "sha256s", "limit": MAX_FIND_BLOBS},
-            )
-        wanted = [check_sha256(s, f"sha256s[{i}]") for i, s in enumerate(request.sha256s)]
-        missing = await _run(self.store.blobs.missing, wanted)
+        missing = await blob_api.find_missing(self.store.blobs, request.sha256s, limit=MAX_FIND_BLOBS)
         return api.FindMissingBlobsResponse(missing_sha256s=missing)
 
     async def UploadBlobs(
         self, request_iterator: AsyncIterator[api.UploadBlobsRequest], context: grpc.aio.ServicerContext
     ) -> api.UploadBlobsResponse:
-        done: list[pb.BlobReference] = []
-        upload: _BlobUpload | None = None
-        try:
-            async for chunk in request_iterator:
-                if upload is None:
-                    upload = _BlobUpload.start(chunk, len(done))
-                    upload.known = await _run(self.store.blobs.exists, upload.sha256)
-                await _run(upload.add, chunk)  # hashing and spooling (to disk past 8 MiB) off the loop
-                if upload.complete:
-                    size = await _run(upload.finish, self.store)
-                    done.append(pb.BlobReference(sha256=upload.sha256, size_bytes=size))
-                    upload = None
-            if upload is not None:
-                raise errors.InvalidArgument(
-                    "INCOMPLETE_BLOB",
-                    f"the stream ended after {upload.received} of the {upload.size} bytes of blob {upload.sha256}; "
-                    "nothing of it was stored: upload it again",
-                    {"sha256": upload.sha256, "received": upload.received, "size_bytes": upload.size},
-                )
-        finally:
-            if upload is not None:
-                upload.close()
-        return api.UploadBlobsResponse(blobs=done)
+        done = await blob_api.receive_blobs(request_iterator, self.store.blobs, max_blob_bytes=MAX_BLOB_BYTES)
+        return api.UploadBlobsResponse(blobs=[pb.BlobReference(sha256=sha256, size_bytes=size) for sha256, size in done])
 
     async def ReadBlob(self, request: api.ReadBlobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api.ReadBlobResponse]:
-        sha256 = check_sha256(request.sha256)
-        if request.offset < 0 or request.limit < 0:
-            raise errors.InvalidArgument(
-                "INVALID_RANGE", "offset and limit must be >= 0", {"field": "offset" if request.offset < 0 else "limit"}
-            )
-        size = await _run(self.store.blobs.size, sha256)
-        if request.offset > size:
-            raise errors.OutOfRange(
-                "OFFSET_BEYOND_END", f"offset {request.offset} lies beyond the blob's {size} bytes", {"size_bytes": size, "offset": request.offset}
-            )
-        chunks = self.store.blobs.iter_chunks(sha256, request.offset, request.limit, READ_CHUNK_BYTES)
-        offset = request.offset
-        sent = False
-        try:
-            while True:
-                data = await _run(next, chunks, None)
-                if data is None:
-                    break
-                yield api.ReadBlobResponse(offset=offset, data=data, size_bytes=size)
-                offset += len(data)
-                sent = True
-        finally:
-            chunks.close()
-        if not sent:
-            yield api.ReadBlobResponse(offset=offset, data=b"", size_bytes=size)
+        pieces = blob_api.read_blob(self.store.blobs, request.sha256, request.offset, request.limit, chunk_bytes=READ_CHUNK_BYTES)
+        async for offset, data, size in pieces:
+            yield api.ReadBlobResponse(offset=offset, data=data, size_bytes=size)
 
     # ---- import and export jobs (annotation/jobs.py) ---------------------------
     async def CreateImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -493,70 +443,3 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     async def WatchExportJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for response in self.jobs.WatchExportJob(request, context):
             yield response
-
-
-class _BlobUpload:
-    """One blob arriving in chunks: offsets checked, bytes hashed and spooled, stored when complete."""
-
-    def __init__(self, sha256: str, size: int) -> None:
-        self.sha256 = sha256
-        self.size = size
-        self.received = 0
-        self.known = False
-        self.digest = hashlib.sha256()
-        self.file = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
-
-    @classmethod
-    def start(cls, chunk: api.UploadBlobsRequest, index: int) -> _BlobUpload:
-        field = f"blobs[{index}]"
-        if chunk.offset != 0:
-            raise errors.InvalidArgument(
-                "INVALID_CHUNK", f"{field}: a blob's first chunk has offset 0, got {chunk.offset}", {"field": f"{field}.offset"}
-            )
-        check_sha256(chunk.sha256, f"{field}.sha256")
-        if not 0 <= chunk.size_bytes <= MAX_BLOB_BYTES:
-            raise errors.InvalidArgument(
-                "BLOB_TOO_LARGE",
-                f"{field}.size_bytes: {chunk.size_bytes}; blobs hold 0 to {MAX_BLOB_BYTES} bytes",
-                {"field": f"{field}.size_bytes", "limit": MAX_BLOB_BYTES},
-            )
-        return cls(chunk.sha256, chunk.size_bytes)
-
-    @property
-    def complete(self) -> bool:
-        return self.received == self.size
-
-    def add(self, chunk: api.UploadBlobsRequest) -> None:
-        if (chunk.sha256 and chunk.sha256 != self.sha256) or chunk.offset != self.received:
-            raise errors.InvalidArgument(
-                "INVALID_CHUNK",
-                f"expected the chunk of blob {self.sha256} at offset {self.received}, got {chunk.sha256 or self.sha256} at {chunk.offset}",
-                {"sha256": self.sha256, "expected_offset": self.received, "offset": chunk.offset},
-            )
-        if len(chunk.data) > READ_CHUNK_BYTES or self.received + len(chunk.data) > self.size:
-            raise errors.InvalidArgument(
-                "INVALID_CHUNK",
-                f"chunks hold at most {READ_CHUNK_BYTES} bytes and may not run past size_bytes {self.size}",
-                {"sha256": self.sha256, "limit": READ_CHUNK_BYTES},
-            )
-        self.received += len(chunk.data)
-        if not self.known:
-            self.digest.update(chunk.data)
-            self.file.write(chunk.data)
-
-    def finish(self, store: AnnotationStore) -> int:
-        try:
-            if self.known:
-                return self.size
-            if self.digest.hexdigest() != self.sha256:
-                raise errors.DataLoss(
-                    "SHA256_MISMATCH",
-                    f"blob {self.sha256}: the uploaded bytes hash to {self.digest.hexdigest()}; nothing was stored",
-                    {"sha256": self.sha256, "actual": self.digest.hexdigest()},
-                )
-            return store.blobs.put_file(self.file, self.sha256)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.file.close()
