@@ -40,12 +40,7 @@ def category_json(category: Category) -> dict[str, Any]:
 def category_row(dataset_pk: int, category: Category, seq: int) -> dict[str, Any]:
     return {
         "dataset": dataset_pk,
-        "category_id": category.category_id,
-        "display_name": category.display_name,
-        "supercategory": category.supercategory,
-        "keypoint_names": list(category.keypoint_names),
-        "skeleton": [list(p) for p in category.skeleton],
-        "flip_pairs": [list(p) for p in category.flip_pairs],
+        **category_json(category),
         "added_seq": seq,
         "removed_seq": None,
     }
