@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "annotation-store.md"
 PACKAGE = ROOT / "services" / "simulacra_services" / "annotation"
 # Core modules whose reasons the annotation-store raises as its own (filters, page tokens).
-SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py", "enums.py")]
+SHARED = [ROOT / "services" / "simulacra_services" / "core" / "api" / name for name in ("filters.py", "pagination.py", "enums.py", "blobs.py")]
 # Core modules some of whose reasons reach annotation clients: its jobs run on core/jobs, which
 # has reasons of its own the annotation-store never raises (JOB_NOT_PAUSABLE, ...).
-SOME_SHARED = [ROOT / "services" / "simulacra_services" / "core" / path for path in ("jobs/store.py", "jobs/runner.py", "db/idempotency.py")]
+SOME_SHARED = [ROOT / "services" / "simulacra_services" / "core" / path for path in ("jobs/store.py", "jobs/runner.py", "db/idempotency.py", "storage/blobs.py")]
 
 # UPPER_SNAKE string constants of the package that are not error reasons.
 NOT_REASONS = {"CASCADE", "COCO", "JPEG", "YOLO"}
