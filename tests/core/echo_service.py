@@ -87,6 +87,13 @@ async def collect(requests: AsyncIterator[Tensor], context: grpc.aio.ServicerCon
     return Tensor(data=data)
 
 
+async def serialized(request: Tensor, context: grpc.aio.ServicerContext) -> AsyncIterator[Tensor | bytes]:
+    # A handler may send a response it serialized itself (bytes): it goes out as it is.
+    yield request
+    yield request.SerializeToString()
+    yield Tensor(shape=[2]).SerializeToString() + request.SerializeToString()  # concatenated messages merge
+
+
 async def chat(requests: AsyncIterator[Tensor], context: grpc.aio.ServicerContext) -> AsyncIterator[Tensor]:
     async for request in requests:
         if request.data == b"crash":
@@ -112,6 +119,7 @@ def handler(gate: Gate) -> grpc.GenericRpcHandler:
             "StreamFail": grpc.unary_stream_rpc_method_handler(stream_fail, Tensor.FromString, Tensor.SerializeToString),
             "Collect": grpc.stream_unary_rpc_method_handler(collect, Tensor.FromString, Tensor.SerializeToString),
             "Chat": grpc.stream_stream_rpc_method_handler(chat, Tensor.FromString, Tensor.SerializeToString),
+            "Serialized": grpc.unary_stream_rpc_method_handler(serialized, Tensor.FromString, Tensor.SerializeToString),
         },
     )
 

@@ -249,6 +249,14 @@ async def test_error_raised_mid_stream_arrives_after_the_messages_sent(settings:
     assert (error.reason, error.domain, error.metadata) == ("SAMPLE_NOT_FOUND", echo_service.DOMAIN, {"index": "2"})
 
 
+async def test_responses_a_handler_serialized_itself_go_out_as_they_are(settings: Settings, start_server: Any) -> None:
+    server = await start_server(settings)
+    async with open_aio_channel(server.address) as channel:
+        call = channel.unary_stream(f"/{SERVICE}/Serialized", Tensor.SerializeToString, Tensor.FromString)(Tensor(data=b"x", shape=[1]))
+        received = [message async for message in call]
+    assert received == [Tensor(data=b"x", shape=[1]), Tensor(data=b"x", shape=[1]), Tensor(data=b"x", shape=[2, 1])]
+
+
 async def test_errors_of_client_streaming_and_bidi_rpcs_are_mapped(settings: Settings, start_server: Any) -> None:
     server = await start_server(settings)
 
