@@ -184,9 +184,14 @@ class ResumableDataset(IterableDataset):
         expected = {"format": STATE_VERSION, "kind": self.kind, "rank": self.rank, "world_size": self.world_size, "identity": self.identity()}
         for key, value in expected.items():
             if state.get(key) != value:
-                raise ValueError(f"this state belongs to another stream: its {key} is {state.get(key)!r}, this dataset's is {value!r}")
+                raise ValueError(f"this state belongs to another stream: its {key} is {_short(state.get(key))}, this dataset's is {_short(value)}")
         self._position = int(state["position"])
         self._epoch = int(state["epoch"])
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _batch_size(batch: Any) -> int:
