@@ -399,6 +399,21 @@ class AnnotationClient(ServiceClient):
         FAILED_PRECONDITION ``IMPORT_IN_PROGRESS`` while an import job of the dataset is unfinished."""
         return self._call("CommitVersion", rpc.CommitVersionRequest(parent=dataset_name(dataset), description=description))
 
+    def commit_staged(
+        self, dataset: str, staging_id: str, *, description: str = "", source_version: str = "", pipeline_digest: str = ""
+    ) -> rpc.CommitStagedVersionResponse:
+        """Commit the items uploaded with ``staging_id`` as the next version (the working state is not
+        touched), recording ``derived_from`` when ``source_version`` is given; committing again returns
+        the same version with ``created`` False."""
+        request = rpc.CommitStagedVersionRequest(parent=dataset_name(dataset), staging_id=staging_id, description=description)
+        if source_version:
+            request.derived_from.CopyFrom(pb.DerivedFrom(source_version=source_version, pipeline_digest=pipeline_digest))
+        return self._call("CommitStagedVersion", request)
+
+    def discard_staging(self, dataset: str, staging_id: str) -> None:
+        """Remove an uncommitted staging and its items (nothing when there is none)."""
+        self._call("DiscardStaging", rpc.DiscardStagingRequest(parent=dataset_name(dataset), staging_id=staging_id))
+
     def get_version(self, reference: str) -> pb.DatasetVersion:
         return self._call("GetVersion", rpc.GetVersionRequest(name=version_name(reference))).version
 
@@ -456,8 +471,12 @@ class AnnotationClient(ServiceClient):
         max_in_flight: int = 4,
         box_bounds_policy: int = pb.BOX_BOUNDS_POLICY_REJECT,
         progress: ProgressCallback | None = None,
+        staging_id: str = "",
     ) -> list[str]:
         """Upload items (``Item`` or ``(item_id, Item)``) in batches over one stream.
+
+        With ``staging_id`` the items go to that staging area of the dataset,
+        invisible until ``commit_staged`` (or removed by ``discard_staging``).
 
         At most ``max_in_flight`` batches are sent ahead of their acknowledgement,
         so memory stays bounded whatever the number of items. Returns the created
@@ -472,6 +491,7 @@ class AnnotationClient(ServiceClient):
             for request in item_batches(dataset, items, batch_size, box_bounds_policy):
                 if not _acquire(slots, stop):
                     return
+                request.staging_id = staging_id
                 yield request
 
         names: list[str] = []

@@ -280,11 +280,15 @@ def lineage_from_proto(message: common_pb2.Lineage) -> Lineage:
         return Lineage(kind="real", origin=message.real.origin)
     if which == "augmented":
         a = message.augmented
-        return Lineage(kind="augmented", source_item=a.source_item, pipeline_digest=a.pipeline_digest, seed=a.seed)
+        return Lineage(
+            kind="augmented", source_item=a.source_item, pipeline_digest=a.pipeline_digest, seed=a.seed,
+            sources=tuple((v.item, v.version) for v in a.sources), copy_index=a.copy_index,
+        )
     if which == "synthetic":
         s = message.synthetic
         return Lineage(
-            kind="synthetic", generator=s.generator, generator_version=s.generator_version, seed=s.seed, sample_index=s.sample_index
+            kind="synthetic", generator=s.generator, generator_version=s.generator_version, seed=s.seed, sample_index=s.sample_index,
+            truncation=s.truncation if s.HasField("truncation") else None, attributes=tuple(s.attributes), label=s.label,
         )
     return Lineage()
 
@@ -295,7 +299,9 @@ def lineage_to_proto(lineage: Lineage) -> common_pb2.Lineage | None:
     if lineage.kind == "augmented":
         return common_pb2.Lineage(
             augmented=common_pb2.AugmentedSource(
-                source_item=lineage.source_item, pipeline_digest=lineage.pipeline_digest, seed=lineage.seed
+                source_item=lineage.source_item, pipeline_digest=lineage.pipeline_digest, seed=lineage.seed,
+                sources=[common_pb2.VersionedItem(item=item, version=version) for item, version in lineage.sources],
+                copy_index=lineage.copy_index,
             )
         )
     if lineage.kind == "synthetic":
@@ -305,6 +311,9 @@ def lineage_to_proto(lineage: Lineage) -> common_pb2.Lineage | None:
                 generator_version=lineage.generator_version,
                 seed=lineage.seed,
                 sample_index=lineage.sample_index,
+                truncation=lineage.truncation,
+                attributes=lineage.attributes,
+                label=lineage.label,
             )
         )
     return None
@@ -421,6 +430,9 @@ def version_to_proto(record: VersionRecord) -> pb.DatasetVersion:
         item_count=record.item_count,
         annotation_count=record.annotation_count,
         content_sha256=record.content_sha256,
+        derived_from=pb.DerivedFrom(
+            source_version=record.derived_from_version, pipeline_digest=record.derived_from_pipeline_digest
+        ) if record.derived_from_version else None,
     )
 
 

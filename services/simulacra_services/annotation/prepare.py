@@ -25,6 +25,11 @@ from simulacra_services.core.budget import PixelBudget
 
 MAX_ITEMS_PER_BATCH = 256
 MAX_LINEAGE_CHARS = 1024
+MAX_LINEAGE_SOURCES = 64
+PINNED_VERSION_NAME = names.NamePattern(
+    "datasets/{dataset}/versions/{version}", dataset=names.DATASET_ID, version=names.VERSION_NUMBER
+).regex
+"""A version by number (lineage pins sources to versions that never change)."""
 _REQUEST_ID_CHARS = 128
 
 
@@ -60,7 +65,19 @@ def check_lineage(lineage: Lineage, field: str) -> Lineage:
             raise _invalid("INVALID_LINEAGE", f"{field}.augmented.source_item", "must be an item name datasets/{dataset}/items/{item}")
         if lineage.pipeline_digest and not SHA256_HEX.fullmatch(lineage.pipeline_digest):
             raise _invalid("INVALID_LINEAGE", f"{field}.augmented.pipeline_digest", "must be a lower-case hex sha256")
-    for name in ("seed", "generator_version", "sample_index"):
+    if len(lineage.sources) > MAX_LINEAGE_SOURCES or len(lineage.attributes) > MAX_LINEAGE_SOURCES:
+        raise _invalid("INVALID_LINEAGE", f"{field}.sources", f"at most {MAX_LINEAGE_SOURCES} sources and attributes", limit=MAX_LINEAGE_SOURCES)
+    for index, (item, version) in enumerate(lineage.sources):
+        if not names.WORKING_ITEM_NAME.fullmatch(item):
+            raise _invalid("INVALID_LINEAGE", f"{field}.augmented.sources[{index}].item", "must be an item name datasets/{dataset}/items/{item}")
+        if not PINNED_VERSION_NAME.fullmatch(version) or version.split("/")[:2] != item.split("/")[:2]:
+            raise _invalid(
+                "INVALID_LINEAGE", f"{field}.augmented.sources[{index}].version",
+                "must be a version datasets/{dataset}/versions/{number} of the item's dataset",
+            )
+    if lineage.truncation is not None and not (math.isfinite(lineage.truncation) and lineage.truncation > 0):
+        raise _invalid("INVALID_LINEAGE", f"{field}.synthetic.truncation", "must be a positive finite number", value=lineage.truncation)
+    for name in ("seed", "generator_version", "sample_index", "copy_index"):
         value = getattr(lineage, name)
         if not 0 <= value < 2**64:
             raise _invalid("INVALID_LINEAGE", f"{field}.{name}", "out of range", value=value)

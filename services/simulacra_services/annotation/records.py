@@ -27,13 +27,33 @@ class Lineage:
     generator: str = ""  # synthetic
     generator_version: int = 0  # synthetic
     sample_index: int = 0  # synthetic
+    # augmented: every source (item name, version name), the first source_item's; and the copy index
+    sources: tuple[tuple[str, str], ...] = ()
+    copy_index: int = 0
+    # synthetic: what the generator was conditioned on (None: no truncation)
+    truncation: float | None = None
+    attributes: tuple[int, ...] = ()
+    label: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        # The fields added later are left out while unset, so that items stored before keep their content digests.
+        return {
+            name: list(map(list, value)) if name == "sources" else list(value) if name == "attributes" else value
+            for name in self.__dataclass_fields__
+            if (value := getattr(self, name)) not in _LATER_DEFAULTS.get(name, ((),))
+        }
 
     @classmethod
     def from_json(cls, value: Mapping[str, object]) -> Lineage:
-        return cls(**{name: value[name] for name in cls.__dataclass_fields__ if name in value})  # type: ignore[arg-type]
+        fields = {name: value[name] for name in cls.__dataclass_fields__ if name in value}
+        if "sources" in fields:
+            fields["sources"] = tuple((str(item), str(version)) for item, version in fields["sources"])  # type: ignore[union-attr]
+        if "attributes" in fields:
+            fields["attributes"] = tuple(int(v) for v in fields["attributes"])  # type: ignore[union-attr]
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+_LATER_DEFAULTS: dict[str, tuple[object, ...]] = {"sources": ((),), "copy_index": (0,), "truncation": (None,), "attributes": ((),), "label": (0,)}
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,8 @@ class VersionRecord:
     annotation_count: int
     content_sha256: str
     seq: int
+    derived_from_version: str = ""  # "datasets/{d}/versions/{v}" for a version derived from another, else ""
+    derived_from_pipeline_digest: str = ""
 
 
 @dataclass(frozen=True)

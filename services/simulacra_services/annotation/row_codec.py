@@ -83,6 +83,8 @@ def version_of(dataset_id: str, row: Row[Any]) -> VersionRecord:
         annotation_count=int(row.annotation_count),
         content_sha256=row.content_sha256,
         seq=int(row.seq),
+        derived_from_version=row.derived_from_version,
+        derived_from_pipeline_digest=row.derived_from_pipeline_digest,
     )
 
 

@@ -27,6 +27,7 @@ from simulacra_services.annotation.model import PixelMap
 from simulacra_services.annotation.records import BatchResult, ItemChanges, ItemRecord
 from simulacra_services.annotation.prepare import check_request_id
 from simulacra_services.annotation.row_codec import EncodedItem
+from simulacra_services.annotation.staging import Stagings
 from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.core import errors
 from simulacra_services.core.api import blobs as blob_api
@@ -163,6 +164,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     def __init__(self, store: AnnotationStore, jobs: JobService) -> None:
         self.store = store
         self.jobs = jobs
+        self.stagings = Stagings(store)
 
     # ---- datasets ------------------------------------------------------------
     async def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.aio.ServicerContext) -> api.CreateDatasetResponse:
@@ -258,6 +260,11 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             except errors.SimulacraError as error:
                 error.metadata.setdefault("item_index", str(index))
                 raise
+        if request.staging_id:  # invisible until CommitStagedVersion (annotation/staging.py)
+            return self.stagings.write_batch(
+                dataset_id, request.staging_id, new_items, request_id=request.request_id, payload_digest=digest,
+                policy=convert.box_bounds_policy(request.box_bounds_policy),
+            )
         return self.store.write_batch(
             dataset_id, new_items, request_id=request.request_id, payload_digest=digest,
             policy=convert.box_bounds_policy(request.box_bounds_policy),
@@ -373,6 +380,19 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     async def CommitVersion(self, request: api.CommitVersionRequest, context: grpc.aio.ServicerContext) -> api.CommitVersionResponse:
         record, created = await _run(self.store.commit_version, names.parse_dataset(request.parent, "parent"), request.description)
         return api.CommitVersionResponse(version=convert.version_to_proto(record), created=created)
+
+    async def CommitStagedVersion(
+        self, request: api.CommitStagedVersionRequest, context: grpc.aio.ServicerContext
+    ) -> api.CommitStagedVersionResponse:
+        record, created = await _run(
+            self.stagings.commit, names.parse_dataset(request.parent, "parent"), request.staging_id, request.description,
+            source_version=request.derived_from.source_version, pipeline_digest=request.derived_from.pipeline_digest,
+        )
+        return api.CommitStagedVersionResponse(version=convert.version_to_proto(record), created=created)
+
+    async def DiscardStaging(self, request: api.DiscardStagingRequest, context: grpc.aio.ServicerContext) -> api.DiscardStagingResponse:
+        await _run(self.stagings.discard, names.parse_dataset(request.parent, "parent"), request.staging_id)
+        return api.DiscardStagingResponse()
 
     async def GetVersion(self, request: api.GetVersionRequest, context: grpc.aio.ServicerContext) -> api.GetVersionResponse:
         state = names.parse_version(request.name)

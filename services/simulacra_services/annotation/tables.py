@@ -158,6 +158,24 @@ versions = Table(
     Column("item_count", BigInteger, nullable=False),
     Column("annotation_count", BigInteger, nullable=False),
     Column("content_sha256", String(64), nullable=False),
+    # What a version committed from a staging was derived from (DatasetVersion.derived_from); "" otherwise.
+    Column("derived_from_version", String(256), nullable=False, server_default=""),
+    Column("derived_from_pipeline_digest", String(64), nullable=False, server_default=""),
+)
+
+# Staging areas (UploadItemsRequest.staging_id): staging ``id`` n owns item and category rows with
+# added_seq = -n and removed_seq = -n + 1, which are visible at seq -n only: in no working state
+# (removed_seq is set) and in no version until CommitStagedVersion writes a version row with seq -n.
+stagings = Table(
+    "annotation_stagings",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("dataset", RowId, ForeignKey("annotation_datasets.id", ondelete="CASCADE"), nullable=False),
+    Column("staging_id", String(128), nullable=False),
+    # The version number once committed, NULL before.
+    Column("version", BigInteger, nullable=True),
+    Column("create_time", UtcDateTime(), nullable=False),
+    Index("uq_annotation_stagings_dataset_staging", "dataset", "staging_id", unique=True),
 )
 
 
@@ -171,4 +189,4 @@ def request_scope(dataset_id: str, operation: str = "") -> str:
 # label the source or export format, spec {"format": ..., "job": <the request as JSON>}).
 jobs = job_table("annotation_jobs")
 
-__all__ = ["annotations", "categories", "datasets", "items", "jobs", "request_scope", "versions"]
+__all__ = ["annotations", "categories", "datasets", "items", "jobs", "request_scope", "stagings", "versions"]

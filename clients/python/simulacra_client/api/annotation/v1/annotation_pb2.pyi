@@ -1239,6 +1239,7 @@ class DatasetVersion(_message.Message):
     ITEM_COUNT_FIELD_NUMBER: _builtins.int
     ANNOTATION_COUNT_FIELD_NUMBER: _builtins.int
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    DERIVED_FROM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"datasets/{dataset}/versions/{version}". Output only."""
     version: _builtins.int
@@ -1257,6 +1258,12 @@ class DatasetVersion(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def derived_from(self) -> Global___DerivedFrom:
+        """Output only: what the version was derived from, for versions committed by
+        CommitStagedVersion with derived_from; unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -1267,14 +1274,43 @@ class DatasetVersion(_message.Message):
         item_count: _builtins.int = ...,
         annotation_count: _builtins.int = ...,
         content_sha256: _builtins.str = ...,
+        derived_from: Global___DerivedFrom | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "derived_from", b"derived_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_count", b"annotation_count", "content_sha256", b"content_sha256", "create_time", b"create_time", "description", b"description", "item_count", b"item_count", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_count", b"annotation_count", "content_sha256", b"content_sha256", "create_time", b"create_time", "derived_from", b"derived_from", "description", b"description", "item_count", b"item_count", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetVersion: _TypeAlias = DatasetVersion  # noqa: Y015
+
+@_typing.final
+class DerivedFrom(_message.Message):
+    """What a derived version (an augmentation job's output) was made from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    PIPELINE_DIGEST_FIELD_NUMBER: _builtins.int
+    source_version: _builtins.str
+    """The source version: "datasets/{dataset}/versions/{version}" ({version} a number);
+    it must exist.
+    """
+    pipeline_digest: _builtins.str
+    """sha256 (lower-case hex) of the pipeline that made the version's items."""
+    def __init__(
+        self,
+        *,
+        source_version: _builtins.str = ...,
+        pipeline_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline_digest", b"pipeline_digest", "source_version", b"source_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DerivedFrom: _TypeAlias = DerivedFrom  # noqa: Y015
 
 @_typing.final
 class CategoryCount(_message.Message):

@@ -461,6 +461,7 @@ class UploadItemsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     BOX_BOUNDS_POLICY_FIELD_NUMBER: _builtins.int
+    STAGING_ID_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"datasets/{dataset}"; the same in every message of the stream."""
     request_id: _builtins.str
@@ -469,6 +470,13 @@ class UploadItemsRequest(_message.Message):
     """
     box_bounds_policy: _annotation_pb2.BoxBoundsPolicy.ValueType
     """How boxes outside the image are handled for this batch."""
+    staging_id: _builtins.str
+    """When set (a client-chosen id, e.g. a job's id; the characters of a
+    request_id), the batch goes to that staging area of the dataset instead
+    of the working state: invisible until CommitStagedVersion. Item ids need
+    only be unique within the staging. FAILED_PRECONDITION, STAGING_COMMITTED
+    once the staging is committed.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadItemsRequest.ItemUpload]: ...
     def __init__(
@@ -478,10 +486,11 @@ class UploadItemsRequest(_message.Message):
         request_id: _builtins.str = ...,
         items: _abc.Iterable[Global___UploadItemsRequest.ItemUpload] | None = ...,
         box_bounds_policy: _annotation_pb2.BoxBoundsPolicy.ValueType = ...,
+        staging_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_bounds_policy", b"box_bounds_policy", "items", b"items", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_bounds_policy", b"box_bounds_policy", "items", b"items", "parent", b"parent", "request_id", b"request_id", "staging_id", b"staging_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -883,6 +892,102 @@ class CommitVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommitVersionResponse: _TypeAlias = CommitVersionResponse  # noqa: Y015
+
+@_typing.final
+class CommitStagedVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    STAGING_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DERIVED_FROM_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """"datasets/{dataset}"."""
+    staging_id: _builtins.str
+    """The UploadItemsRequest.staging_id the items were uploaded with."""
+    description: _builtins.str
+    """At most 4096 characters."""
+    @_builtins.property
+    def derived_from(self) -> _annotation_pb2.DerivedFrom:
+        """Optional: recorded in the version (DatasetVersion.derived_from)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        staging_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        derived_from: _annotation_pb2.DerivedFrom | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["derived_from", b"derived_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["derived_from", b"derived_from", "description", b"description", "parent", b"parent", "staging_id", b"staging_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitStagedVersionRequest: _TypeAlias = CommitStagedVersionRequest  # noqa: Y015
+
+@_typing.final
+class CommitStagedVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the staging had been committed before: its version is returned."""
+    @_builtins.property
+    def version(self) -> _annotation_pb2.DatasetVersion: ...
+    def __init__(
+        self,
+        *,
+        version: _annotation_pb2.DatasetVersion | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitStagedVersionResponse: _TypeAlias = CommitStagedVersionResponse  # noqa: Y015
+
+@_typing.final
+class DiscardStagingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    STAGING_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """"datasets/{dataset}"."""
+    staging_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        staging_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "staging_id", b"staging_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardStagingRequest: _TypeAlias = DiscardStagingRequest  # noqa: Y015
+
+@_typing.final
+class DiscardStagingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardStagingResponse: _TypeAlias = DiscardStagingResponse  # noqa: Y015
 
 @_typing.final
 class GetVersionRequest(_message.Message):

@@ -122,6 +122,16 @@ class AnnotationServiceStub:
                 request_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
+        self.CommitStagedVersion = channel.unary_unary(
+                '/simulacra.annotation.v1.AnnotationService/CommitStagedVersion',
+                request_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionRequest.SerializeToString,
+                response_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionResponse.FromString,
+                _registered_method=True)
+        self.DiscardStaging = channel.unary_unary(
+                '/simulacra.annotation.v1.AnnotationService/DiscardStaging',
+                request_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingRequest.SerializeToString,
+                response_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingResponse.FromString,
+                _registered_method=True)
         self.GetStatistics = channel.unary_unary(
                 '/simulacra.annotation.v1.AnnotationService/GetStatistics',
                 request_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.GetStatisticsRequest.SerializeToString,
@@ -334,6 +344,26 @@ class AnnotationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitStagedVersion(self, request, context):
+        """Commits the items uploaded with UploadItemsRequest.staging_id as the next
+        version, atomically, without touching the working state: until then they
+        are invisible (in no state, no version, no listing). The version holds
+        exactly the staged items and the working state's categories. Committing a
+        staging twice returns the same version (created false). NOT_FOUND,
+        STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardStaging(self, request, context):
+        """Removes a staging and its items (a failed or cancelled job); nothing
+        visible changes. Idempotent; FAILED_PRECONDITION, STAGING_COMMITTED once committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatistics(self, request, context):
         """---- statistics ----------------------------------------------------------
         Class histogram, annotations per item, box sizes and class imbalance of
@@ -526,6 +556,16 @@ def add_AnnotationServiceServicer_to_server(servicer, server):
                     servicer.ListVersions,
                     request_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsRequest.FromString,
                     response_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'CommitStagedVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitStagedVersion,
+                    request_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionRequest.FromString,
+                    response_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionResponse.SerializeToString,
+            ),
+            'DiscardStaging': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardStaging,
+                    request_deserializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingRequest.FromString,
+                    response_serializer=simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingResponse.SerializeToString,
             ),
             'GetStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatistics,
@@ -1059,6 +1099,60 @@ class AnnotationService:
             '/simulacra.annotation.v1.AnnotationService/ListVersions',
             simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsRequest.SerializeToString,
             simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitStagedVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.annotation.v1.AnnotationService/CommitStagedVersion',
+            simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionRequest.SerializeToString,
+            simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.CommitStagedVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardStaging(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/simulacra.annotation.v1.AnnotationService/DiscardStaging',
+            simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingRequest.SerializeToString,
+            simulacra_dot_annotation_dot_v1_dot_annotation__service__pb2.DiscardStagingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,6 +112,18 @@ class AnnotationServiceStub:
     """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.GetVersionRequest, _annotation_service_pb2.GetVersionResponse]
     ListVersions: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.ListVersionsRequest, _annotation_service_pb2.ListVersionsResponse]
+    CommitStagedVersion: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.CommitStagedVersionRequest, _annotation_service_pb2.CommitStagedVersionResponse]
+    """Commits the items uploaded with UploadItemsRequest.staging_id as the next
+    version, atomically, without touching the working state: until then they
+    are invisible (in no state, no version, no listing). The version holds
+    exactly the staged items and the working state's categories. Committing a
+    staging twice returns the same version (created false). NOT_FOUND,
+    STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
+    """
+    DiscardStaging: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.DiscardStagingRequest, _annotation_service_pb2.DiscardStagingResponse]
+    """Removes a staging and its items (a failed or cancelled job); nothing
+    visible changes. Idempotent; FAILED_PRECONDITION, STAGING_COMMITTED once committed.
+    """
     GetStatistics: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.GetStatisticsRequest, _annotation_service_pb2.GetStatisticsResponse]
     """---- statistics ----------------------------------------------------------
     Class histogram, annotations per item, box sizes and class imbalance of
@@ -217,6 +229,18 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     """
     GetVersion: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.GetVersionRequest, _annotation_service_pb2.GetVersionResponse]  # type: ignore[assignment]
     ListVersions: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.ListVersionsRequest, _annotation_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
+    CommitStagedVersion: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.CommitStagedVersionRequest, _annotation_service_pb2.CommitStagedVersionResponse]  # type: ignore[assignment]
+    """Commits the items uploaded with UploadItemsRequest.staging_id as the next
+    version, atomically, without touching the working state: until then they
+    are invisible (in no state, no version, no listing). The version holds
+    exactly the staged items and the working state's categories. Committing a
+    staging twice returns the same version (created false). NOT_FOUND,
+    STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
+    """
+    DiscardStaging: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.DiscardStagingRequest, _annotation_service_pb2.DiscardStagingResponse]  # type: ignore[assignment]
+    """Removes a staging and its items (a failed or cancelled job); nothing
+    visible changes. Idempotent; FAILED_PRECONDITION, STAGING_COMMITTED once committed.
+    """
     GetStatistics: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.GetStatisticsRequest, _annotation_service_pb2.GetStatisticsResponse]  # type: ignore[assignment]
     """---- statistics ----------------------------------------------------------
     Class histogram, annotations per item, box sizes and class imbalance of
@@ -421,6 +445,30 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _annotation_service_pb2.ListVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_annotation_service_pb2.ListVersionsResponse, _abc.Awaitable[_annotation_service_pb2.ListVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CommitStagedVersion(
+        self,
+        request: _annotation_service_pb2.CommitStagedVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_service_pb2.CommitStagedVersionResponse, _abc.Awaitable[_annotation_service_pb2.CommitStagedVersionResponse]]:
+        """Commits the items uploaded with UploadItemsRequest.staging_id as the next
+        version, atomically, without touching the working state: until then they
+        are invisible (in no state, no version, no listing). The version holds
+        exactly the staged items and the working state's categories. Committing a
+        staging twice returns the same version (created false). NOT_FOUND,
+        STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
+        """
+
+    @_abc_1.abstractmethod
+    def DiscardStaging(
+        self,
+        request: _annotation_service_pb2.DiscardStagingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_annotation_service_pb2.DiscardStagingResponse, _abc.Awaitable[_annotation_service_pb2.DiscardStagingResponse]]:
+        """Removes a staging and its items (a failed or cancelled job); nothing
+        visible changes. Idempotent; FAILED_PRECONDITION, STAGING_COMMITTED once committed.
+        """
 
     @_abc_1.abstractmethod
     def GetStatistics(

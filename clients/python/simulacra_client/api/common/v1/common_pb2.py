@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n simulacra/common/v1/common.proto\x12\x13simulacra.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x06Tensor\x12,\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1d.simulacra.common.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xba\x01\n\x07Lineage\x12/\n\x04real\x18\x01 \x01(\x0b\x32\x1f.simulacra.common.v1.RealSourceH\x00\x12\x39\n\taugmented\x18\x02 \x01(\x0b\x32$.simulacra.common.v1.AugmentedSourceH\x00\x12\x39\n\tsynthetic\x18\x03 \x01(\x0b\x32$.simulacra.common.v1.SyntheticSourceH\x00\x42\x08\n\x06source\"\x1c\n\nRealSource\x12\x0e\n\x06origin\x18\x01 \x01(\t\"M\n\x0f\x41ugmentedSource\x12\x13\n\x0bsource_item\x18\x01 \x01(\t\x12\x17\n\x0fpipeline_digest\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"c\n\x0fSyntheticSource\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x19\n\x11generator_version\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x14\n\x0csample_index\x18\x04 \x01(\x04\"i\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.simulacra.common.v1.JobError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xbd\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x02\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x03\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x04\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x07*z\n\x0bLineageKind\x12\x1c\n\x18LINEAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11LINEAGE_KIND_REAL\x10\x01\x12\x1a\n\x16LINEAGE_KIND_AUGMENTED\x10\x02\x12\x1a\n\x16LINEAGE_KIND_SYNTHETIC\x10\x03*\xca\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x14\n\x10JOB_STATE_PAUSED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n simulacra/common/v1/common.proto\x12\x13simulacra.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x06Tensor\x12,\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1d.simulacra.common.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xba\x01\n\x07Lineage\x12/\n\x04real\x18\x01 \x01(\x0b\x32\x1f.simulacra.common.v1.RealSourceH\x00\x12\x39\n\taugmented\x18\x02 \x01(\x0b\x32$.simulacra.common.v1.AugmentedSourceH\x00\x12\x39\n\tsynthetic\x18\x03 \x01(\x0b\x32$.simulacra.common.v1.SyntheticSourceH\x00\x42\x08\n\x06source\"\x1c\n\nRealSource\x12\x0e\n\x06origin\x18\x01 \x01(\t\"\x96\x01\n\x0f\x41ugmentedSource\x12\x13\n\x0bsource_item\x18\x01 \x01(\t\x12\x17\n\x0fpipeline_digest\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x33\n\x07sources\x18\x04 \x03(\x0b\x32\".simulacra.common.v1.VersionedItem\x12\x12\n\ncopy_index\x18\x05 \x01(\r\".\n\rVersionedItem\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xae\x01\n\x0fSyntheticSource\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x19\n\x11generator_version\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x14\n\x0csample_index\x18\x04 \x01(\x04\x12\x17\n\ntruncation\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nattributes\x18\x06 \x03(\x03\x12\r\n\x05label\x18\x07 \x01(\x03\x42\r\n\x0b_truncation\"i\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.simulacra.common.v1.JobError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xbd\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x02\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x03\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x04\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x07*z\n\x0bLineageKind\x12\x1c\n\x18LINEAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11LINEAGE_KIND_REAL\x10\x01\x12\x1a\n\x16LINEAGE_KIND_AUGMENTED\x10\x02\x12\x1a\n\x16LINEAGE_KIND_SYNTHETIC\x10\x03*\xca\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x14\n\x10JOB_STATE_PAUSED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBERROR_METADATAENTRY']._loaded_options = None
   _globals['_JOBERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=854
-  _globals['_DATATYPE']._serialized_end=1043
-  _globals['_LINEAGEKIND']._serialized_start=1045
-  _globals['_LINEAGEKIND']._serialized_end=1167
-  _globals['_JOBSTATE']._serialized_start=1170
-  _globals['_JOBSTATE']._serialized_end=1372
+  _globals['_DATATYPE']._serialized_start=1052
+  _globals['_DATATYPE']._serialized_end=1241
+  _globals['_LINEAGEKIND']._serialized_start=1243
+  _globals['_LINEAGEKIND']._serialized_end=1365
+  _globals['_JOBSTATE']._serialized_start=1368
+  _globals['_JOBSTATE']._serialized_end=1570
   _globals['_TENSOR']._serialized_start=90
   _globals['_TENSOR']._serialized_end=173
   _globals['_LINEAGE']._serialized_start=176
   _globals['_LINEAGE']._serialized_end=362
   _globals['_REALSOURCE']._serialized_start=364
   _globals['_REALSOURCE']._serialized_end=392
-  _globals['_AUGMENTEDSOURCE']._serialized_start=394
-  _globals['_AUGMENTEDSOURCE']._serialized_end=471
-  _globals['_SYNTHETICSOURCE']._serialized_start=473
-  _globals['_SYNTHETICSOURCE']._serialized_end=572
-  _globals['_PROGRESS']._serialized_start=574
-  _globals['_PROGRESS']._serialized_end=679
-  _globals['_JOBERROR']._serialized_start=682
-  _globals['_JOBERROR']._serialized_end=851
-  _globals['_JOBERROR_METADATAENTRY']._serialized_start=804
-  _globals['_JOBERROR_METADATAENTRY']._serialized_end=851
+  _globals['_AUGMENTEDSOURCE']._serialized_start=395
+  _globals['_AUGMENTEDSOURCE']._serialized_end=545
+  _globals['_VERSIONEDITEM']._serialized_start=547
+  _globals['_VERSIONEDITEM']._serialized_end=593
+  _globals['_SYNTHETICSOURCE']._serialized_start=596
+  _globals['_SYNTHETICSOURCE']._serialized_end=770
+  _globals['_PROGRESS']._serialized_start=772
+  _globals['_PROGRESS']._serialized_end=877
+  _globals['_JOBERROR']._serialized_start=880
+  _globals['_JOBERROR']._serialized_end=1049
+  _globals['_JOBERROR_METADATAENTRY']._serialized_start=1002
+  _globals['_JOBERROR_METADATAENTRY']._serialized_end=1049
 # @@protoc_insertion_point(module_scope)

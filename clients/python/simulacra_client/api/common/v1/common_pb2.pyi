@@ -192,26 +192,65 @@ class AugmentedSource(_message.Message):
     SOURCE_ITEM_FIELD_NUMBER: _builtins.int
     PIPELINE_DIGEST_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    COPY_INDEX_FIELD_NUMBER: _builtins.int
     source_item: _builtins.str
     """Resource name of the source item: "datasets/{dataset}/items/{item}"."""
     pipeline_digest: _builtins.str
     """sha256 (hex) of the serialized augmentation pipeline."""
     seed: _builtins.int
     """Seed that, with the pipeline and the source item, reproduces this item."""
+    copy_index: _builtins.int
+    """Which augmented copy of source_item this is (0, 1, ...)."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionedItem]:
+        """Every source of the item, each pinned to the version it was read from:
+        the first is source_item itself, the others the items a mixing op
+        (mixup, cutmix, mosaic, copy-paste) took pixels or objects from. At most 64.
+        """
+
     def __init__(
         self,
         *,
         source_item: _builtins.str = ...,
         pipeline_digest: _builtins.str = ...,
         seed: _builtins.int = ...,
+        sources: _abc.Iterable[Global___VersionedItem] | None = ...,
+        copy_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline_digest", b"pipeline_digest", "seed", b"seed", "source_item", b"source_item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_index", b"copy_index", "pipeline_digest", b"pipeline_digest", "seed", b"seed", "source_item", b"source_item", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AugmentedSource: _TypeAlias = AugmentedSource  # noqa: Y015
+
+@_typing.final
+class VersionedItem(_message.Message):
+    """An item as read from a committed version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    item: _builtins.str
+    """"datasets/{dataset}/items/{item}"."""
+    version: _builtins.str
+    """"datasets/{dataset}/versions/{version}" ({version} a number)."""
+    def __init__(
+        self,
+        *,
+        item: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionedItem: _TypeAlias = VersionedItem  # noqa: Y015
 
 @_typing.final
 class SyntheticSource(_message.Message):
@@ -223,6 +262,9 @@ class SyntheticSource(_message.Message):
     GENERATOR_VERSION_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     SAMPLE_INDEX_FIELD_NUMBER: _builtins.int
+    TRUNCATION_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     """Registry model name."""
     generator_version: _builtins.int
@@ -230,6 +272,16 @@ class SyntheticSource(_message.Message):
     seed: _builtins.int
     sample_index: _builtins.int
     """Index of the sample in the deterministic stream of (generator version, seed)."""
+    truncation: _builtins.float
+    """The truncation the sample was drawn with; unset when none was used."""
+    label: _builtins.int
+    """The class label the generator was conditioned on (also the item's class annotation)."""
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The attribute value indices the generator was conditioned on, in the
+        generator's attribute order; empty for a generator without attributes. At most 64.
+        """
+
     def __init__(
         self,
         *,
@@ -237,12 +289,17 @@ class SyntheticSource(_message.Message):
         generator_version: _builtins.int = ...,
         seed: _builtins.int = ...,
         sample_index: _builtins.int = ...,
+        truncation: _builtins.float | None = ...,
+        attributes: _abc.Iterable[_builtins.int] | None = ...,
+        label: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "truncation", b"truncation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generator", b"generator", "generator_version", b"generator_version", "sample_index", b"sample_index", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncation", b"_truncation", "attributes", b"attributes", "generator", b"generator", "generator_version", b"generator_version", "label", b"label", "sample_index", b"sample_index", "seed", b"seed", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncation: _TypeAlias = _typing.Literal["truncation"]  # noqa: Y015
+    _WhichOneofArgType__truncation: _TypeAlias = _typing.Literal["_truncation", b"_truncation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncation) -> _WhichOneofReturnType__truncation | None: ...
 
 Global___SyntheticSource: _TypeAlias = SyntheticSource  # noqa: Y015
 
