@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from simulacra_client.annotation import AnnotationClient
 from simulacra_client.api.annotation.v1 import annotation_pb2 as apb
+from simulacra_client.api.annotation.v1 import annotation_service_pb2 as arpc
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
@@ -65,6 +66,8 @@ async def test_a_job_commits_a_derived_version_with_lineage_that_reproduces_each
     assert {i.lineage.augmented.source_item for i in derived} == {f"datasets/src/items/img{k}" for k in range(6)}
     assert {i.attributes["augment_copy"] for i in derived} == {"0", "1"}
     assert all(i.lineage.augmented.pipeline_digest == done.pipeline_digest and i.attributes["augment_source_version"] == source for i in derived)
+    assert all([(v.item, v.version) for v in i.lineage.augmented.sources] == [(i.lineage.augmented.source_item, source)] for i in derived)
+    assert {i.lineage.augmented.copy_index for i in derived} == {0, 1}
     # Each stored item is AugmentBatch of its source with the seed of its lineage, bit for bit.
     for item in derived[:3]:
         src = sources[item.lineage.augmented.source_item]
@@ -200,6 +203,55 @@ async def test_copy_paste_spreads_a_rare_object_through_a_dataset(services: Serv
     roads = [i for i in derived if i.lineage.augmented.source_item != "datasets/scenes/items/rare"]
     assert len(roads) == 4
     for item in roads:
-        assert item.attributes["augment_partners"] == "datasets/scenes/items/rare"
+        # Every source pinned to the version it was read from: the scene first, then the partner.
+        assert [(v.item, v.version) for v in item.lineage.augmented.sources] == [
+            (item.lineage.augmented.source_item, source), ("datasets/scenes/items/rare", source)]
+        assert "augment_partners" not in item.attributes
         kinds = {(a.category_id, a.WhichOneof("kind")) for a in item.annotations}
         assert {(1, "box"), (3, "polygon"), (3, "box")} <= kinds
+
+
+async def test_a_job_into_its_source_dataset_commits_a_version_and_leaves_the_working_state_alone(services: Services) -> None:
+    source = await asyncio.to_thread(make_source, services)
+
+    def edit_working_state() -> list[str]:
+        # The working state moves on after the source version: an item deleted, one added.
+        with services.client() as client:
+            client.stub.DeleteItem(arpc.DeleteItemRequest(name="datasets/src/items/img5"))
+            client.upload_items("src", [("later", apb.Item(image=apb.Image(data=_png(photo(40, 48, seed=20)))))])
+            return sorted(i.name for i in client.list_items("src"))
+
+    working = await asyncio.to_thread(edit_working_state)
+    # A job cancelled at once commits nothing and leaves the working state and the versions as they were.
+    stopped = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=64)))).augment_dataset_job
+    await services.stub.CancelAugmentDatasetJob(pb.CancelAugmentDatasetJobRequest(name=stopped.name))
+    assert (await finish(services, stopped.name)).state == common_pb2.JOB_STATE_CANCELLED
+
+    def state() -> tuple[list[str], int]:
+        with services.client() as client:
+            return sorted(i.name for i in client.list_items("src")), client.get_dataset("src").latest_version
+
+    assert await asyncio.to_thread(state) == (working, 1)
+    created = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=1)))).augment_dataset_job
+    done = await finish(services, created.name)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.output_dataset_version == "datasets/src/versions/2"
+    assert await asyncio.to_thread(state) == (working, 2)
+
+    def read() -> tuple[apb.DatasetVersion, list[apb.Item], apb.Item]:
+        with services.client() as client:
+            version = client.get_version(done.output_dataset_version)
+            items = [s.item for s in client.stream_items(done.output_dataset_version)]
+            got = client.stub.GetItem(arpc.GetItemRequest(
+                name=f"{done.output_dataset_version}/items/img0.aug-{created.name.rsplit('/', 1)[1][:8]}-0")).item
+            return version, items, got
+
+    version, items, got = await asyncio.to_thread(read)
+    assert (version.derived_from.source_version, version.derived_from.pipeline_digest) == (source, done.pipeline_digest)
+    # The source version's 8 items (val included, img5 too, "later" not) and one copy of each of the 6 train items.
+    names = sorted(i.name.rsplit("/", 1)[1] for i in items)
+    assert len(names) == 14 and "img5" in names and "later" not in names and version.item_count == 14
+    assert [(v.item, v.version) for v in got.lineage.augmented.sources] == [("datasets/src/items/img0", source)]
+    assert got.lineage.augmented.copy_index == 0 and got.lineage.augmented.pipeline_digest == done.pipeline_digest

@@ -155,7 +155,13 @@ class AnnotationStoreGateway:
             flip_pairs=[pb.KeypointPair(first=a, second=b) for a, b in category.flip_pairs],
         )
 
-    def upload(self, target: str, items: Sequence[NewItem]) -> None:
+    def open_staging(self, target: str, staging_id: str) -> None:
+        """Create the job's staging in ``target`` (an empty batch), so that even a job that writes nothing commits."""
+        request = rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-open", staging_id=staging_id)
+        self._call(f"staging in {target}", lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
+
+    def upload(self, target: str, items: Sequence[NewItem], staging_id: str) -> None:
+        """Upload into the job's staging of ``target``: invisible until ``commit``."""
         messages = []
         for new in items:
             data = new.encoded or encode_png(new.image)  # type: ignore[arg-type]
@@ -168,19 +174,20 @@ class AnnotationStoreGateway:
                 annotation_to_proto(annotation, message.annotations.add())
             messages.append((new.item_id, message))
         self._call(f"uploading to {target}", self._client.upload_items, target, messages, batch_size=max(len(messages), 1),
-                   box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP)
+                   box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP, staging_id=staging_id)
 
-    def commit(self, target: str, description: str) -> str:
-        return self._call(f"committing {target}", self._client.commit, target, description=description[:4096]).version.name
+    def commit(self, target: str, staging_id: str, description: str, source_version: str, pipeline_digest: str) -> str:
+        """The staging as the next version of ``target``, derived from ``source_version``; the working state is not touched."""
+        response = self._call(f"committing {target}", self._client.commit_staged, target, staging_id, description=description[:4096],
+                              source_version=source_version, pipeline_digest=pipeline_digest)
+        return response.version.name
 
-    def discard(self, target: str, job_id: str, job_name: str) -> None:
-        """Remove what a job wrote: the target when the job created it, else the items it uploaded."""
+    def discard(self, target: str, staging_id: str, job_id: str) -> None:
+        """Remove what a job wrote: its staging, and the target when the job created it."""
         try:
             dataset = self._client.get_dataset(target)
         except SimulacraRpcError:
             return
-        if dataset.labels.get("augment_job") == job_id:
+        self._call(f"discarding the staging of {target}", self._client.discard_staging, target, staging_id)
+        if dataset.labels.get("augment_job") == job_id and dataset.latest_version == 0 and dataset.item_count == 0:
             self._call(f"deleting {target}", self._client.delete_dataset, target, force=True)
-            return
-        for item in self._call(f"listing {target}", lambda: list(self._client.list_items(target, filter=f'attributes.augment_job = "{job_name}"'))):
-            self._call(f"deleting {item.name}", self._client.stub.DeleteItem, rpc.DeleteItemRequest(name=item.name), timeout=self._timeout)

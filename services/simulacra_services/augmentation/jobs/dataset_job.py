@@ -2,20 +2,26 @@
 
 It reaches the annotation-store through the gateway the service hands it
 (``api.annotation_store.AnnotationStoreGateway``: the SDK behind domain types), in a worker thread, and writes in batches
-between which it checks for cancellation. The derived version is committed
-last; until then the job's items carry the attribute ``augment_job`` (its
-name), and ``discard`` deletes them again, or the whole target dataset when
-the job created it, so a job that fails or is cancelled leaves no version and
-no items behind.
+between which it checks for cancellation. Every item goes into the job's
+staging area of the target dataset (staging id = the job id), invisible to
+everyone, and ``CommitStagedVersion`` turns the staging into the next version
+at once, with ``derived_from`` (source version, pipeline digest); the target's
+working state is never touched. ``discard`` drops the staging, and the target
+dataset when the job created it, so a job that fails or is cancelled leaves no
+version and no item behind. When the target is the source's own dataset, the
+version holds every item of the source version and the augmented copies.
 
 Item seeds: copy ``c`` of source item ``x`` gets ``item_seed(seed, x, c)``
-(``x`` the item's resource name), recorded in its lineage: AugmentBatch with
-that seed reproduces the item from its source, bit for bit.
+(``x`` the item's resource name), recorded in its lineage with the copy index
+and every source (the item and a mixing op's partners, each pinned to the
+source version): AugmentBatch with that seed reproduces the item from its
+source, bit for bit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -94,7 +100,7 @@ class AugmentDatasetHandler:
 
         def discard() -> None:
             with self._store() as store:
-                store.discard(target, job.job_id, job_name(job.job_id))
+                store.discard(target, job.job_id, job.job_id)
 
         await asyncio.to_thread(discard)
 
@@ -103,11 +109,14 @@ class AugmentDatasetHandler:
         source = spec["source_dataset_version"]
         target = spec["target_dataset"] or dataset_of(source)
         name = job_name(job.job_id)
-        copy_sources = spec["include_source_items"] and target != dataset_of(source)
+        same_dataset = target == dataset_of(source)
+        copy_sources = spec["include_source_items"] or same_dataset
+        staging = job.job_id
         with self._store() as store:
             version = store.version(source)
             categories = store.categories(source)
             store.prepare_target(target, categories, job.job_id)
+            store.open_staging(target, staging)
             selection = selection_filter(spec["splits"], spec["filter"])
             ctx.progress_sync(0, 0, "planning", force=True)
             counted = store.object_counts(version, selection)
@@ -122,10 +131,11 @@ class AugmentDatasetHandler:
                 plan = plan_copies(counted, spec["copies_per_item"], spec["category_ids"])
             total = sum(plan.values())
             augmenter = Augmenter(parse_spec(spec["pipeline"]), categories)
-            after: Counter[int] = Counter(before) if (copy_sources or target == dataset_of(source)) else Counter()
+            after: Counter[int] = Counter(before) if copy_sources else Counter()
             written = 0
             batch: list[NewItem] = []
-            for item in store.items(version, selection):
+            unselected = store.items(version, f"NOT ({selection})") if same_dataset else iter(())
+            for item in itertools.chain(store.items(version, selection), unselected):
                 if copy_sources:
                     batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, encoded=item.encoded))
                 for copy_index in range(plan.get(item.name, 0)):
@@ -136,15 +146,18 @@ class AugmentDatasetHandler:
                     written += 1
                 if len(batch) >= UPLOAD_BATCH:
                     ctx.check()
-                    store.upload(target, batch)
+                    store.upload(target, batch, staging)
                     batch = []
                     ctx.progress_sync(written, total, "augmenting", {"items_written": written})
             if batch:
                 ctx.check()
-                store.upload(target, batch)
+                store.upload(target, batch, staging)
             ctx.check()
             ctx.progress_sync(written, total, "committing", force=True)
-            committed = store.commit(target, f"augmented from {source} by {name} (pipeline {spec['pipeline_digest'][:12]}, seed {spec['seed']})")
+            committed = store.commit(
+                target, staging, f"augmented from {version} by {name} (pipeline {spec['pipeline_digest'][:12]}, seed {spec['seed']})",
+                version, spec["pipeline_digest"],
+            )
         return {
             "output_dataset_version": committed,
             "items_written": written,
@@ -158,15 +171,17 @@ class AugmentDatasetHandler:
     ) -> NewItem:
         seed = seeds.item_seed(spec["seed"], item.name, copy_index)
         result = augmenter.run(Item(item.image, item.annotations, key=item.name, partners=partners.for_copy(item.name, copy_index)), seed, item.name)
-        attributes = {**item.attributes, "augment_source_version": version, "augment_copy": str(copy_index), "augment_job": name}
-        if result.partner_keys:
-            attributes["augment_partners"] = ",".join(dict.fromkeys(result.partner_keys))[:1024]
+        attributes = {**item.attributes, "augment_source_version": version, "augment_copy": str(copy_index)}
+        sources = tuple((key, version) for key in dict.fromkeys((item.name, *result.partner_keys)))[:64]
         source_id = item.name.rsplit("/", 1)[1]
         return NewItem(
             item_id=f"{source_id[:100]}.aug-{name.rsplit('/', 1)[1][:8]}-{copy_index}",
             split=item.split,
             attributes=attributes,
             annotations=result.annotations,
-            lineage=Lineage(kind="augmented", source_item=item.name, pipeline_digest=spec["pipeline_digest"], seed=seed),
+            lineage=Lineage(
+                kind="augmented", source_item=item.name, pipeline_digest=spec["pipeline_digest"], seed=seed,
+                sources=sources, copy_index=copy_index,
+            ),
             image=result.image,
         )
