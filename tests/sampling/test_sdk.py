@@ -40,7 +40,7 @@ async def test_sample_and_stream_as_numpy(sampling: Sampling) -> None:
             out = {"batch": client.sample("digits", 10, seed=3, start_index=5)}
             out["uint8"] = client.sample("digits@1", 10, seed=3, start_index=5, format="uint8", layout="NHWC")
             out["png"] = client.sample("digits@1", 2, seed=3, start_index=5, format="png")
-            out["scenes"] = client.sample("scenes", 4, seed=1, attribute_mix={"time": {"night": 1.0}}, class_mix={2: 1.0})
+            out["scenes"] = client.sample("scenes", 4, seed=1, attribute_mix={"time": {"night": 1.0}}, class_mix={2: 1.0}, truncation=0.7)
             out["stream"] = list(client.stream("digits", seed=3, start_index=5, count=10, batch_size=3))
             out["shard"] = list(client.stream("digits", seed=3, start_index=5, count=5, batch_size=2, shard_index=1, shard_count=2))
             out["loaded"] = client.load("digits@latest", pin=True)
@@ -60,11 +60,15 @@ async def test_sample_and_stream_as_numpy(sampling: Sampling) -> None:
     assert batch.indices.tolist() == list(range(5, 15)) and batch.seed == 3 and batch.truncation is None
     source = batch.lineage(2).synthetic
     assert (source.generator, source.generator_version, source.seed, source.sample_index) == ("models/digits", 1, 3, 7)
+    assert source.label == batch.labels[2] and not source.HasField("truncation") and list(source.attributes) == []
     expected = np.clip(np.rint((batch.samples + np.float32(1)) * np.float32(127.5)), 0, 255).astype(np.uint8)
     assert np.array_equal(out["uint8"].samples, expected.transpose(0, 2, 3, 1))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out["png"].images[1]))), expected[1, 0])
     scenes = out["scenes"]
     assert set(scenes.labels.tolist()) == {2} and set(scenes.attributes[:, 1].tolist()) == {1}
+    scene = scenes.lineage(0).synthetic
+    assert list(scene.attributes) == scenes.attributes[0].tolist() and scene.label == 2
+    assert scene.HasField("truncation") and scene.truncation == pytest.approx(0.7)
     stream = out["stream"]
     assert [len(b) for b in stream] == [3, 3, 3, 1]
     assert np.array_equal(np.concatenate([b.samples for b in stream]), batch.samples)

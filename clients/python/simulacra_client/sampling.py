@@ -76,14 +76,17 @@ class SampleBatch:
     def lineage(self, i: int) -> common_pb2.Lineage:
         """Where sample ``i`` came from, as the annotation-store records it (``Lineage.synthetic``).
 
-        The label is the item's class annotation; keep the truncation and attribute values (when
-        used) as item attributes: with those, the sample can be produced again bit for bit."""
+        The lineage carries the label, the truncation (when used) and the attribute value indices
+        (for a generator with attributes): with those, the sample can be produced again bit for bit.
+        The label is also the item's class annotation."""
         _, model, _, version = self.generator.split("/")
-        return common_pb2.Lineage(
-            synthetic=common_pb2.SyntheticSource(
-                generator=f"models/{model}", generator_version=int(version), seed=self.seed, sample_index=int(self.indices[i])
-            )
+        source = common_pb2.SyntheticSource(
+            generator=f"models/{model}", generator_version=int(version), seed=self.seed, sample_index=int(self.indices[i]),
+            label=int(self.labels[i]), truncation=self.truncation,
         )
+        if self.attributes is not None:
+            source.attributes.extend(int(v) for v in self.attributes[i])
+        return common_pb2.Lineage(synthetic=source)
 
 
 def _batch(response: Any, indices: Sequence[int]) -> SampleBatch:
