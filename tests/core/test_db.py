@@ -501,3 +501,15 @@ def test_unsupported_urls_are_refused(url: str) -> None:
 def test_utcnow_is_aware_utc() -> None:
     now = db.utcnow()
     assert now.tzinfo is not None and now.utcoffset() == dt.timedelta(0)
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, "has space", "tab\there", "line\nbreak"])
+def test_check_request_id_refuses_what_is_no_uuid_like_id(request_id: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        db.idempotency.check_request_id(request_id, "items.request_id")
+    assert caught.value.reason == "INVALID_REQUEST_ID" and caught.value.metadata["field"] == "items.request_id"
+
+
+def test_check_request_id_passes_uuids_and_the_empty_id() -> None:
+    assert db.idempotency.check_request_id("") == ""
+    assert db.idempotency.check_request_id("3f2b9c1e-0d4a-4c57-9b8e-5f7a6d1c2e3b") == "3f2b9c1e-0d4a-4c57-9b8e-5f7a6d1c2e3b"

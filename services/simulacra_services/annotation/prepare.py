@@ -21,6 +21,7 @@ from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, Bl
 from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
 from simulacra_services.annotation.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
 from simulacra_services.core import errors
+from simulacra_services.core.db.idempotency import check_request_id  # noqa: F401 (re-exported: the one rule)
 from simulacra_services.core.budget import PixelBudget
 
 MAX_ITEMS_PER_BATCH = 256
@@ -30,7 +31,6 @@ PINNED_VERSION_NAME = names.NamePattern(
     "datasets/{dataset}/versions/{version}", dataset=names.DATASET_ID, version=names.VERSION_NUMBER
 ).regex
 """A version by number (lineage pins sources to versions that never change)."""
-_REQUEST_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -255,13 +255,3 @@ def store_blobs(blobs: BlobStore, contents: Sequence[bytes], threads: int = 8) -
     with ThreadPoolExecutor(min(threads, len(contents)), thread_name_prefix="annotation-blob-write") as pool:
         for _ in pool.map(blobs.put, contents):
             pass
-
-
-def check_request_id(request_id: str, field: str = "request_id") -> str:
-    if len(request_id) > _REQUEST_ID_CHARS or not request_id.isprintable() or any(c.isspace() for c in request_id):
-        raise errors.InvalidArgument(
-            "INVALID_REQUEST_ID",
-            f"{field}: request ids are 1-{_REQUEST_ID_CHARS} printable characters without spaces (a UUID)",
-            {"field": field, "limit": _REQUEST_ID_CHARS},
-        )
-    return request_id

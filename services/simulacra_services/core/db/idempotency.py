@@ -112,6 +112,18 @@ def forget_requests_before(conn: Connection, cutoff: dt.datetime) -> int:
     return result.rowcount
 
 
+def check_request_id(request_id: str, field: str = "request_id") -> str:
+    """A client's request id: at most 128 printable characters without spaces (a UUID); "" means none.
+    INVALID_ARGUMENT INVALID_REQUEST_ID otherwise."""
+    if len(request_id) > MAX_KEY_LENGTH or not request_id.isprintable() or any(c.isspace() for c in request_id):
+        raise InvalidArgument(
+            "INVALID_REQUEST_ID",
+            f"{field}: request ids are 1-{MAX_KEY_LENGTH} printable characters without spaces (a UUID)",
+            {"field": field, "limit": MAX_KEY_LENGTH},
+        )
+    return request_id
+
+
 def _check_key(field: str, value: str) -> None:
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH or not value.isprintable():
         raise InvalidArgument(
