@@ -626,13 +626,17 @@ class AugmentDatasetJob(_message.Message):
     """--- Whole-dataset jobs ----------------------------------------------------------
 
     A job that augments a dataset version into a new, derived version of a dataset.
-    Every derived item records Lineage.augmented (source item, pipeline digest, item seed)
-    and the attributes augment_source_version (the version it was read from),
-    augment_copy (its copy index) and augment_job (the job's name).
-    The derived version is committed last: a job that fails or is cancelled
-    removes what it wrote (the target dataset too when the job created it) and
-    commits nothing. The target's working state is committed as a whole, so
-    items uploaded to it by others while the job runs are part of the version.
+    Every derived item records Lineage.augmented (source item, pipeline digest, item seed,
+    copy index, and every source: the item and its mixing partners, each pinned
+    to the source version) and the attributes augment_source_version and
+    augment_copy. The job uploads into a staging area of the target (the
+    annotation-store's UploadItemsRequest.staging_id = the job id), invisible,
+    and commits it at the end with CommitStagedVersion, derived_from = (source
+    version, pipeline digest): the target's working state is never touched. A
+    job that fails or is cancelled discards its staging (and the target dataset
+    when the job created it) and commits nothing. When the target is the
+    source's dataset, the version holds every item of the source version and
+    the copies.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
