@@ -101,6 +101,9 @@ def test_oversized_spec_and_request_id_are_invalid_argument(store: JobStore) -> 
     with pytest.raises(errors.InvalidArgument) as caught:
         store.create("train", {}, request_id="r" * 129)
     assert caught.value.reason == "INVALID_REQUEST_ID"
+    with pytest.raises(errors.InvalidArgument) as caught:
+        store.create("train", {}, request_id="two words")  # the one rule of core.db.idempotency
+    assert caught.value.reason == "INVALID_REQUEST_ID"
 
 
 def test_claim_takes_a_queued_job_once(store: JobStore) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from simulacra_services.core import errors
 from simulacra_services.core.db import transaction, utcnow
-from simulacra_services.core.db.idempotency import request_id_reused
+from simulacra_services.core.db.idempotency import check_request_id, request_id_reused
 from simulacra_services.core.jobs.model import (
     ACTIVE,
     CANCELLED,
@@ -45,7 +45,7 @@ from simulacra_services.core.jobs.model import (
     Progress,
     short_state,
 )
-from simulacra_services.core.jobs.table import MAX_KIND_CHARS, MAX_LABEL_CHARS, MAX_PARENT_CHARS, MAX_REQUEST_ID_CHARS
+from simulacra_services.core.jobs.table import MAX_KIND_CHARS, MAX_LABEL_CHARS, MAX_PARENT_CHARS
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 """A job's spec is its request, not its data: larger specs are refused."""
@@ -184,10 +184,7 @@ class JobStore:
             raise ValueError(
                 f"job kind must be 1..{MAX_KIND_CHARS} characters, label at most {MAX_LABEL_CHARS}, parent at most {MAX_PARENT_CHARS}"
             )
-        if len(request_id) > MAX_REQUEST_ID_CHARS:
-            raise errors.InvalidArgument(
-                "INVALID_REQUEST_ID", f"request_id: at most {MAX_REQUEST_ID_CHARS} characters", {"field": "request_id"}
-            )
+        check_request_id(request_id)
         text = _dumps(spec)
         if len(text) > MAX_SPEC_BYTES:
             raise errors.InvalidArgument(
