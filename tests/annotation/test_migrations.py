@@ -103,7 +103,8 @@ _OLD_REQUESTS = [
 ]
 
 
-def test_request_records_of_annotation_requests_are_carried_into_idempotency_keys(engine: Engine, tmp_path: Path) -> None:
+def _old_requests_at_0004(engine: Engine) -> None:
+    """A database at 0004 whose annotation_requests holds ``_OLD_REQUESTS``."""
     _upgrade_to(engine, "0004")
     with db.transaction(engine) as conn:
         pks = {name: _dataset(conn, name) for name in ("cats", "cat")}
@@ -116,6 +117,10 @@ def test_request_records_of_annotation_requests_are_carried_into_idempotency_key
                 {"d": pks[dataset_id], "s": scope, "r": request_id, "p": digest, "response": json.dumps(response),
                  "t": T0.replace(tzinfo=None)},
             )
+
+
+def test_request_records_of_annotation_requests_are_carried_into_idempotency_keys(engine: Engine, tmp_path: Path) -> None:
+    _old_requests_at_0004(engine)
     db.migrate(engine)
     with engine.connect() as conn:
         for dataset_id, scope, request_id, digest, response in _OLD_REQUESTS:
@@ -130,18 +135,7 @@ def test_request_records_of_annotation_requests_are_carried_into_idempotency_key
 
 
 def test_downgrade_puts_request_records_back(engine: Engine) -> None:
-    _upgrade_to(engine, "0004")
-    with db.transaction(engine) as conn:
-        pks = {name: _dataset(conn, name) for name in ("cats", "cat")}
-        for dataset_id, scope, request_id, digest, response in _OLD_REQUESTS:
-            conn.execute(
-                text(
-                    "INSERT INTO annotation_requests (dataset, scope, request_id, payload_sha256, response, create_time)"
-                    " VALUES (:d, :s, :r, :p, :response, :t)"
-                ),
-                {"d": pks[dataset_id], "s": scope, "r": request_id, "p": digest, "response": json.dumps(response),
-                 "t": T0.replace(tzinfo=None)},
-            )
+    _old_requests_at_0004(engine)
     _upgrade_to(engine, "0006")
     with db.transaction(engine) as conn:
         config = alembic_config()
