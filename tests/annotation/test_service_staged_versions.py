@@ -130,3 +130,24 @@ async def test_bad_lineage_sources_are_rejected_with_their_field(annotation: Ann
     done = await annotation.stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="s"))
     item = (await annotation.stub.GetItem(api.GetItemRequest(name=f"{done.version.name}/items/b"))).item
     assert item.lineage == synthetic and item.lineage.synthetic.HasField("truncation")
+
+
+async def test_a_category_deleted_after_staging_fails_the_commit_and_nothing_is_committed(annotation: Annotations) -> None:
+    stub = annotation.stub
+    dataset = await annotation.create_dataset(categories=[*CATEGORIES, pb.Category(category_id=2, display_name="bus")])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _stage(annotation, dataset.name, "s", [item_upload("a", annotations=[pb.Annotation(category_id=9, box=pb.Box(x=1, y=1, w=2, h=2))])])
+    assert (raised.value.code(), rpc_error(raised.value).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_CATEGORY")
+    await _stage(annotation, dataset.name, "s", [item_upload("a", annotations=[pb.Annotation(category_id=2, box=pb.Box(x=1, y=1, w=2, h=2))])])
+    # Staged items do not hold a category in the working state: it can go, and then the commit is refused.
+    await stub.DeleteCategory(api.DeleteCategoryRequest(name=f"{dataset.name}/categories/2"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="s"))
+    error = rpc_error(raised.value)
+    assert (raised.value.code(), error.reason, error.metadata["category_id"]) == (grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_DELETED", "2")
+    assert (await stub.GetDataset(api.GetDatasetRequest(name=dataset.name))).dataset.latest_version == 0
+    # Created again, the commit goes through, with the working state's categories.
+    await stub.CreateCategory(api.CreateCategoryRequest(parent=dataset.name, category=pb.Category(category_id=2, display_name="bus")))
+    done = await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="s"))
+    listed = await stub.ListCategories(api.ListCategoriesRequest(parent=done.version.name))
+    assert [c.category_id for c in listed.categories] == [1, 2] and done.version.annotation_count == 1
