@@ -180,7 +180,7 @@ def section_data(quick: bool) -> dict:
 
 # ---- MNIST quality -----------------------------------------------------------------------------
 def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: int = 64, width: int = 16, seed: int = 0,
-                  evaluation: int = 1000, epochs: int = 5, extra: dict | None = None, tag: str = "") -> dict:
+                  evaluation: int = 1000, epochs: int = 5, extra: dict | None = None, tag: str = "", min_steps: int = 400) -> dict:
     train, holdout = mnist(fraction, seed)
     hp = resolve(kind, {"batch_size": batch, "max_steps": steps, "epochs": 100_000, "seed": seed, "base_width": width,
                         "kl_warmup_steps": max(1, steps // 5)} | dict(extra or {}))
@@ -194,7 +194,7 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
     samples = draw_samples(sampler, labels, None, config.latent_dim, seed)
     start = time.perf_counter()
     report = quality_report(train, holdout, TrainingData(samples, labels), num_classes=10,
-                            class_names=tuple(str(i) for i in range(10)), seed=seed, epochs=epochs)
+                            class_names=tuple(str(i) for i in range(10)), seed=seed, epochs=epochs, min_steps=min_steps)
     report_s = time.perf_counter() - start
     tag = f"mnist-{kind}-{int(round(fraction * 100))}pct" + (f"-{tag}" if tag else "")
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             figures = {"quick": True, "loop": section_loop(True), "data": section_data(True),
-                       "mnist": section_mnist("enhanced_gan", 0.1, 4, Path(tmp), batch=16, width=8, evaluation=100, epochs=1)}
+                       "mnist": section_mnist("enhanced_gan", 0.1, 4, Path(tmp), batch=16, width=8, evaluation=100, epochs=1,
+                                           min_steps=0)}
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1, default=float))
     return 0

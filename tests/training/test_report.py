@@ -70,9 +70,9 @@ def _digits(seed: int, n: int, labels: np.ndarray | None = None) -> TrainingData
 def test_report_real_as_synthetic_scores_like_the_baseline_and_noise_scores_badly():
     train, holdout = _digits(0, 300), _digits(1, 200)
     fresh = _digits(2, 200, labels=holdout.labels.numpy())  # the report draws the holdout's class mix
-    good = quality_report(train, holdout, fresh, num_classes=3, class_names=("a", "b", "c"), epochs=3)
+    good = quality_report(train, holdout, fresh, num_classes=3, class_names=("a", "b", "c"), epochs=3, min_steps=0)
     noise = TrainingData(torch.rand(200, 1, 16, 16) * 2 - 1, fresh.labels)
-    bad = quality_report(train, holdout, noise, num_classes=3, epochs=3)
+    bad = quality_report(train, holdout, noise, num_classes=3, epochs=3, min_steps=0)
 
     assert good["fidelity"]["frechet_distance"] < 3 * good["fidelity"]["frechet_distance_real_baseline"] + 1e-3
     assert bad["fidelity"]["frechet_distance"] > 10 * good["fidelity"]["frechet_distance"]
@@ -89,7 +89,7 @@ def test_report_real_as_synthetic_scores_like_the_baseline_and_noise_scores_badl
 def test_report_flags_memorized_copies():
     train, holdout = _digits(0, 300), _digits(1, 200)
     copies = TrainingData(train.images[:200].clone(), train.labels[:200].clone())
-    report = quality_report(train, holdout, copies, num_classes=3, epochs=1)
+    report = quality_report(train, holdout, copies, num_classes=3, epochs=1, min_steps=0)
     assert report["privacy"]["memorization_rate"] == 1.0
     assert report["privacy"]["dcr_ratio"] == pytest.approx(0.0, abs=1e-4)
     assert report["privacy"]["membership_inference_auc"] > 0.75

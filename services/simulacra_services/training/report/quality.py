@@ -76,9 +76,10 @@ def quality_report(
     class_names: tuple[str, ...] = (),
     seed: int = 0,
     epochs: int = 5,
+    min_steps: int = cnn.MIN_STEPS,
 ) -> dict:
     conditional = num_classes >= 2
-    extractor = cnn.train_classifier(train.images, train.labels, num_classes, epochs=epochs, seed=seed)
+    extractor = cnn.train_classifier(train.images, train.labels, num_classes, epochs=epochs, seed=seed, min_steps=min_steps)
     f_train, f_hold, f_synth = (cnn.features(extractor, d.images) for d in (train, holdout, synthetic))
     rng = np.random.default_rng(seed)
     baseline_train = f_train[rng.choice(len(f_train), min(len(f_train), len(f_hold)), replace=False)]
@@ -101,8 +102,9 @@ def quality_report(
     tstr_predictions = None
     if conditional:
         fidelity["label_fidelity"] = float((cnn.predict(extractor, synthetic.images) == synthetic.labels.numpy()).mean())
-        trtr_model = cnn.train_classifier(train.images, train.labels, num_classes, epochs=epochs, seed=seed + 1)
-        tstr_model = cnn.train_classifier(synthetic.images, synthetic.labels, num_classes, epochs=epochs, seed=seed + 1)
+        trtr_model = cnn.train_classifier(train.images, train.labels, num_classes, epochs=epochs, seed=seed + 1, min_steps=min_steps)
+        tstr_model = cnn.train_classifier(synthetic.images, synthetic.labels, num_classes, epochs=epochs, seed=seed + 1,
+                                          min_steps=min_steps)
         tstr_predictions = cnn.predict(tstr_model, holdout.images)
         report["utility"] = {
             "tstr_accuracy": float((tstr_predictions == holdout.labels.numpy()).mean()),
