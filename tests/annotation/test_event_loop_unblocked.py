@@ -202,6 +202,26 @@ async def test_a_64_mib_blob_goes_up_and_down_without_blocking_the_loop(service:
     assert refused.value.code() == grpc.StatusCode.DATA_LOSS
 
 
+async def test_an_import_job_with_a_30000_file_manifest_is_created_without_blocking_the_loop(service: Service) -> None:
+    """Checking a large manifest, storing its job and building the answer happen off the loop."""
+    image = png(8, 8)
+    coco = b'{"images": [], "annotations": [], "categories": []}'
+    for data in (image, coco):
+        digest = hashlib.sha256(data).hexdigest()
+        await asyncio.to_thread(service.stub.UploadBlobs, iter([api.UploadBlobsRequest(sha256=digest, size_bytes=len(data), offset=0, data=data)]))
+    await asyncio.to_thread(service.stub.CreateDataset, api.CreateDatasetRequest(dataset_id="manifest"))
+    files = [pb.ManifestFile(path=f"images/{i:05d}.png", sha256=hashlib.sha256(image).hexdigest()) for i in range(30_000)]
+    request = api.CreateImportJobRequest(
+        parent="datasets/manifest",
+        import_job=pb.ImportJob(
+            coco=pb.CocoImportSource(annotations=pb.ManifestFile(path="coco.json", sha256=hashlib.sha256(coco).hexdigest()), images=files)
+        ),
+    )
+    created = await service.check("CreateImportJob with 30,000 manifest files", lambda: service.stub.CreateImportJob(request))
+    assert len(created.import_job.coco.images) == 30_000
+    assert {f.size_bytes for f in created.import_job.coco.images} == {len(image)}
+
+
 async def test_the_probe_sees_a_blocked_loop() -> None:
     """The measure itself: a callback that computes on the loop for 80 ms is caught."""
     probe = LoopProbe()

@@ -210,20 +210,26 @@ class JobService:
 
     # ---- import RPCs -----------------------------------------------------------
     async def CreateImportJob(self, request: rpc.CreateImportJobRequest, context: Any = None) -> rpc.CreateImportJobResponse:
+        # A manifest may list 100,000 files: checking it, and building the answer, happen off the event loop.
+        dataset_id, kind, job = await asyncio.to_thread(self._prepare_import, request)
+        record = await self._create(dataset_id, IMPORT, kind, job, request.request_id)
+        return await asyncio.to_thread(lambda: rpc.CreateImportJobResponse(import_job=self._import_job(record)))
+
+    def _prepare_import(self, request: rpc.CreateImportJobRequest) -> tuple[str, str, pb.ImportJob]:
+        """The request checked in full (source, policy, uploaded blobs and their sizes), as the job to store."""
         dataset_id = names.parse_dataset(request.parent, "parent")
         source = import_source(request.import_job)
         policy = request.import_job.box_bounds_policy
         if policy not in POLICIES:
             raise errors.InvalidArgument("INVALID_BOX_BOUNDS_POLICY", f"import_job.box_bounds_policy: unknown value {policy}", {"field": "import_job.box_bounds_policy"})
         importers.check_source(source)
-        sizes = await asyncio.to_thread(self._check_blobs, dataset_id, source)
+        sizes = self._check_blobs(dataset_id, source)
         kind = request.import_job.WhichOneof("source")
         job = pb.ImportJob(box_bounds_policy=policy)  # the input fields only
         getattr(job, kind).CopyFrom(getattr(request.import_job, kind))
         for file in _manifest_files(job):  # size_bytes is output only on import: the stored size
             file.size_bytes = sizes[file.sha256]
-        record = await self._create(dataset_id, IMPORT, kind, job, request.request_id)
-        return rpc.CreateImportJobResponse(import_job=self._import_job(record))
+        return dataset_id, kind, job
 
     async def GetImportJob(self, request: rpc.GetImportJobRequest, context: Any = None) -> rpc.GetImportJobResponse:
         record = await self._get(IMPORT, request.name)
@@ -306,7 +312,7 @@ class JobService:
         return sizes
 
     async def _create(self, dataset_id: str, kind: str, format: str, job: Message, request_id: str) -> JobRecord:
-        spec = {"format": format, "job": _to_json(job)}
+        spec = await asyncio.to_thread(lambda: {"format": format, "job": _to_json(job)})
         record, created = await asyncio.to_thread(
             self.store.create_job, self.jobs, dataset_id, kind, spec, label=format, request_id=request_id, job_id=secrets.token_hex(8)
         )
