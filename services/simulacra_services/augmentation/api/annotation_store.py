@@ -125,6 +125,7 @@ class AnnotationStoreGateway:
             annotations=self._annotations(item),
             lineage=lineage_from_proto(item.lineage),
             encoded=bytes(item.image.data),
+            image_sha256=item.image.sha256,
         )
 
     # -- writing ---------------------------------------------------------------------
@@ -164,8 +165,8 @@ class AnnotationStoreGateway:
         """Upload into the job's staging of ``target``: invisible until ``commit``."""
         messages = []
         for new in items:
-            data = new.encoded or encode_png(new.image)  # type: ignore[arg-type]
-            message = pb.Item(split=new.split, image=pb.Image(data=data))
+            image = pb.Image(sha256=new.image_sha256) if new.image_sha256 else pb.Image(data=new.encoded or encode_png(new.image))  # type: ignore[arg-type]
+            message = pb.Item(split=new.split, image=image)
             message.attributes.update(new.attributes)
             lineage = lineage_to_proto(new.lineage)
             if lineage is not None:

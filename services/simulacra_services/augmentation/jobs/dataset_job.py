@@ -137,7 +137,7 @@ class AugmentDatasetHandler:
             unselected = store.items(version, f"NOT ({selection})") if same_dataset else iter(())
             for item in itertools.chain(store.items(version, selection), unselected):
                 if copy_sources:
-                    batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, encoded=item.encoded))
+                    batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, image_sha256=item.image_sha256))
                 for copy_index in range(plan.get(item.name, 0)):
                     ctx.check()
                     new = self._augment(augmenter, item, spec, copy_index, version, name, partners)

@@ -38,11 +38,13 @@ class StoredItem:
     annotations: tuple[Annotation, ...]
     lineage: Lineage
     encoded: bytes = b""
+    image_sha256: str = ""
 
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to write: ``image`` PNG-encoded on upload unless ``encoded`` is given."""
+    """An item to write: the stored image ``image_sha256`` when given (a copied source item: no bytes
+    travel), else ``encoded``, else ``image`` PNG-encoded on upload."""
 
     item_id: str
     split: str
@@ -51,5 +53,4 @@ class NewItem:
     lineage: Lineage
     image: np.ndarray | None = None
     encoded: bytes = b""
-
-
+    image_sha256: str = ""
