@@ -742,8 +742,8 @@ class AugmentDatasetJob(_message.Message):
     """Partners given to each augmented copy for the mixing ops (mixup, cutmix,
     mosaic, copy_paste), 0-8; 0 (the default) gives none, so mixing ops do not fire.
     They are drawn from the selected items (never the item itself), distinct, in an
-    order fixed by (seed, item, copy index), and recorded in the attribute
-    augment_partners (their names, comma-separated).
+    order fixed by (seed, item, copy index), and recorded in the item's
+    Lineage.augmented.sources (after the item itself), pinned to the source version.
     """
     @_builtins.property
     def pipeline(self) -> Global___PipelineSource:
