@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from simulacra_services.cli.common import connection, report_rpc_error
 from simulacra_services.core.config import Settings
 
 COMMANDS = ("preview", "run", "rebalance")
@@ -68,12 +69,12 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
     out = out or sys.stdout
     err = err or sys.stderr
     address = settings.address("augmentation")
-    connection = {"token": settings.auth_token or None, "tls_ca": settings.tls_ca or None, "max_message_bytes": settings.max_message_bytes}
+    arguments = connection(settings)
     try:
         pipeline = load_pipeline(args.pipeline) if getattr(args, "pipeline", "") else DEFAULT_REBALANCE_PIPELINE
-        with AugmentationClient(address, **connection) as client:
+        with AugmentationClient(address, **arguments) as client:
             if args.augment_command == "preview":
-                _preview(client, args, pipeline, settings, connection, out)
+                _preview(client, args, pipeline, settings, arguments, out)
             elif args.augment_command == "run":
                 _job(client, args, pipeline, out, err, copies=args.copies, splits=args.split, categories=args.category,
                      filter=args.filter, include_source=args.include_source)
@@ -82,8 +83,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
                      ratio=args.max_imbalance)
         return 0
     except SimulacraRpcError as error:
-        print(f"error: {error.message} ({error.reason or error.code.name})", file=err)
-        return 1
+        return report_rpc_error(error, "augmentation", address, err)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=err)
         return 1

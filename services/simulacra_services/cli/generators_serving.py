@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from simulacra_services.cli.common import connection, report_rpc_error
 from simulacra_services.core.config import Settings
 
 COMMANDS = ("load", "unload")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
     err = err or sys.stderr
     address = settings.address("sampling")
     try:
-        with SamplingClient(address, token=settings.auth_token or None, tls_ca=settings.tls_ca or None) as client:
+        with SamplingClient(address, **connection(settings)) as client:
             if args.generators_command == "load":
                 generator = client.load(args.generator, provider=args.provider, pin=args.pin)
                 pinned = ", pinned" if generator.pinned else ""
@@ -47,8 +48,4 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
                 print(f"unloaded {generator.name}", file=out)
         return 0
     except SimulacraRpcError as error:
-        message = error.message
-        if not error.reason and error.code.name == "UNAVAILABLE":
-            message = f"sampling at {address} is unreachable ({error.message})"
-        print(f"error: {message} ({error.reason or error.code.name})", file=err)
-        return 1
+        return report_rpc_error(error, "sampling", address, err)

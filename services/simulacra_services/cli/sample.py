@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from simulacra_services.cli.common import connection, report_rpc_error
 from simulacra_services.core.config import Settings
 
 MAX_GRID = 4096
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
     try:
         if args.count < 1 or (grid and args.count > MAX_GRID):
             raise ValueError(f"--count must be within 1..{MAX_GRID if grid else 'any'}, got {args.count}")
-        with SamplingClient(address, token=settings.auth_token or None, tls_ca=settings.tls_ca or None, max_message_bytes=settings.max_message_bytes) as client:
+        with SamplingClient(address, **connection(settings)) as client:
             batches = list(
                 client.stream(
                     args.generator, seed=args.seed, start_index=args.start_index, count=args.count, batch_size=min(args.batch_size, args.count),
@@ -81,11 +82,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
         print(f"{args.count} samples of {generator} (seed {args.seed}, from index {args.start_index}) -> {where}", file=out)
         return 0
     except SimulacraRpcError as error:
-        message = error.message
-        if not error.reason and error.code.name == "UNAVAILABLE":
-            message = f"sampling at {address} is unreachable ({error.message})"
-        print(f"error: {message} ({error.reason or error.code.name})", file=err)
-        return 1
+        return report_rpc_error(error, "sampling", address, err)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=err)
         return 1

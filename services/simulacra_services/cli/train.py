@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from simulacra_services.cli.common import connection, report_rpc_error
 from simulacra_services.core.config import Settings
 
 COMMANDS = ("create", "watch", "list", "cancel", "pause", "resume", "preview")
@@ -149,8 +150,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
     out, err = out or sys.stdout, err or sys.stderr
     address = settings.address("training")
     try:
-        with TrainingClient(address, token=settings.auth_token or None, tls_ca=settings.tls_ca or None,
-                            max_message_bytes=settings.max_message_bytes) as client:
+        with TrainingClient(address, **connection(settings)) as client:
             command = args.train_command
             if command == "create":
                 dataset = version_name(args.dataset)
@@ -180,11 +180,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
             print(format_job(action(args.job)), file=out)
             return 0
     except SimulacraRpcError as error:
-        message = error.message
-        if not error.reason and error.code.name == "UNAVAILABLE":
-            message = f"generator-training at {address} is unreachable ({error.message})"
-        print(f"error: {message} ({error.reason or error.code.name})", file=err)
-        return 1
+        return report_rpc_error(error, "training", address, err)
     except (ValueError, KeyError, OSError) as error:
         print(f"error: {error}", file=err)
         return 1
