@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Row
 from simulacra_services.annotation import names, queries
 from simulacra_services.annotation.blobs import SHA256_HEX
 from simulacra_services.annotation.model import BoxBoundsPolicy
+from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, categories_at, content_digest, dataset_row, insert_items
 from simulacra_services.annotation.prepare import MAX_ITEMS_PER_BATCH, PINNED_VERSION_NAME, check_request_id
 from simulacra_services.annotation.records import BatchResult, NewItem, VersionRecord
 from simulacra_services.annotation.row_codec import annotation_rows, encoded_item, item_row, version_of
@@ -36,7 +37,6 @@ from simulacra_services.core.db import idempotency, transaction, utcnow
 if TYPE_CHECKING:
     from simulacra_services.annotation.store import AnnotationStore
 
-MAX_DESCRIPTION = 4096
 STAGING_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -119,7 +119,7 @@ class Stagings:
         prepared = self.store.prepare_items(dataset_id, new_items, policy=policy, path=path)
         now = utcnow()
         with transaction(self.store.engine) as conn:
-            dataset = self.store._dataset_row(conn, dataset_id, lock=True)
+            dataset = dataset_row(conn, dataset_id, lock=True)
             if request_id:
                 response = idempotency.recorded_response(conn, scope, request_id, payload_digest)
                 if response is not None:
@@ -131,7 +131,7 @@ class Stagings:
             if staging.version is not None:
                 raise _committed(dataset_id, staging_id, int(staging.version))
             seq = -int(staging.id)
-            live = {c.category_id for c in self.store._categories(conn, dataset.id, None)}
+            live = {c.category_id for c in categories_at(conn, dataset.id, None)}
             for item in prepared:
                 for index, annotation in enumerate(item.annotations):
                     if annotation.category_id and annotation.category_id not in live:
@@ -158,7 +158,7 @@ class Stagings:
                 row["encoded_item"] = encoded_item(dataset_id, row, of_item)
                 rows.append(row)
                 per_item.append(of_item)
-            pks = self.store._insert_items(conn, rows)
+            pks = insert_items(conn, rows)
             new_annotations = [{**a, "item_row": pk} for pk, of_item in zip(pks, per_item) for a in of_item]
             if new_annotations:
                 conn.execute(annotations.insert(), new_annotations)
@@ -181,7 +181,7 @@ class Stagings:
             state = names.parse_version(source_version, "derived_from.source_version")
             self.store.resolve_version(state.dataset_id, state.version or "latest")  # VERSION_NOT_FOUND / DATASET_NOT_FOUND
         with transaction(self.store.engine) as conn:
-            dataset = self.store._dataset_row(conn, dataset_id, lock=True)
+            dataset = dataset_row(conn, dataset_id, lock=True)
             staging = self._row(conn, dataset, staging_id)
             if staging is None:
                 raise _not_found(dataset_id, staging_id)
@@ -221,7 +221,7 @@ class Stagings:
             conn.execute(versions.insert().values(
                 dataset=dataset.id, version=number, seq=seq, description=description, create_time=utcnow(),
                 item_count=item_count, annotation_count=annotation_count,
-                content_sha256=self.store._content_digest(conn, dataset.id, seq),
+                content_sha256=content_digest(conn, dataset.id, seq),
                 derived_from_version=source_version, derived_from_pipeline_digest=pipeline_digest if source_version else "",
             ))
             conn.execute(sa.update(datasets).where(datasets.c.id == dataset.id).values(latest_version=number))
@@ -233,7 +233,7 @@ class Stagings:
         """Remove an uncommitted staging and its rows; nothing when it does not exist."""
         check_staging_id(staging_id)
         with transaction(self.store.engine) as conn:
-            dataset = self.store._dataset_row(conn, dataset_id, lock=True)
+            dataset = dataset_row(conn, dataset_id, lock=True)
             staging = self._row(conn, dataset, staging_id)
             if staging is None:
                 return
