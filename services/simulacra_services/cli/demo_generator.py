@@ -110,12 +110,15 @@ def _registered_report(settings: Settings, version: str) -> object | None:
 
 def _watch(stub: training_grpc.TrainingServiceStub, name: str, say) -> job_pb.TrainingJob:  # noqa: ANN001
     last_said = 0.0
+    last_stage: tuple[int, int] | None = None
     final = None
     for response in stub.WatchTrainingJob(training_rpc.WatchTrainingJobRequest(name=name), timeout=3600):
         final = response.training_job
         progress = final.training_progress
-        if time.monotonic() - last_said > 5 or final.state in TERMINAL:
-            last_said = time.monotonic()
+        stage = (final.state, progress.stage)
+        # Every change of state or stage is said (a short run may pass through training within seconds), then every 5 s.
+        if stage != last_stage or time.monotonic() - last_said > 5 or final.state in TERMINAL:
+            last_said, last_stage = time.monotonic(), stage
             losses = ", ".join(f"{k} {v:.3f}" for k, v in sorted(progress.losses.items()))
             steps = f" step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
             ada = f", ADA p {progress.ada_p:.2f}" if progress.ada_p else ""
