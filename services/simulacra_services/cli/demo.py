@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a small run for tests: 1000 digits, 1 seed, 60 steps, 20 GAN steps")
     parser.add_argument("--no-start", action="store_true", help="use a suite that is already running (SIMULACRA_*_ADDRESS)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split and of the subsets")
-    parser.add_argument("--gan-steps", type=int, default=600, help="training steps of the enhanced GAN")
+    parser.add_argument("--gan-steps", type=int, default=4000, help="training steps of the enhanced GAN")
     parser.add_argument("--generator", default="", help="use this served generator (models/M/versions/V) instead of training one")
 
 
@@ -55,7 +55,7 @@ class Plan:
     biased_classes: tuple[int, ...] = (3, 8)
     biased_fraction: float = 0.05
     batch_size: int = 32
-    gan_steps: int = 600
+    gan_steps: int = 4000
     evaluation_samples: int = 1000  # synthetic and real samples of the generator's quality report
     generator: str = ""
 
