@@ -29,10 +29,8 @@ from simulacra_client.api.training.v1 import model_registry_service_pb2_grpc as 
 from simulacra_client.api.training.v1 import training_job_pb2 as pb
 from simulacra_client.api.training.v1 import training_service_pb2 as rpc
 from simulacra_client.api.training.v1 import training_service_pb2_grpc as rpc_grpc
-from simulacra_client.channel import DEFAULT_MAX_MESSAGE_BYTES
 from simulacra_client.errors import SimulacraRpcError
-from simulacra_client.raw import DEFAULT_TIMEOUT, RawClient
-from simulacra_client.retry import DEFAULT_RETRY, RetryPolicy
+from simulacra_client.raw import RawClient, ServiceClient
 
 __all__ = ["TrainingClient", "job_name", "model_name", "model_version_name", "KINDS", "TERMINAL_STATES"]
 
@@ -79,24 +77,20 @@ def to_hyperparameters(values: Mapping[str, Any] | pb.Hyperparameters | None) ->
     return pb.Hyperparameters(**fields)
 
 
-class TrainingClient:
-    """A connection to the generator-training service. Use as a context manager, or call ``close()``."""
+class TrainingClient(ServiceClient):
+    """A connection to the generator-training service. Use as a context manager, or call ``close()``.
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        tls_ca: str | os.PathLike[str] | bytes | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-    ) -> None:
-        self.address = address
-        self._raw = RawClient.connect(address, rpc_grpc.TrainingServiceStub, [rpc, registry_rpc], token=token, tls_ca=tls_ca,
-                                      max_message_bytes=max_message_bytes, timeout=timeout, retry=retry)
-        self._registry = RawClient(self._raw.channel, registry_grpc.ModelRegistryServiceStub, timeout=timeout)
-        self.stub = self._raw.stub
+    One channel serves both of the service's contracts: ``TrainingService`` (``self._raw``) and
+    ``ModelRegistryService`` (``self._registry``).
+    """
+
+    RAW = RawClient
+    STUB = rpc_grpc.TrainingServiceStub
+    SERVICES = [rpc, registry_rpc]
+
+    def __init__(self, address: str, **connection: Any) -> None:
+        super().__init__(address, **connection)
+        self._registry = RawClient(self._raw.channel, registry_grpc.ModelRegistryServiceStub, timeout=self.timeout)
         self.registry_stub = self._registry.stub
 
     def close(self) -> None:
