@@ -1,4 +1,5 @@
-"""Job life cycle on a real server: kill -9 of the worker, cancel, pause/resume, delete, quality gate."""
+"""Job life cycle on a real server: kill -9 of the worker (once, and three times in a row), cancel,
+pause/resume, delete, quality gate."""
 
 from __future__ import annotations
 
@@ -75,6 +76,39 @@ async def test_kill_9_of_the_worker_resumes_from_the_checkpoint_with_the_same_re
     a = (await registry.GetModelVersion(reg.GetModelVersionRequest(name="models/straight/versions/1"))).model_version
     b = (await registry.GetModelVersion(reg.GetModelVersionRequest(name="models/killed/versions/1"))).model_version
     assert a.onnx_sha256 == b.onnx_sha256  # the same weights as the run nobody killed
+
+
+async def new_worker(known: set[int]) -> int:
+    for _ in range(2400):
+        fresh = set(worker_pids()) - known
+        if fresh:
+            (pid,) = fresh
+            return pid
+        await asyncio.sleep(0.05)
+    raise AssertionError("no new worker process within 120 s")
+
+
+async def test_a_worker_killed_three_times_in_a_row_fails_the_job_with_worker_crashed(training):
+    version = await asyncio.to_thread(training.store.import_digits, "digits")
+    stub = rpc_grpc.TrainingServiceStub(training.channel)
+    # No checkpoint before the end: each worker is killed while it starts, so no attempt gets further.
+    created = (await stub.CreateTrainingJob(job_request(version, model="crashing", **(LONG | dict(checkpoint_every_steps=1000))))).training_job
+    killed: set[int] = set()
+    for _ in range(3):
+        pid = await new_worker(killed)
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    job = await wait_end(stub, created.name)
+    assert job.state == common_pb2.JOB_STATE_FAILED and job.attempt == 3
+    assert (job.error.code, job.error.reason) == (grpc.StatusCode.ABORTED.value[0], "WORKER_CRASHED")
+    assert "died 3 times in a row" in job.error.message and "exit -9" in job.error.message, job.error.message
+    assert not set(worker_pids()) - killed  # no fourth attempt
+    assert not job.model_version and not job.training_progress.latest_checkpoint
+    registry = reg_grpc.ModelRegistryServiceStub(training.channel)
+    error = await error_of(registry.GetModel(reg.GetModelRequest(name="models/crashing")))
+    assert error.code == grpc.StatusCode.NOT_FOUND  # nothing half-registered
+    objects = open_object_store(training.settings)
+    assert not [o.key for o in objects.list(f"training-jobs/{created.name.split('/')[1]}/")]
 
 
 async def test_cancel_pause_resume_and_delete(training):
