@@ -13,6 +13,7 @@ Counter words, for block ``j`` of sample ``i`` (64-bit), purpose ``p`` and redra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,8 +24,7 @@ PURPOSE_ATTRIBUTE = 2
 MAX_REDRAW_ROUNDS = 0xFFFF
 """Rounds of truncation redraw; a coordinate still outside after them is clamped to +-truncation."""
 
-_M0 = np.uint64(0xD2511F53)
-_M1 = np.uint64(0xCD9E8D57)
+_MULTIPLIERS = np.array([[0xD2511F53], [0xCD9E8D57]], dtype=np.uint64)
 _W0 = 0x9E3779B9
 _W1 = 0xBB67AE85
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -37,21 +37,36 @@ def philox4x32(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
 
     Returns the four output words as uint64 [..., 4] (each < 2^32). Vectorised over the leading axes.
     """
-    c0, c1, c2, c3 = (counter[..., w].astype(np.uint64) for w in range(4))
-    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
+    rows = np.ascontiguousarray(counter.reshape(-1, 4).T, dtype=np.uint64)
+    return np.ascontiguousarray(_philox_rows(rows, key).T).reshape(counter.shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _round_keys(k0: int, k1: int) -> np.ndarray:
+    """The ten round keys of a key, uint64 [10, 2, 1] (column vectors against the (c0, c2) rows)."""
+    keys = np.empty((10, 2, 1), dtype=np.uint64)
     for round_ in range(10):
-        if round_:
-            k0 = (k0 + _W0) & 0xFFFFFFFF
-            k1 = (k1 + _W1) & 0xFFFFFFFF
-        p0 = _M0 * c0
-        p1 = _M1 * c2
-        c0, c1, c2, c3 = (
-            (p1 >> _SHIFT32) ^ c1 ^ np.uint64(k0),
-            p1 & _MASK32,
-            (p0 >> _SHIFT32) ^ c3 ^ np.uint64(k1),
-            p0 & _MASK32,
-        )
-    return np.stack([c0, c1, c2, c3], axis=-1)
+        keys[round_, 0, 0] = (k0 + round_ * _W0) & 0xFFFFFFFF
+        keys[round_, 1, 0] = (k1 + round_ * _W1) & 0xFFFFFFFF
+    return keys
+
+
+def _philox_rows(rows: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """Philox4x32-10 of counters given as rows: uint64 [4, N] (row w: word w of every counter) -> [4, N].
+
+    Words 0 and 2 go through the multipliers together, words 1 and 3 are xored in together, so a
+    round is five numpy operations whatever N is (small calls pay numpy's fixed cost per operation).
+    """
+    keys = _round_keys(int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF)
+    even, odd = rows[0::2], rows[1::2]  # (c0, c2), (c1, c3)
+    for round_ in range(10):
+        product = _MULTIPLIERS * even  # (M0 c0, M1 c2)
+        # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0)
+        odd, even = (product & _MASK32)[::-1], (product >> _SHIFT32)[::-1] ^ odd ^ keys[round_]
+    out = np.empty(rows.shape, dtype=np.uint64)
+    out[0::2] = even
+    out[1::2] = odd
+    return out
 
 
 def _key(seed: int) -> tuple[int, int]:
@@ -167,11 +182,35 @@ def attributes(seed: int, indices: np.ndarray, mixes: Sequence[Sequence[float]])
     return out
 
 
-def _categorical_from_words(x0: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+@functools.lru_cache(maxsize=1024)
+def _cumulative(weights: tuple[float, ...]) -> tuple[np.ndarray, int]:
+    """Cumulative weights (float64, summed left to right) and the last category with a weight > 0."""
     w = np.asarray(weights, dtype=np.float64)
-    cumulative = np.cumsum(w)
+    return np.cumsum(w), int(np.nonzero(w > 0)[0][-1])
+
+
+def _categorical_from_words(x0: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    cumulative, last_positive = _cumulative(tuple(weights))
     chosen = np.searchsorted(cumulative, _uniform(x0) * cumulative[-1], side="right")
-    return np.minimum(chosen, int(np.nonzero(w > 0)[0][-1])).astype(np.int64)
+    return np.minimum(chosen, last_positive).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _label_table(mix: tuple[tuple[int, float], ...], num_classes: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The labels in ascending order and their weights (``mix`` empty: uniform over ``num_classes``)."""
+    keys = [k for k, _ in mix] if mix else list(range(num_classes))
+    weights = tuple(w for _, w in mix) if mix else (1.0,) * num_classes
+    return np.asarray(keys, dtype=np.int64), weights
+
+
+@functools.lru_cache(maxsize=256)
+def _sample_blocks(blocks: int, draw_label: bool, attributes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counter words 2 (block) and 3 (purpose << 16) of one sample's blocks: its latent blocks, then
+    its label block, then one block per attribute."""
+    label = 1 if draw_label else 0
+    block_ids = np.concatenate([np.arange(blocks), np.zeros(label), np.arange(attributes)]).astype(np.uint64)
+    purposes = np.concatenate([np.full(blocks, PURPOSE_LATENT), np.full(label, PURPOSE_LABEL), np.full(attributes, PURPOSE_ATTRIBUTE)])
+    return block_ids, purposes.astype(np.uint64) << np.uint64(16)
 
 
 def inputs(
@@ -186,36 +225,30 @@ def inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(z, labels, attributes) of ``latents``, ``labels`` and ``attributes`` at once: the same
     numbers, with one Philox pass over every block (the fixed numpy cost of small calls is paid
-    once). ``label_mix`` None means the caller gives the labels (zeros returned here)."""
+    once, and what depends only on the spec is cached). ``label_mix`` None means the caller gives
+    the labels (zeros returned here)."""
     indices = np.asarray(indices, dtype=np.uint64)
     n = indices.shape[0]
     key = _key(seed)
     blocks = (latent_dim + 3) // 4
     draw_label = label_mix is not None and num_classes > 0
-    extra = (1 if draw_label else 0) + len(attribute_mixes)
-    per_sample = blocks + extra
-    sample_of = np.repeat(indices, per_sample)
-    block_ids = np.concatenate([np.arange(blocks), np.zeros(1 if draw_label else 0), np.arange(len(attribute_mixes))]).astype(np.uint64)
-    purposes = np.concatenate(
-        [np.full(blocks, PURPOSE_LATENT), np.full(1 if draw_label else 0, PURPOSE_LABEL), np.full(len(attribute_mixes), PURPOSE_ATTRIBUTE)]
-    ).astype(np.uint64)
-    counters = np.empty((n * per_sample, 4), dtype=np.uint64)
-    counters[:, 0] = sample_of & _MASK32
-    counters[:, 1] = sample_of >> _SHIFT32
-    counters[:, 2] = np.tile(block_ids, n)
-    counters[:, 3] = np.tile(purposes << np.uint64(16), n)
-    words = philox4x32(counters, key).reshape(n, per_sample, 4)
-    z = _normals(words[:, :blocks]).reshape(n, blocks * 4)[:, :latent_dim]
+    block_ids, purposes = _sample_blocks(blocks, draw_label, len(attribute_mixes))
+    per_sample = block_ids.shape[0]
+    rows = np.empty((4, n, per_sample), dtype=np.uint64)  # counter word, sample, block
+    rows[0] = (indices & _MASK32)[:, None]
+    rows[1] = (indices >> _SHIFT32)[:, None]
+    rows[2] = block_ids
+    rows[3] = purposes
+    words = np.ascontiguousarray(_philox_rows(rows.reshape(4, n * per_sample), key).T).reshape(n, per_sample, 4)
     if truncation is not None:
         # rare redraws: the reference path, on the coordinates outside only
         cut = latents(seed, indices, latent_dim, truncation)
     else:
-        cut = z.astype(np.float32)
+        cut = _normals(words[:, :blocks]).reshape(n, blocks * 4)[:, :latent_dim].astype(np.float32)
     labels_out = np.zeros(n, dtype=np.int64)
     if draw_label:
-        keys = sorted(label_mix) if label_mix else list(range(num_classes))
-        weights = [label_mix[k] for k in keys] if label_mix else [1.0] * num_classes
-        labels_out = np.asarray(keys, dtype=np.int64)[_categorical_from_words(words[:, blocks, 0], weights)]
+        keys, weights = _label_table(tuple(sorted(label_mix.items())) if label_mix else (), num_classes)
+        labels_out = keys[_categorical_from_words(words[:, blocks, 0], weights)]
     attrs = None
     if attribute_mixes:
         first = blocks + (1 if draw_label else 0)
