@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +80,48 @@ def test_resume_continues_the_augmented_sequence_exactly(suite: dict[str, str]) 
     assert torch.equal(torch.cat([b[0] for b in head + tail]), full)
     with pytest.raises(ValueError, match="another stream"):
         _augmented(suite, seed=9).load_state_dict(state)
+
+
+def test_in_process_augmentation_gives_the_streams_bytes(suite: dict[str, str]) -> None:
+    pipeline = Pipeline().add("affine", translate_x=(-0.2, 0.2), rotate_degrees=(-20, 20)).add("brightness_contrast", probability=0.7).add("cutout", probability=0.5)
+    for seed in (4, 11):
+        streamed = _read(ResumableLoader(Augmented(_source(suite), suite["augmentation"], pipeline, seed=seed), batch_size=8), batches=4)
+        local = _read(ResumableLoader(Augmented(_source(suite), None, pipeline, seed=seed, in_process=True), batch_size=8, num_workers=2), batches=4)
+        assert torch.equal(torch.cat([b[0] for b in local]), torch.cat([b[0] for b in streamed]))  # 32 samples: a pass and then some
+        assert [b[2]["item"] for b in local] == [b[2]["item"] for b in streamed]  # the same items, in order
+        assert {s for b in local for s in b[2]["source"]} == {"augmented-real"}
+    # The same sequence: a checkpoint of one mode resumes in the other.
+    streaming = Augmented(_source(suite), suite["augmentation"], pipeline, seed=4)
+    streaming.advance(5)
+    local = Augmented(_source(suite), None, pipeline, seed=4, in_process=True)
+    local.load_state_dict(json.loads(json.dumps(streaming.state_dict())))
+    assert torch.equal(next(iter(local))[0], streamed_at(suite, pipeline, 5))
+    with pytest.raises(ValueError, match="not the stored"):
+        Augmented(_source(suite), None, "pipelines/digits", in_process=True)
+    with pytest.raises(ValueError, match="in_process=True"):
+        Augmented(_source(suite), None, pipeline)
+
+
+def _source(suite: dict[str, str]) -> RealDataset:
+    return RealDataset(suite["annotation"], "shapes@1", cycle=True, as_uint8=True, with_lineage=True)
+
+
+def streamed_at(suite: dict[str, str], pipeline: Pipeline, position: int) -> torch.Tensor:
+    data = Augmented(_source(suite), suite["augmentation"], pipeline, seed=4)
+    return [image for image, _, _ in itertools.islice(data, position + 1)][position]
+
+
+def test_in_process_mode_without_the_engine_says_what_to_install() -> None:
+    script = (
+        "import sys; sys.modules['simulacra_services'] = None  # as where only simulacra-client is installed\n"
+        "from simulacra_client import Pipeline\n"
+        "from simulacra_client.torch_data import Augmented, RealDataset\n"
+        "source = RealDataset('127.0.0.1:1', 'shapes@1')\n"
+        "try:\n"
+        "    Augmented(source, None, Pipeline().add('horizontal_flip'), in_process=True)\n"
+        "except ImportError as error:\n"
+        "    print('ImportError:', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "needs the full simulacra package" in result.stdout and "give its address instead" in result.stdout

@@ -10,17 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from simulacra_client import AnnotationClient
+from simulacra_client import AnnotationClient, SamplingClient
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.errors import SimulacraRpcError
 from simulacra_client.torch_data import RealDataset, ResumableLoader, SyntheticDataset, mix
-from simulacra_services.core.registry import ModelRegistry
+from simulacra_services.core.registry import AttributeSpec, GeneratorSignature, ModelRegistry
 from simulacra_services.core.storage.local import LocalObjectStore
 from tests.annotation.conftest import png
 from tests.client.suite import running_services
 from tests.sampling.generators import DIGITS, export
 
 pytestmark = pytest.mark.timeout(600)
+
+STROKES = GeneratorSignature(
+    latent_dim=8, channels=1, height=8, width=8, num_classes=10, class_names=tuple(f"d{i}" for i in range(10)),
+    category_ids=tuple(range(1, 11)), attributes=(AttributeSpec("stroke", ("thin", "thick")), AttributeSpec("slant", ("left", "none", "right"))),
+)
+"""Grey 8x8 digits conditioned on two attributes (so that they mix with the grey real items)."""
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +35,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     registry = ModelRegistry(LocalObjectStore(data / "objects"))
     registry.register_version("digits", export(DIGITS), DIGITS, model_kind="gan")
     registry.register_version("digits", export(DIGITS, weights_seed=1), DIGITS, model_kind="gan")
+    registry.register_version("strokes", export(STROKES), STROKES, model_kind="gan")
     with running_services(data, ["annotation", "sampling"]) as addresses:
         with AnnotationClient(addresses["annotation"]) as client:
             client.create_dataset("biased", categories=[pb.Category(category_id=d + 1, display_name=str(d)) for d in range(10)])
@@ -53,7 +60,7 @@ def _read(loader: ResumableLoader, batches: int | None = None) -> list[tuple]:
 
 
 def _indices(batches: list[tuple]) -> list[int]:
-    return [int(i) for batch in batches for i in batch[2]["index"]]
+    return [int(i) for batch in batches for i in batch[-1]["index"]]  # the lineage is last
 
 
 def _images(batches: list[tuple]) -> torch.Tensor:
@@ -126,3 +133,46 @@ def test_an_unknown_generator_is_a_precise_error(suite: dict[str, str]) -> None:
     with pytest.raises(SimulacraRpcError) as caught:
         SyntheticDataset(suite["sampling"], "nope")
     assert caught.value.code.name == "NOT_FOUND"
+
+
+def test_samples_carry_the_attributes_the_stream_drew_for_them(suite: dict[str, str]) -> None:
+    thick = {"stroke": {"thick": 1.0}}
+
+    def dataset(**options: object) -> SyntheticDataset:
+        return SyntheticDataset(suite["sampling"], "strokes", seed=4, attribute_mix=thick, class_mix={2: 1.0, 5: 1.0}, as_uint8=True, **options)
+
+    data = dataset(num_samples=64, with_attributes=True, with_lineage=True)
+    assert data.attribute_names == ["stroke", "slant"] and data.attribute_count == 2
+    batches = _read(ResumableLoader(data, batch_size=16, num_workers=2))
+    assert [len(batch) for batch in batches] == [4] * 4  # image, label, attributes, lineage
+    attributes = torch.cat([batch[2] for batch in batches])
+    assert attributes.shape == (64, 2) and attributes.dtype == torch.int64
+    assert set(attributes[:, 0].tolist()) == {1} and set(attributes[:, 1].tolist()) == {0, 1, 2}  # thick; every slant drawn
+    assert _indices(batches) == list(range(64))
+    with SamplingClient(suite["sampling"]) as client:  # the service's own answer for the same samples
+        direct = client.sample("strokes", 64, seed=4, attribute_mix=thick, class_mix={2: 1.0, 5: 1.0}, format="uint8")
+    assert attributes.tolist() == direct.attributes.tolist()
+    assert [int(label) for batch in batches for label in batch[1]] == direct.labels.tolist()
+    assert torch.equal(_images(batches), torch.from_numpy(direct.samples.copy()))
+
+    assert [len(sample) for sample in dataset(num_samples=2)] == [2, 2]  # the default shape: (image, label)
+    assert [len(sample) for sample in dataset(num_samples=2, with_attributes=True)] == [3, 3]
+    state = json.loads(json.dumps({**data.state_dict(), "position": 10}))  # class and attribute mix survive JSON
+    resumed = dataset(num_samples=64, with_attributes=True)
+    resumed.load_state_dict(state)
+    assert torch.equal(torch.stack([a for _, _, a in resumed]), attributes[10:])
+    with pytest.raises(ValueError, match="another stream"):
+        SyntheticDataset(suite["sampling"], "strokes", seed=4, attribute_mix={"stroke": {"thin": 1.0}}, class_mix={2: 1.0, 5: 1.0}).load_state_dict(state)
+
+
+def test_real_samples_mixed_with_attributed_ones_carry_minus_one(suite: dict[str, str]) -> None:
+    real = RealDataset(suite["annotation"], "biased@1", cycle=True, with_lineage=True)
+    synthetic = SyntheticDataset(suite["sampling"], "strokes", seed=2)
+    mixed = mix(real, synthetic, ratio=0.5, num_samples=40, with_attributes=True)
+    assert mixed.attribute_count == 2
+    batches = _read(ResumableLoader(mixed, batch_size=20))
+    attributes = torch.cat([batch[2] for batch in batches])
+    sources = [s for batch in batches for s in batch[3]["source"]]
+    assert sources.count("synthetic") == 20
+    for values, source in zip(attributes.tolist(), sources):
+        assert (values == [-1, -1]) == (source == "real") and min(values) >= (-1 if source == "real" else 0)

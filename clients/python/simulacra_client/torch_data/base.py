@@ -47,11 +47,13 @@ def lineage(source: str, *, item: str = "", version: int = 0, generator: str = "
 
 @dataclass
 class Sample:
-    """One sample of a source: ``image`` C x H x W uint8, its ``label``, and where it came from."""
+    """One sample of a source: ``image`` C x H x W uint8, its ``label``, where it came from, and
+    the value index of each of its generator's attributes (None: a source without attributes)."""
 
     image: np.ndarray
     label: int
     lineage: dict[str, Any] = field(default_factory=dict)
+    attributes: Sequence[int] | None = None
 
 
 class Fetcher:
@@ -80,13 +82,18 @@ def current_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 class ResumableDataset(IterableDataset):
     """Base of ``SyntheticDataset``, ``RealDataset`` and ``Mixed``.
 
-    Yields ``(image, label)`` or, with ``with_lineage``, ``(image, label, lineage)``:
-    ``image`` a float32 C x H x W tensor in [0, 1] (uint8 with ``as_uint8``) after
-    ``transform``; ``label`` an int; ``lineage`` a dict of where the sample came from.
+    Yields ``(image, label)``, ``(image, label, attributes)`` with ``with_attributes``,
+    ``(image, label, lineage)`` with ``with_lineage``, or ``(image, label, attributes, lineage)``
+    with both: ``image`` a float32 C x H x W tensor in [0, 1] (uint8 with ``as_uint8``) after
+    ``transform``; ``label`` an int; ``attributes`` an int64 tensor of ``attribute_count`` value
+    indices (a generator's conditioning attributes, -1 for a sample that has none, e.g. a real
+    one in a mix); ``lineage`` a dict of where the sample came from.
     """
 
     kind = "resumable"
     finite = True
+    attribute_count = 0
+    """How many attributes a sample carries (a generator's; 0 for real data)."""
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class ResumableDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         with_lineage: bool = False,
+        with_attributes: bool = False,
         as_uint8: bool = False,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -104,6 +112,7 @@ class ResumableDataset(IterableDataset):
         self.block_size = block_size
         self.rank, self.world_size = current_rank(rank, world_size)
         self.with_lineage = with_lineage
+        self.with_attributes = with_attributes
         self.as_uint8 = as_uint8
         self.transform = transform
         self._position = 0
@@ -148,9 +157,13 @@ class ResumableDataset(IterableDataset):
             image = image.to(torch.float32).div_(255.0)
         if self.transform is not None:
             image = self.transform(image)
+        out: tuple[Any, ...] = (image, sample.label)
+        if self.with_attributes:
+            values = sample.attributes if sample.attributes is not None else [-1] * self.attribute_count
+            out += (torch.tensor(list(values), dtype=torch.int64),)
         if self.with_lineage:
-            return image, sample.label, sample.lineage
-        return image, sample.label
+            out += (sample.lineage,)
+        return out
 
     # ---- resuming -------------------------------------------------------------
     def advance(self, consumed: int) -> None:

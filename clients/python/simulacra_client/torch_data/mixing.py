@@ -55,7 +55,9 @@ class Mixed(ResumableDataset):
     """Two resumable datasets interleaved with ``ratio`` = the share of the second.
 
     Samples come out as the first source's options say (``as_uint8``, ``with_lineage``,
-    ``transform``) unless given here; the sources' own transforms are not applied.
+    ``with_attributes``, ``transform``) unless given here; the sources' own transforms are not
+    applied. With attributes, the samples of a source without them carry -1 for each of the
+    other source's attributes (so that batches collate).
     """
 
     kind = "mixed"
@@ -66,12 +68,13 @@ class Mixed(ResumableDataset):
                 raise ValueError("mix two plain sources (a Mixed cannot be mixed again)")
             if (source.rank, source.world_size) != (first.rank, first.world_size):
                 raise ValueError("both sources must belong to the same rank and world size")
-        for option in ("as_uint8", "with_lineage", "transform"):  # the sources' output options, unless given
+        for option in ("as_uint8", "with_lineage", "with_attributes", "transform"):  # the sources' output options, unless given
             options.setdefault(option, getattr(first, option))
         options.setdefault("rank", first.rank)
         options.setdefault("world_size", first.world_size)
         super().__init__(**options)
         self.sources = (first, second)
+        self.attribute_count = max(first.attribute_count, second.attribute_count)
         self.schedule = MixSchedule(ratio)
         self.num_samples = num_samples
         self.finite = num_samples is not None or first.finite or second.finite

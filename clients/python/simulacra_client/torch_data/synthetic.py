@@ -55,7 +55,9 @@ class _SampleFetcher(Fetcher):
 
     def get(self, positions: Sequence[int]) -> list[Sample]:
         d = self._dataset
-        options: dict[str, Any] = {"seed": d.seed, "format": "uint8", "class_mix": d.class_mix or None, "truncation": d.truncation}
+        options: dict[str, Any] = {
+            "seed": d.seed, "format": "uint8", "class_mix": d.class_mix or None, "attribute_mix": d.attribute_mix or None, "truncation": d.truncation,
+        }
         if d.world_size > 1:
             options.update(shard_index=d.rank, shard_count=d.world_size)
         samples: list[Sample] = []
@@ -63,9 +65,10 @@ class _SampleFetcher(Fetcher):
             start = shard_index(first, d.start_index, d.rank, d.world_size)
             for batch in self._client.stream(d.generator, start_index=start, count=count, batch_size=min(count, d.batch_size), **options):
                 images = np.asarray(batch.samples)
-                for image, label, index in zip(images, batch.labels, batch.indices):
+                attributes = batch.attributes.tolist() if batch.attributes is not None else [None] * len(images)
+                for image, label, index, values in zip(images, batch.labels, batch.indices, attributes):
                     origin = lineage("synthetic", generator=batch.generator, seed=d.seed, index=int(index))
-                    samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin))
+                    samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin, values))
         return samples
 
     def close(self) -> None:
@@ -74,11 +77,16 @@ class _SampleFetcher(Fetcher):
 
 class SyntheticDataset(ResumableDataset):
     """Endless (or ``num_samples`` long) samples of ``generator`` (``MODEL``, ``MODEL@VERSION|ALIAS``
-    or ``models/M/versions/V``) from ``start_index``, with ``seed`` and an optional ``class_mix``
-    (label -> weight). ``label_map`` renames generator labels (e.g. into a real dataset's labels).
+    or ``models/M/versions/V``) from ``start_index``, with ``seed``, an optional ``class_mix``
+    (label -> weight) and, for a generator conditioned on attributes, an optional ``attribute_mix``
+    ({attribute: {value: weight}}). ``label_map`` renames generator labels (e.g. into a real
+    dataset's labels). ``with_attributes=True`` adds each sample's attribute value indices (in the
+    order of ``attribute_names``; see ``ResumableDataset``).
 
     >>> data = SyntheticDataset("localhost:50054", "digits@production", seed=7)
     >>> loader = ResumableLoader(data, batch_size=64, num_workers=2)
+    >>> scenes = SyntheticDataset("localhost:50054", "scenes", attribute_mix={"weather": {"fog": 1}}, with_attributes=True)
+    >>> image, label, attributes = next(iter(scenes))  # attributes[scenes.attribute_names.index("weather")] == 1
     """
 
     kind = "synthetic"
@@ -92,6 +100,7 @@ class SyntheticDataset(ResumableDataset):
         start_index: int = 0,
         num_samples: int | None = None,
         class_mix: Mapping[int, float] | None = None,
+        attribute_mix: Mapping[str, Mapping[str, float]] | None = None,
         truncation: float | None = None,
         label_map: Mapping[int, int] | None = None,
         batch_size: int = 256,
@@ -111,6 +120,7 @@ class SyntheticDataset(ResumableDataset):
         self.num_samples = num_samples
         self.finite = num_samples is not None
         self.class_mix = {int(k): float(v) for k, v in (class_mix or {}).items()}
+        self.attribute_mix = {str(a): {str(k): float(v) for k, v in w.items()} for a, w in (attribute_mix or {}).items()}
         self.truncation = truncation
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.batch_size = batch_size
@@ -119,6 +129,12 @@ class SyntheticDataset(ResumableDataset):
         if resolve:
             self.info = self.describe()
             self.generator = self.info.name
+            self.attribute_count = len(self.info.attributes)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """The generator's attributes, in the order of a sample's attribute values (needs ``resolve``)."""
+        return [a.name for a in self.info.attributes] if self.info is not None else []
 
     def describe(self) -> gen_pb.Generator:
         """The generator as the sampling service serves it (resolved version, shape, classes)."""
@@ -135,7 +151,9 @@ class SyntheticDataset(ResumableDataset):
     def identity(self) -> dict[str, Any]:
         return {
             "generator": self.generator, "seed": self.seed, "start_index": self.start_index, "num_samples": self.num_samples,
-            "class_mix": sorted(self.class_mix.items()), "truncation": self.truncation,
+            # Lists and string keys only: a state that went through JSON must still match.
+            "class_mix": [[k, v] for k, v in sorted(self.class_mix.items())], "truncation": self.truncation,
+            **({"attribute_mix": self.attribute_mix} if self.attribute_mix else {}),
         }
 
 
