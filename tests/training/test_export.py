@@ -8,7 +8,7 @@ import onnxruntime
 import pytest
 import torch
 
-from simulacra_services.training.export import PARITY_TOLERANCE, export_generator
+from simulacra_services.training.export.onnx_export import PARITY_TOLERANCE, export_generator
 from tests.training.tiny import tiny_config, tiny_run
 
 
@@ -56,7 +56,7 @@ def test_unconditional_rgb_generator_keeps_the_labels_input():
 
 
 def test_parity_failure_is_reported():
-    from simulacra_services.training.export import ParityError
+    from simulacra_services.training.export.onnx_export import ParityError
     from simulacra_services.training.export import onnx_export
 
     class Drifting(torch.nn.Module):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import TYPE_CHECKING
 
-from simulacra_services.training.loop.run import TrainingData
+if TYPE_CHECKING:  # the server builds DataSpecs without torch; only the worker loads tensors
+    from simulacra_services.training.loop.run import TrainingData
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
 

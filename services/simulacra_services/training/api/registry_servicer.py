@@ -20,7 +20,7 @@ from simulacra_services.core.registry import (
 )
 from simulacra_services.core.storage import ObjectStore
 from simulacra_services.training.api import convert
-from simulacra_services.training.export.inspect import SignatureMismatch, inspect_generator
+from simulacra_services.training.export.isolated import SignatureMismatch, inspect_isolated
 
 CHUNK_BYTES = 1024 * 1024
 MAX_DESCRIPTION_CHARS = 4096
@@ -108,7 +108,7 @@ class ModelRegistryServicer(rpc_grpc.ModelRegistryServiceServicer):
             raise errors.InvalidArgument("INVALID_CATEGORY_IDS", "category_ids: one per class name, or none",
                                          {"field": "category_ids"})
         try:
-            found = await self._call(inspect_generator, request.onnx, len(request.class_names))
+            found = await inspect_isolated(request.onnx, len(request.class_names))
         except SignatureMismatch as error:
             raise errors.InvalidArgument("ONNX_SIGNATURE_MISMATCH", str(error), {"field": "onnx"}) from None
         if len(request.attributes) != found.attribute_count or any(not a.values for a in request.attributes):

@@ -22,8 +22,7 @@ from simulacra_services.core.jobs.store import JobStore
 from simulacra_services.core.storage import ObjectStore
 from simulacra_services.training.api import convert
 from simulacra_services.training.jobs.spec import KIND, build_spec
-from simulacra_services.training.loop.checkpoints import CheckpointStore
-from simulacra_services.training.worker.pipeline import job_prefix
+from simulacra_services.training.layout import job_prefix, list_checkpoints, sidecar_key
 
 JOB = NamePattern("trainingJobs/{job}", job=r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_PREVIEW_BYTES = 16 * 1024 * 1024
@@ -108,7 +107,7 @@ class TrainingServicer(rpc_grpc.TrainingServiceServicer):
         """Everything the job wrote, except the checkpoint a registered version names as its provenance."""
         keep = set()
         if record.result.get("model_version") and record.result.get("checkpoint"):
-            keep = {record.result["checkpoint"], record.result["checkpoint"].removesuffix(".pt") + ".json"}
+            keep = {record.result["checkpoint"], sidecar_key(record.result["checkpoint"])}
         for info in list(self.objects.list(job_prefix(record.job_id) + "/")):
             if info.key not in keep:
                 self.objects.delete(info.key)
@@ -122,7 +121,7 @@ class TrainingServicer(rpc_grpc.TrainingServiceServicer):
         record = await self._record(request.parent, "parent")
         fingerprint = pagination.fingerprint(rpc="ListCheckpoints", parent=request.parent)
         page = pagination.PageRequest.parse(request.page_size, request.page_token, fingerprint, validate=pagination.is_int)
-        sidecars = await asyncio.to_thread(CheckpointStore(self.objects, job_prefix(record.job_id)).list)
+        sidecars = await asyncio.to_thread(list_checkpoints, self.objects, job_prefix(record.job_id))
         if page.cursor is not None:
             sidecars = [s for s in sidecars if s["step"] < page.cursor]
         rows, token = page.finish(sidecars[: page.size + 1], lambda s: s["step"])

@@ -1,12 +1,3 @@
-"""ONNX export of a generator with the fixed signature, checked by onnx.checker and against torch."""
-
-from simulacra_services.training.export.onnx_export import (
-    OPSET,
-    PARITY_SAMPLES,
-    PARITY_TOLERANCE,
-    ExportResult,
-    ParityError,
-    export_generator,
-)
-
-__all__ = ["OPSET", "PARITY_SAMPLES", "PARITY_TOLERANCE", "ExportResult", "ParityError", "export_generator"]
+"""ONNX generators: ``onnx_export`` exports one with the fixed signature (torch; the worker runs it),
+``inspect`` checks one trained elsewhere (onnx + onnxruntime), in its own process by way of
+``isolated`` (the server imports neither)."""

@@ -1,28 +1,21 @@
-"""Reads the signature of an ONNX generator trained elsewhere, and proves it runs (import)."""
+"""Reads the signature of an ONNX generator trained elsewhere, and proves it runs (import).
+
+``python -m simulacra_services.training.export.inspect NUM_CLASSES`` reads the file on stdin and
+prints one JSON line, ``{"signature": {...}}`` or ``{"mismatch": "why"}``: the server runs it so
+(``isolated.inspect_isolated``) and never imports onnx itself.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime
 
-MAX_ONNX_BYTES = 64 * 1024 * 1024
-
-
-class SignatureMismatch(ValueError):
-    """The file is not a generator with the fixed signature (INVALID_ARGUMENT ONNX_SIGNATURE_MISMATCH)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FoundSignature:
-    latent_dim: int
-    channels: int
-    height: int
-    width: int
-    attribute_count: int
-    opset: int
+from simulacra_services.training.export.isolated import MAX_ONNX_BYTES, FoundSignature, SignatureMismatch
 
 
 def _dims(value_info) -> list[int | str]:
@@ -71,3 +64,17 @@ def inspect_generator(data: bytes, num_classes: int) -> FoundSignature:
         raise SignatureMismatch(f"samples of a batch of 2 have shape {list(samples.shape)} {samples.dtype}; expected float32 [2, C, H, W]")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return FoundSignature(z[1], int(samples.shape[1]), int(samples.shape[2]), int(samples.shape[3]), attribute_count, opset)
+
+
+def main(argv: list[str]) -> int:
+    data = sys.stdin.buffer.read()
+    try:
+        answer = {"signature": dataclasses.asdict(inspect_generator(data, int(argv[0])))}
+    except SignatureMismatch as error:
+        answer = {"mismatch": str(error)}
+    sys.stdout.write(json.dumps(answer) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,8 +14,7 @@ from simulacra_services.core.api.names import VERSION_NUMBER, NamePattern
 from simulacra_services.core.registry import check_model_id
 from simulacra_services.training.data import DEFAULT_HOLDOUT_FRACTION, DataSpec
 from simulacra_services.training.jobs.registration import GATE_CHECKS
-from simulacra_services.training.loop.hyperparameters import InvalidHyperparameter, resolve
-from simulacra_services.training.models import MODEL_KINDS
+from simulacra_services.training.loop.hyperparameters import MODEL_KINDS, InvalidHyperparameter, resolve
 
 KIND = "training"
 DATASET_VERSION = NamePattern("datasets/{dataset}/versions/{version}", version=rf"{VERSION_NUMBER}|latest")

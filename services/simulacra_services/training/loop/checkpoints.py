@@ -12,6 +12,7 @@ import json
 import torch
 
 from simulacra_services.core.storage import ObjectStore
+from simulacra_services.training.layout import checkpoint_key, list_checkpoints, sidecar_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class CheckpointStore:
         self.prefix = prefix.rstrip("/")
 
     def key(self, step: int) -> str:
-        return f"{self.prefix}/checkpoints/{step:010d}.pt"
+        return checkpoint_key(self.prefix, step)
 
     def save(self, step: int, state: dict, *, epoch: int = 0, losses: dict | None = None) -> CheckpointInfo:
         """Writes the state, then a small JSON sidecar (step, losses, checksum) that listings read."""
@@ -44,13 +45,12 @@ class CheckpointStore:
         sidecar = info.to_json() | {
             "epoch": epoch, "losses": losses or {}, "create_time": dt.datetime.now(dt.timezone.utc).isoformat()
         }
-        self.objects.put(key.removesuffix(".pt") + ".json", json.dumps(sidecar).encode(), content_type="application/json")
+        self.objects.put(sidecar_key(key), json.dumps(sidecar).encode(), content_type="application/json")
         return info
 
     def list(self) -> list[dict]:
         """Every checkpoint's sidecar, newest first."""
-        keys = [o.key for o in self.objects.list(f"{self.prefix}/checkpoints/") if o.key.endswith(".json")]
-        return [json.loads(self.objects.get(key)) for key in sorted(keys, reverse=True)]
+        return list_checkpoints(self.objects, self.prefix)
 
     def load(self, info: CheckpointInfo) -> dict:
         data = self.objects.get(info.object_key)

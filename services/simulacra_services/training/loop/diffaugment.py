@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "translation", "cutout")
+from simulacra_services.training.loop.hyperparameters import POLICIES
 
 
 def _uniform(x: torch.Tensor, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -59,6 +59,7 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
 
 
 OPS = {"color": color, "translation": translation, "cutout": cutout}
+assert tuple(OPS) == POLICIES
 
 
 def diff_augment(x: torch.Tensor, policies: tuple[str, ...], p: float, generator: torch.Generator) -> torch.Tensor:

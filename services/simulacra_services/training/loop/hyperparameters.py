@@ -2,16 +2,17 @@
 
 Unset (absent from the user's dict) and zero are different things: the user's zero stays zero
 where zero is valid, and is rejected with the field's name where it is not. The merged values are
-what the job stores and shows.
+what the job stores and shows. Plain values only (no torch): the server validates jobs with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from simulacra_services.training.loop.diffaugment import POLICIES
-
+MODEL_KINDS = ("vae", "gan", "enhanced_gan")
 LOSSES = ("hinge", "nonsaturating")
+POLICIES = ("color", "translation", "cutout")
+"""DiffAugment's ops (``loop.diffaugment.OPS``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-MODEL_KINDS = ("vae", "gan", "enhanced_gan")
+from simulacra_services.training.loop.hyperparameters import MODEL_KINDS
+
+__all__ = ["MODEL_KINDS", "ModelConfig"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ import torch
 
 from simulacra_services.core.storage import ObjectStore
 from simulacra_services.training.data import DataSpec, LoadedData
-from simulacra_services.training.export import export_generator
+from simulacra_services.training.export.onnx_export import export_generator
+from simulacra_services.training.layout import job_prefix
 from simulacra_services.training.loop.checkpoints import CheckpointInfo, CheckpointStore
 from simulacra_services.training.loop.hyperparameters import Hyperparameters
 from simulacra_services.training.loop.run import TrainingData, TrainingRun
@@ -25,10 +26,6 @@ from simulacra_services.training.worker import protocol
 PREVIEW_COLUMNS = 8
 PROGRESS_INTERVAL_SECONDS = 0.5
 MAX_EVALUATION_SAMPLES = 10_000
-
-
-def job_prefix(job_id: str) -> str:
-    return f"training-jobs/{job_id}"
 
 
 def pick_device(preference: str) -> torch.device:
