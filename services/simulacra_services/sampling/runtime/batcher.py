@@ -8,13 +8,17 @@ large ones to ``max_batch_size`` first); each one's rows of the output go back t
 Inference runs on worker threads (``instances`` of them at most at once), never on the event loop:
 while they run, the next batch fills. With no queue delay, a request that finds nothing queued and
 an instance free runs at once, alone (the batch the worker would have formed, without its hops).
+The threads are fed by ``InferenceThreads``, a lean hand-off (one queue put there, one
+``call_soon_threadsafe`` back) rather than ``run_in_executor``'s chain of futures: the hop is
+paid by every one-sample call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +47,58 @@ class BatchingPolicy:
             raise ValueError(f"preferred batch sizes must be within 1..{self.max_batch_size}")
 
 
+class InferenceThreads:
+    """``count`` daemon threads running blocking calls for the event loop (started on first use)."""
+
+    def __init__(self, count: int, name: str = "sampling-infer") -> None:
+        self._count = count
+        self._name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = False
+        self._closed = False
+
+    def run(self, fn: Callable, *args: object) -> asyncio.Future:
+        """``fn(*args)`` on a thread; its result (or exception) on a future of the running loop."""
+        if self._closed:
+            raise RuntimeError("inference threads are closed")
+        if not self._started:
+            self._started = True
+            for i in range(self._count):
+                threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True).start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+                pass
+
+    def close(self) -> None:
+        """The jobs queued still run; then the threads end."""
+        self._closed = True
+        if self._started:
+            for _ in range(self._count):
+                self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 @dataclass
 class _Request:
     z: np.ndarray
@@ -63,7 +119,7 @@ class DynamicBatcher:
         self._run = run
         self.policy = policy
         self._observe = observe
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=policy.instances, thread_name_prefix="sampling-infer")
+        self._threads = InferenceThreads(policy.instances)
         self._queue: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.instances)
@@ -82,11 +138,10 @@ class DynamicBatcher:
         n = int(z.shape[0])
         if n > self.policy.max_batch_size:
             raise ValueError(f"{n} rows exceed max_batch_size {self.policy.max_batch_size}")
-        loop = asyncio.get_running_loop()
         if not self.policy.enabled:
             async with self._slots:
                 started = time.perf_counter()
-                out = await loop.run_in_executor(self._executor, self._run, z, labels, attributes)
+                out = await self._threads.run(self._run, z, labels, attributes)
                 if self._observe is not None:
                     self._observe(n, [0.0], time.perf_counter() - started)
                 return out
@@ -97,13 +152,13 @@ class DynamicBatcher:
             await self._slots.acquire()  # free: returns at once
             try:
                 started = time.perf_counter()
-                out = await loop.run_in_executor(self._executor, self._run, z, labels, attributes)
+                out = await self._threads.run(self._run, z, labels, attributes)
                 if self._observe is not None:
                     self._observe(n, [0.0], time.perf_counter() - started)
                 return out
             finally:
                 self._slots.release()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(z, labels, attributes, future, time.perf_counter()))
         self._arrived.set()
         if self._worker is None:
@@ -172,7 +227,7 @@ class DynamicBatcher:
                 labels = np.concatenate([r.labels for r in live])
                 attrs = None if live[0].attributes is None else np.concatenate([r.attributes for r in live])  # type: ignore[misc]
             try:
-                out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, z, labels, attrs)
+                out = await self._threads.run(self._run, z, labels, attrs)
             except Exception as error:
                 for r in live:
                     if not r.future.done():
@@ -200,4 +255,4 @@ class DynamicBatcher:
             request = self._queue.popleft()
             if not request.future.done():
                 request.future.set_exception(RuntimeError("generator unloaded"))
-        self._executor.shutdown(wait=False)
+        self._threads.close()
