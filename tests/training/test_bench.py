@@ -25,3 +25,21 @@ def test_training_benchmark_quick_mode_reports_every_figure(tmp_path: Path) -> N
     for key in ("frechet_distance", "precision", "recall", "tstr", "trtr", "memorization_rate"):
         assert key in mnist, key
     assert "loop: our GAN step" in result.stdout and "mnist-enhanced_gan-10pct" in result.stdout
+
+
+def test_the_seeds_summary_gives_mean_spread_and_paired_differences(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = {("gan", 0): (300.0, 0.40), ("gan", 1): (500.0, 0.50), ("enhanced_gan", 0): (250.0, 0.45), ("enhanced_gan", 1): (520.0, 0.60)}
+    for (kind, seed), (fd, tstr) in figures.items():
+        run = {"kind": kind, "fraction": 0.1, "hyperparameters": {"seed": seed}, "frechet_distance": fd, "tstr": tstr,
+               "frechet_distance_real_baseline": 40.0, "trtr": 0.9, "label_fidelity": 0.8, "precision": 0.9, "recall": 0.2}
+        (tmp_path / f"mnist-{kind}-10pct-seed{seed}.json").write_text(json.dumps(run))
+    (tmp_path / "mnist-gan-10pct.json").write_text("{}")  # not a seeded run: left out
+    summary = bench.seeds_table(tmp_path)
+    assert "| 10% | gan | 2 | 400 ± 141 [300, 500] | 40 | 0.450 ± 0.071 [0.400, 0.500] | 0.900 |" in summary
+    assert "| 10% | enhanced_gan | 2 | 385 ± 191 [250, 520] |" in summary
+    assert "Fréchet distance -50, +20 (lower in 1), TSTR +0.050, +0.100 (higher in 2)" in summary
