@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -101,6 +102,16 @@ async def chat(requests: AsyncIterator[Tensor], context: grpc.aio.ServicerContex
         yield request
 
 
+def _parse_noting_thread(data: bytes) -> tuple[int, Tensor]:
+    return threading.get_ident(), Tensor.FromString(data)
+
+
+async def parsed_where(request: tuple[int, Tensor], context: grpc.aio.ServicerContext) -> Tensor:
+    # Says whether the request was parsed on the event loop's thread (the one running this handler).
+    parser, tensor = request
+    return Tensor(data=b"loop" if parser == threading.get_ident() else b"thread", shape=[len(tensor.data)])
+
+
 def handler(gate: Gate) -> grpc.GenericRpcHandler:
     def unary(behaviour):  # noqa: ANN001, ANN202
         return grpc.unary_unary_rpc_method_handler(behaviour, Tensor.FromString, Tensor.SerializeToString)
@@ -120,6 +131,7 @@ def handler(gate: Gate) -> grpc.GenericRpcHandler:
             "Collect": grpc.stream_unary_rpc_method_handler(collect, Tensor.FromString, Tensor.SerializeToString),
             "Chat": grpc.stream_stream_rpc_method_handler(chat, Tensor.FromString, Tensor.SerializeToString),
             "Serialized": grpc.unary_stream_rpc_method_handler(serialized, Tensor.FromString, Tensor.SerializeToString),
+            "ParsedWhere": grpc.unary_unary_rpc_method_handler(parsed_where, _parse_noting_thread, Tensor.SerializeToString),
         },
     )
 

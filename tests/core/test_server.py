@@ -38,6 +38,7 @@ from simulacra_client.errors import (
     translate_errors,
 )
 from simulacra_services.core.config import Settings
+from simulacra_services.core.interceptors import LARGE_REQUEST_BYTES
 from simulacra_services.core.logging import configure_logging
 from simulacra_services.core.server import METRICS_OFF, ServiceServer
 
@@ -340,6 +341,29 @@ async def test_undecodable_request_bytes_are_invalid_argument_with_a_clean_reaso
         assert error.code is grpc.StatusCode.INVALID_ARGUMENT
         assert error.reason == "UNDECODABLE_REQUEST" and error.domain == echo_service.DOMAIN
         assert "Error parsing" not in error.message
+
+
+async def test_large_requests_are_parsed_off_the_event_loop_and_bad_ones_are_still_undecodable(
+    settings: Settings, start_server: Any
+) -> None:
+    server = await start_server(settings)
+    large = Tensor(data=os.urandom(LARGE_REQUEST_BYTES + 1))
+    small = Tensor(data=b"small")
+    identity = lambda data: data  # noqa: E731
+    async with open_aio_channel(server.address) as channel:
+        where = unary(channel, "ParsedWhere")
+        assert (await bounded(where(small))) == Tensor(data=b"loop", shape=[5])
+        assert (await bounded(where(large))) == Tensor(data=b"thread", shape=[len(large.data)])
+        # Large client streams parse in threads too, and arrive whole and in order.
+        collected = await bounded(channel.stream_unary(f"/{SERVICE}/Collect", Tensor.SerializeToString, Tensor.FromString)(iter([large, small, large])))
+        assert collected.data == large.data + small.data + large.data
+        garbage = large.SerializeToString() + b"\xff\xff\xff\xff\x0f"  # a valid message, then a truncated field 0
+        unary_error = await rpc_error(channel.unary_unary(f"/{SERVICE}/Echo", identity, identity)(garbage))
+        stream = channel.stream_unary(f"/{SERVICE}/Collect", identity, identity)
+        stream_error = await rpc_error(stream(iter([large.SerializeToString(), garbage])))
+    for error in (unary_error, stream_error):
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == "UNDECODABLE_REQUEST" and error.domain == echo_service.DOMAIN
 
 
 # ---- auth -------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ One ``grpc.aio.ServerInterceptor`` wraps each method handler so that, in order:
 4. one request-log line and the metrics record how the RPC ended.
 
 A handler may also return or yield a response already serialized (``bytes``):
-it is sent as it is.
+it is sent as it is. A request message larger than ``LARGE_REQUEST_BYTES`` is
+parsed in a worker thread rather than by grpc on the event loop (parsing a
+batch of large images is a copy of every image).
 
 The wrapper replaces the handler's behaviour rather than using a
 continuation-only interceptor because with ``grpc.aio`` that is the only place
@@ -45,6 +47,9 @@ AUTHORIZATION = "authorization"
 
 _log = logging.getLogger("simulacra.rpc")
 _errors_log = logging.getLogger("simulacra.errors")
+
+LARGE_REQUEST_BYTES = 1024 * 1024
+"""Request messages above this size are parsed in a worker thread, not on the event loop."""
 
 # Server-side faults: logged at ERROR. Every other code is the caller's business.
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
@@ -296,7 +301,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, inner: Callable[..., Any], method: str, kind: str) -> Callable[..., Awaitable[Any]]:
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with self._rpc(method, kind, context):
-                return await _run_unary(inner, _decoded(request, kind), context)
+                return await _run_unary(inner, await _decoded(request, kind), context)
 
         return behaviour
 
@@ -305,7 +310,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._rpc(method, kind, context):
-                    async for response in inner(_decoded(request, kind), context):
+                    async for response in inner(await _decoded(request, kind), context):
                         yield response
 
             return generator
@@ -314,7 +319,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # does), or a plain function: stay a writer so the two never mix.
         async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
             async with self._rpc(method, kind, context):
-                await _run_writer(inner, _decoded(request, kind), context)
+                await _run_writer(inner, await _decoded(request, kind), context)
 
         return writer
 
@@ -346,7 +351,24 @@ class _Undecodable:
         )
 
 
+class _Deferred:
+    """The bytes of a large request message, to be parsed in a worker thread (``_decoded``)."""
+
+    __slots__ = ("data", "parse")
+
+    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
+        self.data: bytes | None = data
+        self.parse = parse
+
+    def parsed(self) -> Any:
+        data, self.data = self.data, None  # the raw bytes are freed in the thread, not on the loop
+        assert data is not None
+        return self.parse(data)
+
+
 def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The handler's deserializer, made to return ``_Undecodable`` rather than raise, and to leave
+    messages above ``LARGE_REQUEST_BYTES`` unparsed (``_Deferred``): grpc calls it on the event loop."""
     if deserialize is None:
         return None
 
@@ -356,7 +378,10 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
         except Exception as error:  # noqa: BLE001 - any parser failure is the client's bad bytes
             return _Undecodable(error)
 
-    return parse
+    def parse_small(data: bytes) -> Any:
+        return _Deferred(data, parse) if len(data) > LARGE_REQUEST_BYTES else parse(data)
+
+    return parse_small
 
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
@@ -374,20 +399,24 @@ def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], 
     return encode
 
 
-def _decoded(request: Any, kind: str) -> Any:
+async def _decoded(request: Any, kind: str) -> Any:
     """The request, or for client streams an iterator over them, refusing undecodable messages."""
     if kind in ("client_stream", "bidi_stream"):
         return _decoded_stream(request)
-    if isinstance(request, _Undecodable):
-        raise request.refusal()
-    return request
+    return await _parsed(request)
 
 
 async def _decoded_stream(requests: Any) -> AsyncIterator[Any]:
     async for request in requests:
-        if isinstance(request, _Undecodable):
-            raise request.refusal()
-        yield request
+        yield await _parsed(request)
+
+
+async def _parsed(request: Any) -> Any:
+    if isinstance(request, _Deferred):
+        request = await asyncio.to_thread(request.parsed)
+    if isinstance(request, _Undecodable):
+        raise request.refusal()
+    return request
 
 
 async def _run_unary(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -14,7 +14,9 @@ rest the same way for all of them:
   metrics), and a Prometheus endpoint at ``http://HOST:METRICS_PORT/metrics``
   (plain HTTP without auth, on the same host only: scrape it from beside the
   service, e.g. the same pod);
-- graceful shutdown: ``serve_forever`` drains on SIGTERM/SIGINT.
+- graceful shutdown: ``serve_forever`` drains on SIGTERM/SIGINT;
+- large blocks kept in the process's heap (``core.heap``), since grpc copies
+  every message on the event loop's thread.
 
 Health Watch streams stay open while draining (they are in-flight RPCs), so a
 client that keeps one open delays shutdown up to the grace period.
@@ -35,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from simulacra_services.core.config import Settings
+from simulacra_services.core.heap import keep_large_blocks
 from simulacra_services.core.interceptors import (
     BearerTokenAuth,
     ErrorMapper,
@@ -181,6 +184,7 @@ class ServiceServer:
         if self._server is not None:
             raise RuntimeError(f"{self.definition.title} was already started")
         definition, settings = self.definition, self.settings
+        keep_large_blocks(settings.max_message_bytes)  # messages are copied on the loop: no page faults there
         metrics = RpcMetrics()
         self._interceptor = ServerInterceptor(
             errors=ErrorMapper(definition.error_domain, definition.title),
