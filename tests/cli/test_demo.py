@@ -2,6 +2,7 @@
 
 Quick mode: 1000 digits, 1 seed, 60 classifier steps, 20 GAN steps (the numbers
 mean nothing; that every stage runs through the services and reports does).
+Each test has its own data directory: any one of them runs alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.client.suite import suite_environment
 
@@ -23,9 +25,9 @@ SERVICES = ["annotation", "augmentation", "training", "sampling"]
 ARMS = ["real", "real+augmented", "real+synthetic", "real+augmented+synthetic"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("demo")  # shared: a later run reuses the imported datasets
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "demo"
 
 
 def demo(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,10 +68,14 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(data_dir: Path) -
 
 
 def test_a_stage_that_cannot_run_says_so_and_its_arms_report_no_number(data_dir: Path) -> None:
+    first = demo(data_dir, "--generator", "models/missing/versions/1", "--out", str(data_dir / "first"))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "demo-1000-s0-digits: importing 600 train digits" in first.stdout
+    # A second run in the same data directory reuses the datasets the first one imported.
     result = demo(data_dir, "--generator", "models/missing/versions/1", "--out", str(data_dir / "missing"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "reusing datasets/demo-1000-s0-digits/versions/1" in out
+    assert "reusing datasets/demo-1000-s0-digits/versions/1" in out and "importing" not in out
     assert re.search(r"serve the generator \(sampling service\): NOT AVAILABLE - the sampling service could not load models/missing/versions/1: NOT_FOUND", out)
     report = (data_dir / "missing" / "report.md").read_text()
     assert "| real+synthetic | not run | not run |" in report
@@ -99,3 +105,39 @@ def test_ctrl_c_stops_the_demo_and_the_suite_cleanly(data_dir: Path) -> None:
     # `simulacra up` stopped every service: its log ends with the launcher's goodbye.
     log = (data_dir / "interrupted" / "demo-suite.log").read_text()
     assert "All services stopped." in log
+
+
+class _Judge(torch.nn.Module):
+    """Says "label = the image's first pixel x 10", sure of it (logit 10 against 0)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot((images[:, 0, 0, 0] * 10).long().clamp(0, 9), 10).float() * 10
+
+
+def test_the_label_filter_keeps_the_samples_whose_label_the_judge_gives_and_the_batch_shares() -> None:
+    from simulacra_services.cli.demo_classifier import FilterStarved, LabelFilter, Tally
+    from simulacra_services.cli.demo_flow import batch_shares
+
+    def blocks(agree_every: int) -> object:
+        for start in range(0, 10**6, 50):
+            labels = torch.arange(start, start + 50) % 10
+            says = torch.where(torch.arange(start, start + 50) % agree_every == 0, labels, (labels + 1) % 10)
+            yield says.float().div(10).add(0.01).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous(), labels
+
+    tally = Tally()
+    batches = LabelFilter(_Judge(), 0.9).batches(blocks(3), 32, tally)
+    taken = [next(batches) for _ in range(5)]
+    assert [len(labels) for _, labels in taken] == [32] * 5
+    for images, labels in taken:  # only the samples the judge agrees with, in order
+        assert torch.equal((images[:, 0, 0, 0] * 10).long(), labels)
+    assert tally.accepted >= 160 and abs(tally.rate - 1 / 3) < 0.02
+    keep_all = LabelFilter(_Judge(), 0.0).batches(blocks(3), 32)
+    assert len(next(keep_all)[1]) == 32
+    starved = LabelFilter(_Judge(), 0.9, patience=1000).batches(blocks(10**9), 32)
+    with pytest.raises(FilterStarved, match="kept 1 of 1000 synthetic samples"):
+        next(starved)
+
+    assert batch_shares(32, ["real", "augmented", "synthetic"], 0.0) == [11, 11, 10]
+    assert batch_shares(32, ["real", "augmented", "synthetic"], 0.25) == [12, 12, 8]
+    assert batch_shares(32, ["real", "synthetic"], 0.25) == [24, 8]
+    assert batch_shares(32, ["real"], 0.25) == [32]

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split and of the subsets")
     parser.add_argument("--gan-steps", type=int, default=4000, help="training steps of the enhanced GAN")
     parser.add_argument("--generator", default="", help="use this served generator (models/M/versions/V) instead of training one")
+    parser.add_argument(
+        "--synthetic-confidence", type=float, default=0.9,
+        help="keep a synthetic digit only when a classifier trained on the real training digits gives its label at least this (0: keep all)",
+    )
+    parser.add_argument("--synthetic-share", type=float, default=0.0, help="share of each batch that is synthetic (0: an equal share per source)")
 
 
 @dataclass
@@ -58,18 +63,23 @@ class Plan:
     gan_steps: int = 4000
     evaluation_samples: int = 1000  # synthetic and real samples of the generator's quality report
     generator: str = ""
+    synthetic_confidence: float = 0.9
+    synthetic_share: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, settings: Settings) -> Plan:
         out = Path(args.out or Path(settings.data_dir) / "demo-report").resolve()
-        if args.quick:
+        if not 0 <= args.synthetic_confidence < 1 or not 0 <= args.synthetic_share < 1:
+            raise ValueError("--synthetic-confidence and --synthetic-share lie in [0, 1)")
+        synthetic = {"synthetic_confidence": args.synthetic_confidence, "synthetic_share": args.synthetic_share}
+        if args.quick:  # a 20-step generator's digits would all be rejected: the filter keeps every one
             return cls(
                 out, seeds=1, steps=min(args.steps, 60), digits=1000, split_seed=args.split_seed, gan_steps=min(args.gan_steps, 20),
-                generator=args.generator, evaluation_samples=200,
+                generator=args.generator, evaluation_samples=200, synthetic_confidence=0.0, synthetic_share=args.synthetic_share,
             )
         if args.seeds < 1 or args.steps < 1 or args.gan_steps < 1:
             raise ValueError("--seeds, --steps and --gan-steps must be at least 1")
-        return cls(out, seeds=args.seeds, steps=args.steps, split_seed=args.split_seed, gan_steps=args.gan_steps, generator=args.generator)
+        return cls(out, seeds=args.seeds, steps=args.steps, split_seed=args.split_seed, gan_steps=args.gan_steps, generator=args.generator, **synthetic)
 
 
 @dataclass

@@ -5,12 +5,15 @@ scarce set keeps ``label_fraction`` of each class's train digits, the biased
 set the same but only ``biased_fraction`` for ``biased_classes``. Each is a
 dataset version of the annotation-store, read back with ``RealDataset``.
 
-Every classifier run takes ``steps`` batches of ``batch_size``, shared equally
-between its sources: the real set (in memory, shuffled per seed), augmented
-copies of it (made once through ``Augmented``, the augmentation service's
-stream) and synthetic samples streamed by ``SyntheticDataset`` from the
-sampling service (uniform classes for the scarce set; for the biased set,
-weighted toward the classes it lacks).
+Every classifier run takes ``steps`` batches of ``batch_size``, shared between
+its sources: the real set (in memory, shuffled per seed), augmented copies of
+it (made once through ``Augmented``, the augmentation service's stream) and
+synthetic samples streamed by ``SyntheticDataset`` from the sampling service
+(uniform classes for the scarce set; for the biased set, weighted toward the
+classes it lacks). Synthetic samples take ``synthetic_share`` of each batch
+(0: an equal share) and pass a label filter first: a judge classifier trained
+on the variant's real (and augmented) training data only keeps a sample when
+it gives the sample's conditioned label at least ``synthetic_confidence``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from simulacra_client import AnnotationClient
 from simulacra_client.annotation import ProgressEvent
 from simulacra_client.errors import SimulacraRpcError
 from simulacra_services.cli.demo import ARMS, VARIANTS, Journal, Plan
-from simulacra_services.cli.demo_classifier import RunResult, in_memory_batches, train_and_test
+from simulacra_services.cli.demo_classifier import FilterStarved, LabelFilter, RunResult, Tally, in_memory_batches, train, train_and_test
 from simulacra_services.core.config import Settings
 
 AUGMENT_COPIES = 10
+JUDGE_SEED = 100  # the label filter's classifier: a seed no arm uses
 
 
 def digit_pipeline() -> Any:
@@ -57,6 +61,7 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)  # arm -> reason
     datasets: dict[str, str] = field(default_factory=dict)  # role -> version name
     counts: dict[str, list[int]] = field(default_factory=dict)  # role -> items per class
+    filtered: dict[str, Tally] = field(default_factory=dict)  # variant -> synthetic samples drawn and accepted
 
 
 def split_indices(labels: np.ndarray, plan: Plan) -> dict[str, np.ndarray]:
@@ -86,6 +91,7 @@ class Flow:
         self.pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # variant -> augmented images, labels
         self.tag = ""
         self.label_map: dict[int, int] = {}
+        self.filters: dict[str, LabelFilter] = {}  # variant -> its synthetic label filter
         self._last_progress = 0.0
 
     def _client(self) -> AnnotationClient:
@@ -234,24 +240,49 @@ class Flow:
                 self.results.skipped[arm] = reason
         for variant in VARIANTS:
             train_images, train_labels = to_tensors(RealDataset(address, self.results.datasets[variant], split="train"))
+            if any("synthetic" in arm and arm not in self.results.skipped for arm in ARMS):
+                self.filters[variant] = self._label_filter(variant, train_images, train_labels)
             for arm in ARMS:
                 if arm in self.results.skipped:
                     continue
                 stage = self.journal.begin(f"classifier: {variant} / {arm}, {self.plan.seeds} seed(s) x {self.plan.steps} steps")
                 runs = []
-                for seed in range(self.plan.seeds):
-                    batches = self._batches(arm, variant, train_images, train_labels, seed, availability)
-                    result = train_and_test(batches, test_images, test_labels, steps=self.plan.steps, seed=seed)
-                    self.journal.say(f"   seed {seed}: test accuracy {100 * result.accuracy:.1f}% ({result.seconds:.1f} s, {result.samples} samples)")
-                    runs.append(result)
+                try:
+                    for seed in range(self.plan.seeds):
+                        batches = self._batches(arm, variant, train_images, train_labels, seed, availability)
+                        result = train_and_test(batches, test_images, test_labels, steps=self.plan.steps, seed=seed)
+                        self.journal.say(f"   seed {seed}: test accuracy {100 * result.accuracy:.1f}% ({result.seconds:.1f} s, {result.samples} samples)")
+                        runs.append(result)
+                except FilterStarved as starved:
+                    self.results.skipped[f"{arm} ({variant} set)"] = str(starved)
+                    self.journal.end(stage, "not available", str(starved))
+                    continue
                 self.results.runs[(variant, arm)] = runs
                 accuracy = [r.accuracy for r in runs]
                 self.journal.end(stage, "done", f"accuracy {format_spread(accuracy)}")
+            if variant in self.results.filtered:
+                tally = self.results.filtered[variant]
+                self.journal.say(f"   {variant}: the label filter kept {tally.accepted} of {tally.drawn} synthetic digits ({100 * tally.rate:.0f}%)")
+
+    def _label_filter(self, variant: str, images: torch.Tensor, labels: torch.Tensor) -> LabelFilter:
+        """The judge of the variant's synthetic samples: the small CNN trained on its real training
+        digits and their augmented copies (never on val or test)."""
+        stage = self.journal.begin(f"label filter: a judge classifier on the {variant} set's training digits")
+        if variant in self.pools:
+            pool_images, pool_labels = self.pools[variant]
+            half = self.plan.batch_size // 2
+            real, augmented = in_memory_batches(images, labels, half, JUDGE_SEED), in_memory_batches(pool_images, pool_labels, self.plan.batch_size - half, JUDGE_SEED)
+            batches = ((torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(real, augmented))
+        else:
+            batches = in_memory_batches(images, labels, self.plan.batch_size, JUDGE_SEED)
+        judge, _ = train(batches, steps=self.plan.steps, seed=JUDGE_SEED, channels=images.shape[1])
+        self.journal.end(stage, "done", f"keeps a synthetic digit when it gives its label >= {self.plan.synthetic_confidence:g}")
+        return LabelFilter(judge, self.plan.synthetic_confidence)
 
     def _batches(self, arm: str, variant: str, images: torch.Tensor, labels: torch.Tensor, seed: int, availability: Availability) -> Any:
         """Each batch: the real share shuffled in memory, then the augmented and synthetic shares."""
         sources = ["real"] + [s for s in ("augmented", "synthetic") if s in arm]
-        shares = [self.plan.batch_size // len(sources) + (1 if i < self.plan.batch_size % len(sources) else 0) for i in range(len(sources))]
+        shares = batch_shares(self.plan.batch_size, sources, self.plan.synthetic_share)
         streams = []
         for source, share in zip(sources, shares):
             if source == "real":
@@ -272,8 +303,8 @@ class Flow:
         counts = self.results.counts[variant]
         class_mix = {c: float(2 * max(counts) - n) for c, n in enumerate(counts)} if variant == "biased" else None
         dataset = SyntheticDataset(self.settings.address("sampling"), generator, seed=seed, class_mix=class_mix, label_map=self.label_map)
-        for images, labels in ResumableLoader(dataset, batch_size=share):
-            yield images, labels
+        tally = self.results.filtered.setdefault(variant, Tally())
+        yield from self.filters[variant].batches(iter(ResumableLoader(dataset, batch_size=256)), share, tally)
 
     def augment_pools(self) -> None:
         """AUGMENT_COPIES augmented copies of each labelled digit of each variant, streamed once, kept in memory."""
@@ -327,6 +358,15 @@ class Flow:
         for arm, reason in self.results.skipped.items():
             print(f"  not run: {arm}: {reason}", file=out)
         out.flush()
+
+
+def batch_shares(batch_size: int, sources: list[str], synthetic_share: float) -> list[int]:
+    """Samples of each source per batch: ``synthetic_share`` of it synthetic (0: an equal share), the rest equal."""
+    if "synthetic" in sources and synthetic_share > 0:
+        synthetic = max(1, round(batch_size * synthetic_share))
+        others = batch_shares(batch_size - synthetic, [s for s in sources if s != "synthetic"], 0.0)
+        return [synthetic if s == "synthetic" else others.pop(0) for s in sources]
+    return [batch_size // len(sources) + (1 if i < batch_size % len(sources) else 0) for i in range(len(sources))]
 
 
 def format_spread(values: list[float]) -> str:

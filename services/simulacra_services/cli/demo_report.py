@@ -54,9 +54,18 @@ def write_report(plan: Plan, results: Results, availability: Availability, journ
         f"- Biased set: the same, but classes {', '.join(map(str, plan.biased_classes))} keep {100 * plan.biased_fraction:.0f}% "
         f"(per class {results.counts.get('biased', [])}).",
         f"- Classifier: a small CNN (two convolutions), {plan.steps} Adam steps of batch {plan.batch_size}, {plan.seeds} seed(s) per arm; "
-        "each batch is shared equally between the arm's sources: real digits (shuffled in memory), augmented copies "
+        + (f"{100 * plan.synthetic_share:.0f}% of each batch is synthetic, the rest shared equally" if plan.synthetic_share else "each batch is shared equally")
+        + " between the arm's sources: real digits (shuffled in memory), augmented copies "
         "(made through the augmentation service's stream) and synthetic digits streamed from the sampling service "
         "(uniform classes for the scarce set; weighted toward the classes it lacks for the biased set).",
+        (
+            f"- Label filter: a synthetic digit is kept only when a judge (the same CNN trained on the variant's real and augmented "
+            f"training digits, never val or test) gives its conditioned label at least {plan.synthetic_confidence:g}; kept: "
+            + ", ".join(f"{v} set {t.accepted} of {t.drawn} ({100 * t.rate:.0f}%)" for v, t in results.filtered.items())
+            + "."
+            if plan.synthetic_confidence > 0
+            else "- Label filter: off (every synthetic digit is used)."
+        ),
         f"- Generator: the enhanced GAN, {plan.gan_steps} steps on the scarce set (holdout: the val split)"
         + (f", or the given {plan.generator}" if plan.generator else "") + ".",
         "- Dataset versions: " + ", ".join(f"{role} `{name}`" for role, name in results.datasets.items()),
