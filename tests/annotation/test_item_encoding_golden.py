@@ -109,7 +109,7 @@ def test_the_stored_rows_encode_to_the_committed_bytes() -> None:
         dict(row, geometry=codec.geometry_to_json(a.geometry))
         for row, a in zip(row_codec.annotation_rows(7, 9, ANNOTATIONS), ANNOTATIONS, strict=True)
     ]
-    assert row_codec.encoded_item(DATASET, _item_row(), annotation_rows) == FIXTURE.read_bytes()
+    assert row_codec.encoded_item(DATASET, _item_row(), annotation_rows, convert.ITEM_ENCODING) == FIXTURE.read_bytes()
 
 
 def test_the_committed_bytes_decode_to_the_item() -> None:

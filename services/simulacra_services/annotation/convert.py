@@ -390,6 +390,19 @@ def is_current_encoding(encoded: bytes | None) -> bool:
     return bool(encoded) and encoded[0] == ENCODED_ITEM_FORMAT  # type: ignore[index]
 
 
+class ProtobufItemEncoding:
+    """The stored item encoding (``row_codec.ItemEncoding``) the service gives its store: ``encode_item``."""
+
+    def encode(self, record: ItemRecord) -> bytes | None:
+        return encode_item(record)
+
+    def is_current(self, encoded: bytes | None) -> bool:
+        return is_current_encoding(encoded)
+
+
+ITEM_ENCODING = ProtobufItemEncoding()
+
+
 def merge_encoded_item(message: pb.Item, encoded: bytes, version: int, image_data: bytes | None) -> None:
     """Fill an empty ``message`` from ``encode_item`` output: equal to ``item_to_proto`` of the same row.
 

@@ -14,12 +14,12 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from simulacra_services.annotation import codec, convert
+from simulacra_services.annotation import codec
 from simulacra_services.annotation.model import Annotation, Category
 from simulacra_services.annotation.prepare import PreparedItem
 from simulacra_services.annotation.records import DatasetRecord, ImageInfo, ItemRecord, Lineage, VersionRecord
@@ -201,7 +201,36 @@ def item_of(dataset_id: str, version: int, row: Row[Any], annotations_: tuple[An
     )
 
 
-def encoded_item(dataset_id: str, item: Mapping[str, Any], annotations_: Sequence[Mapping[str, Any]]) -> bytes | None:
+class ItemEncoding(Protocol):
+    """How an item's message is stored with its row (``items.encoded_item``) for streams to send as it is.
+
+    The encoding is the API's: the service passes ``api.convert.ITEM_ENCODING``
+    (protobuf) to the store, so that persistence stores bytes it does not make.
+    """
+
+    def encode(self, record: ItemRecord) -> bytes | None:
+        """The stored encoding of ``record`` (None: this item is not sent from an encoding)."""
+        ...
+
+    def is_current(self, encoded: bytes | None) -> bool:
+        """Whether a stored encoding may be sent (NULL or written in an older format: no)."""
+        ...
+
+
+class NoEncoding:
+    """Rows without an encoding: every streamed item is decoded and converted (a store without an API)."""
+
+    def encode(self, record: ItemRecord) -> bytes | None:
+        return None
+
+    def is_current(self, encoded: bytes | None) -> bool:
+        return False
+
+
+NO_ENCODING = NoEncoding()
+
+
+def encoded_item(dataset_id: str, item: Mapping[str, Any], annotations_: Sequence[Mapping[str, Any]], encoding: ItemEncoding) -> bytes | None:
     """The ``encoded_item`` of a row about to be written, from its row and annotation rows.
 
     The record is decoded from the rows by the functions that decode them when
@@ -209,11 +238,11 @@ def encoded_item(dataset_id: str, item: Mapping[str, Any], annotations_: Sequenc
     a read of the stored row gives.
     """
     annotations_of_item = tuple(annotation_of(SimpleNamespace(**row)) for row in annotations_)  # type: ignore[arg-type]
-    return convert.encode_item(item_of(dataset_id, 0, SimpleNamespace(**item), annotations_of_item))  # type: ignore[arg-type]
+    return encoding.encode(item_of(dataset_id, 0, SimpleNamespace(**item), annotations_of_item))  # type: ignore[arg-type]
 
 
 class EncodedItem(NamedTuple):
-    """An item of a stream that is sent from its stored encoding (see ``convert.merge_encoded_item``).
+    """An item of a stream that is sent from its stored encoding (see ``ItemEncoding``).
 
     A tuple, not a dataclass: streams make one per item, and a tuple is made fastest.
     """

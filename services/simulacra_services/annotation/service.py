@@ -13,6 +13,7 @@ from collections.abc import Callable
 import grpc
 
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
+from simulacra_services.annotation import convert
 from simulacra_services.annotation.jobs import JobService
 from simulacra_services.annotation.servicer import AnnotationServicer
 from simulacra_services.annotation.store import AnnotationStore
@@ -38,7 +39,8 @@ async def register(server: grpc.aio.Server, settings: Settings, *, job_service: 
     try:
         await asyncio.to_thread(db.migrate, engine)
         store = AnnotationStore(
-            engine, objects, max_image_pixels=settings.max_image_pixels, decode_budget=PixelBudget(settings.decode_budget_pixels)
+            engine, objects, max_image_pixels=settings.max_image_pixels, decode_budget=PixelBudget(settings.decode_budget_pixels),
+            item_encoding=convert.ITEM_ENCODING,
         )
         jobs = job_service(store, lease_seconds=settings.job_lease_seconds, owner=settings.job_runner_id)
         await jobs.start()

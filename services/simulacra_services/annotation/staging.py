@@ -155,7 +155,7 @@ class Stagings:
             for item in prepared:
                 row = {**item_row(dataset.id, item, seq, now, now), "removed_seq": seq + 1}
                 of_item = annotation_rows(dataset.id, 0, item.annotations)
-                row["encoded_item"] = encoded_item(dataset_id, row, of_item)
+                row["encoded_item"] = encoded_item(dataset_id, row, of_item, self.store.item_reads.encoding)
                 rows.append(row)
                 per_item.append(of_item)
             pks = insert_items(conn, rows)

@@ -38,7 +38,7 @@ from simulacra_services.annotation.persistence.statistics import StatisticsRepos
 from simulacra_services.annotation.persistence.versions import VersionRepository
 from simulacra_services.annotation.prepare import PreparedItem
 from simulacra_services.annotation.records import BatchResult, DatasetRecord, ItemChanges, ItemRecord, NewItem, Page, VersionRecord
-from simulacra_services.annotation.row_codec import EncodedItem
+from simulacra_services.annotation.row_codec import NO_ENCODING, EncodedItem, ItemEncoding
 from simulacra_services.annotation.statistics import Statistics
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.jobs import JobRecord as CoreJobRecord
@@ -57,13 +57,14 @@ class AnnotationStore:
         read_threads: int = 8,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         decode_budget: PixelBudget | None = None,
+        item_encoding: ItemEncoding = NO_ENCODING,
     ) -> None:
         self.engine = engine
         self.blobs = BlobStore(objects)
         self.content = ItemContent(self.blobs, read_threads=read_threads if objects.prefers_parallel_reads else 1)
         self.datasets = DatasetRepository(engine)
         self.categories = CategoryRepository(engine)
-        self.item_reads = ItemReader(engine, self.content)
+        self.item_reads = ItemReader(engine, self.content, encoding=item_encoding)
         self.item_writes = ItemWriter(
             engine, self.blobs, self.item_reads, max_image_pixels=max_image_pixels, decode_budget=decode_budget
         )

@@ -8,12 +8,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation import convert, queries
+from simulacra_services.annotation import queries
 from simulacra_services.annotation.model import Annotation
 from simulacra_services.annotation.persistence import rows
 from simulacra_services.annotation.persistence.content import ItemContent
 from simulacra_services.annotation.records import ItemRecord, Page
-from simulacra_services.annotation.row_codec import ANNOTATION_COLUMNS, ITEM_COLUMNS, EncodedItem, annotation_of, item_of
+from simulacra_services.annotation.row_codec import (
+    ANNOTATION_COLUMNS,
+    ITEM_COLUMNS,
+    NO_ENCODING,
+    EncodedItem,
+    ItemEncoding,
+    annotation_of,
+    item_of,
+)
 from simulacra_services.annotation.tables import annotations, items
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest
@@ -35,11 +43,16 @@ _STREAM_COLUMNS = (items.c.id, items.c.item_id, items.c.image_sha256, items.c.si
 
 
 class ItemReader:
-    """Reads of ``items`` and their ``annotations``; pixel data and images come from ``content``."""
+    """Reads of ``items`` and their ``annotations``; pixel data and images come from ``content``.
 
-    def __init__(self, engine: Engine, content: ItemContent) -> None:
+    ``encoding``: what the stored item encodings are (the API's; see ``row_codec.ItemEncoding``),
+    used by stream pages and, through the writer, by every write.
+    """
+
+    def __init__(self, engine: Engine, content: ItemContent, *, encoding: ItemEncoding = NO_ENCODING) -> None:
         self.engine = engine
         self.content = content
+        self.encoding = encoding
 
     def get(self, dataset_id: str, item_id: str, *, version: str | int | None = None, full: bool = True) -> ItemRecord:
         with self.engine.connect() as conn:
@@ -144,7 +157,7 @@ class ItemReader:
         (nothing decoded), the others (pixel maps, rows older than the encoding) as records."""
         with self.engine.connect() as conn:
             number, found = _page_rows(conn, dataset_id, version, filter, after_item_id, shard_index, shard_count, limit, _STREAM_COLUMNS)
-            usable = convert.is_current_encoding
+            usable = self.encoding.is_current
             others = [row.id for row in found if not usable(row.encoded_item)]
             if not others:
                 return [EncodedItem(*row[1:]) for row in found]

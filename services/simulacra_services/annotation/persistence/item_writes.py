@@ -148,7 +148,7 @@ class ItemWriter:
             item_rows = [item_row(dataset.id, item, seq, now, now) for item in prepared]
             rows_per_item = [annotation_rows(dataset.id, 0, item.annotations) for item in prepared]
             for row, rows_of_item in zip(item_rows, rows_per_item):
-                row["encoded_item"] = encoded_item(dataset_id, row, rows_of_item)
+                row["encoded_item"] = encoded_item(dataset_id, row, rows_of_item, self.reader.encoding)
             pks = rows.insert_items(conn, item_rows)
             new_annotations = []
             for pk, rows_of_item in zip(pks, rows_per_item):
@@ -230,7 +230,7 @@ class ItemWriter:
                 now,
             )
             new_rows = annotation_rows(dataset.id, 0, new_annotations)
-            row["encoded_item"] = encoded_item(dataset_id, row, new_rows)
+            row["encoded_item"] = encoded_item(dataset_id, row, new_rows, self.reader.encoding)
             (pk,) = rows.insert_items(conn, [row])
             if changes.annotations is None:
                 columns = [c.name for c in annotations.columns if c.name not in ("id", "item_row")]
