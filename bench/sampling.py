@@ -23,7 +23,13 @@ files. For each generator, every figure comes with its baseline from the same ru
       ModelInfer) against this service's KServe endpoint and against MLServer 1.7.1 serving the
       same ONNX file (bench/sampling_kserve/mlserver_onnx.py, adaptive batching up to 64). Both
       tools live in a virtual environment of their own (.venv/bench-kserve, made on first use):
-      tritonclient and MLServer need protobuf < 7, the suite runs protobuf 7.
+      tritonclient and MLServer need protobuf < 7, the suite runs protobuf 7. Each load also
+      reports how busy the server's ONNX Runtime was (share of the wall time spent in
+      ``session.run``) and its mean batch: ours from KServe ModelStatistics, MLServer's from its
+      runtime's own counters. A server whose inference is busy all the time is compute bound.
+  (e) where one unary call's time goes (bench/sampling_breakdown.py): a bare grpc.aio echo
+      server answering the same bytes (Python gRPC's floor), the same with core's interceptor, and
+      each stage of our handler timed in process; ``--breakdown-only`` runs (b) and (e) alone.
 
 The load generator is Python on the same 2 cores as the server: the figures measure the whole
 path (client included), as a training job would see it.
@@ -63,6 +69,12 @@ from simulacra_client.sampling import SamplingClient  # noqa: E402
 from simulacra_services.core.registry import GeneratorSignature, ModelRegistry  # noqa: E402
 from simulacra_services.core.storage import LocalObjectStore  # noqa: E402
 from simulacra_services.sampling.runtime import encode, noise  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from sampling_breakdown import breakdown, print_breakdown, process_cpu_seconds  # noqa: E402
+
+SERVICE_PIDS: dict[str, int] = {}
+"""address -> pid of the service process serving it (for its CPU time)."""
 
 DIGITS = GeneratorSignature(latent_dim=64, channels=1, height=28, width=28, num_classes=10)
 SCENES = GeneratorSignature(latent_dim=128, channels=3, height=64, width=64, num_classes=4)
@@ -126,6 +138,7 @@ def service(data_dir: Path, **env: str) -> Iterator[str]:
     }
     process = subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", "sampling"], env=environ, cwd=ROOT)
     address = f"127.0.0.1:{port}"
+    SERVICE_PIDS[address] = process.pid
     try:
         with grpc.insecure_channel(address) as channel:
             deadline = time.monotonic() + 120
@@ -198,18 +211,20 @@ def stream_rate(address: str, model: str, count: int) -> float:
         return got / (time.perf_counter() - started)
 
 
-def unary_latency(address: str, model: str, calls: int) -> list[float]:
+def unary_latency(address: str, model: str, calls: int) -> tuple[list[float], float]:
+    """Seconds of each one-sample call, one after another, and the service's CPU seconds per call."""
     with grpc.insecure_channel(address) as channel:
         stub = api_grpc.SamplingServiceStub(channel)
         name = f"models/{model}/versions/1"
-        for i in range(20):
+        for i in range(50):
             stub.Sample(api.SampleRequest(generator=name, count=1, seed=1, start_index=i))
         out = []
+        cpu = process_cpu_seconds(SERVICE_PIDS[address])
         for i in range(calls):
             started = time.perf_counter()
             stub.Sample(api.SampleRequest(generator=name, count=1, seed=1, start_index=i, format=gen_pb.SAMPLE_FORMAT_UINT8))
             out.append(time.perf_counter() - started)
-        return out
+        return out, (process_cpu_seconds(SERVICE_PIDS[address]) - cpu) / calls
 
 
 async def _concurrent(address: str, model: str, clients: int, seconds: float) -> dict[str, float]:
@@ -254,6 +269,33 @@ def kserve_python() -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *KSERVE_PACKAGES], check=True)
     marker.write_text(" ".join(KSERVE_PACKAGES))
     return python
+
+
+def kserve_counters(address: str, model: str) -> tuple[int, int, float]:
+    """(inferences, rows, seconds of inference) of our service's model so far (KServe ModelStatistics)."""
+    from simulacra_client.api.inference import grpc_service_pb2 as kserve
+    from simulacra_client.api.inference import grpc_service_pb2_grpc as kserve_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stats = kserve_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(kserve.ModelStatisticsRequest(name=model), timeout=10)
+    s = stats.model_stats[0]
+    return s.execution_count, s.inference_count, s.inference_stats.compute_infer.ns / 1e9
+
+
+def mlserver_counters(work: Path, model: str) -> tuple[int, int, float]:
+    """The same counters, from the MLServer runtime's counters.json (bench/sampling_kserve/mlserver_onnx.py)."""
+    path = work / model / "counters.json"
+    if not path.exists():
+        return 0, 0, 0.0
+    c = json.loads(path.read_text())
+    return int(c["runs"]), int(c["rows"]), float(c["run_seconds"])
+
+
+def with_inference_share(load: dict[str, float], before: tuple[int, int, float], after: tuple[int, int, float]) -> dict[str, float]:
+    """``load`` plus the share of its wall time the server spent inferring, and its mean batch."""
+    runs, rows, seconds = (a - b for a, b in zip(after, before))
+    elapsed = load["requests"] / load["samples_per_s"]
+    return {**load, "inference_busy_share": seconds / elapsed, "mean_batch": rows / runs if runs else 0.0}
 
 
 def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature, clients: int, seconds: float) -> dict[str, float]:
@@ -315,11 +357,28 @@ def mlserver(python: Path, work: Path, onnx: dict[str, bytes]) -> Iterator[str]:
         log.close()
 
 
+def breakdown_only(data: Path, models: dict[str, GeneratorSignature], onnx: dict[str, bytes], calls: int) -> int:
+    """(b) and (e) alone: the unary figure and where its time goes."""
+    figures = {}
+    with service(data) as address:
+        for model, sig in models.items():
+            local = in_process_latency(ort_session(onnx[model]), sig, calls)
+            remote, cpu = unary_latency(address, model, calls)
+            figures[model] = {"unary_p50_us": pct(remote, 0.5) * 1e6, "unary_server_cpu_per_call_us": cpu * 1e6, "in_process_batch1_p50_us": pct(local, 0.5) * 1e6}
+    print("\nWhere one unary call goes")
+    for model in models:
+        f = figures[model]
+        f["breakdown"] = breakdown(data, model, {"p50_us": f["unary_p50_us"], "server_cpu_us": f["unary_server_cpu_per_call_us"]}, calls)
+        print_breakdown(model, f["breakdown"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=True, help="(d): tritonclient load on our KServe endpoint and on MLServer")
+    parser.add_argument("--breakdown-only", action="store_true", help="only (b) and (e): where one unary call's time goes")
     args = parser.parse_args(argv)
     plan = {
         "stream_samples": 2048 if args.quick else 20_000,
@@ -343,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         for model, sig in models.items():
             onnx[model] = export(sig)
             registry.register_version(model, onnx[model], sig, model_kind="gan")
+        if args.breakdown_only:
+            return breakdown_only(data, models, onnx, plan["unary_calls"])
         with service(data) as address:
             for model, sig in models.items():
                 session = ort_session(onnx[model])
@@ -350,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 local = in_process_latency(session, sig, plan["unary_calls"])
                 del session
                 rate = stream_rate(address, model, plan["stream_samples"])
-                remote = unary_latency(address, model, plan["unary_calls"])
+                remote, remote_cpu = unary_latency(address, model, plan["unary_calls"])
                 figures[model] = {
                     "shape": list(sig.sample_shape),
                     "in_process_batch64_samples_per_s": limit,
@@ -360,18 +421,29 @@ def main(argv: list[str] | None = None) -> int:
                     "unary_p99_us": pct(remote, 0.99) * 1e6,
                     "in_process_batch1_p50_us": pct(local, 0.5) * 1e6,
                     "in_process_batch1_p99_us": pct(local, 0.99) * 1e6,
+                    "in_process_batch1_samples_per_s": len(local) / sum(local),
                     "unary_overhead_p50_us": (pct(remote, 0.5) - pct(local, 0.5)) * 1e6,
+                    "unary_server_cpu_per_call_us": remote_cpu * 1e6,
                     "concurrent_batching": concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"]),
                 }
             if args.mlserver:
                 python = kserve_python()
                 for model, sig in models.items():
-                    figures[model]["kserve_tritonclient"] = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    before = kserve_counters(address, model)
+                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    figures[model]["kserve_tritonclient"] = with_inference_share(load, before, kserve_counters(address, model))
         if args.mlserver:
             with mlserver(python, data / "mlserver", onnx) as address:
                 for model, sig in models.items():
                     f = figures[model]
-                    f["mlserver_tritonclient"] = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    before = mlserver_counters(data / "mlserver", model)
+                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    time.sleep(0.3)  # the runtime writes its counters at most every 0.2 s
+                    f["mlserver_tritonclient"] = with_inference_share(load, before, mlserver_counters(data / "mlserver", model))
+                    limit = f["in_process_batch64_samples_per_s"]
+                    f["kserve_share_of_limit"] = f["kserve_tritonclient"]["samples_per_s"] / limit
+                    f["mlserver_share_of_limit"] = f["mlserver_tritonclient"]["samples_per_s"] / limit
+                    f["largest_possible_ratio_to_mlserver"] = limit / f["mlserver_tritonclient"]["samples_per_s"]
                     f["ratio_kserve_to_mlserver_throughput"] = f["kserve_tritonclient"]["samples_per_s"] / f["mlserver_tritonclient"]["samples_per_s"]
                     f["ratio_kserve_to_mlserver_p99"] = f["kserve_tritonclient"]["p99_ms"] / f["mlserver_tritonclient"]["p99_ms"]
         with service(data, SIMULACRA_SAMPLING_DYNAMIC_BATCHING="false") as address:
@@ -381,17 +453,25 @@ def main(argv: list[str] | None = None) -> int:
                 f = figures[model]
                 f["ratio_batching_to_no_batching"] = f["concurrent_batching"]["samples_per_s"] / result["samples_per_s"]
                 f["ratio_batching_to_limit"] = f["concurrent_batching"]["samples_per_s"] / f["in_process_batch64_samples_per_s"]
+        for model in models:
+            f = figures[model]
+            f["breakdown"] = breakdown(data, model, {"p50_us": f["unary_p50_us"], "server_cpu_us": f["unary_server_cpu_per_call_us"]}, plan["unary_calls"])
     print("\nSummary (samples/s; latencies of one-sample calls)")
     for model in ("digits", "scenes"):
         f = figures[model]
         print(f"  {model} {f['shape']}:")
-        print(f"    stream uint8 b64 {f['stream_samples_per_s']:10.0f}/s   in-process b64 {f['in_process_batch64_samples_per_s']:10.0f}/s   ratio {f['ratio_stream_to_in_process']:.2f}")
+        print(f"    stream uint8 b64 {f['stream_samples_per_s']:10.0f}/s   in-process b64 {f['in_process_batch64_samples_per_s']:10.0f}/s   ratio {f['ratio_stream_to_in_process']:.2f}   (in-process b1, one call after another: {f['in_process_batch1_samples_per_s']:.0f}/s)")
         print(f"    unary b1 p50 {f['unary_p50_us']:8.0f} us  p99 {f['unary_p99_us']:8.0f} us   in-process p50 {f['in_process_batch1_p50_us']:6.0f} us   overhead p50 {f['unary_overhead_p50_us']:6.0f} us")
         b, nb = f["concurrent_batching"], f["concurrent_no_batching"]
         print(f"    32 clients: batching {b['samples_per_s']:8.0f}/s (p99 {b['p99_ms']:.1f} ms)   no batching {nb['samples_per_s']:8.0f}/s (p99 {nb['p99_ms']:.1f} ms)   ratio {f['ratio_batching_to_no_batching']:.2f}   of the limit {f['ratio_batching_to_limit']:.2f}")
         if "mlserver_tritonclient" in f:
             k, m = f["kserve_tritonclient"], f["mlserver_tritonclient"]
             print(f"    tritonclient, 32 clients: ours (KServe) {k['samples_per_s']:8.0f}/s (p99 {k['p99_ms']:.1f} ms)   MLServer 1.7 {m['samples_per_s']:8.0f}/s (p99 {m['p99_ms']:.1f} ms)   throughput x{f['ratio_kserve_to_mlserver_throughput']:.2f}   p99 x{f['ratio_kserve_to_mlserver_p99']:.2f}")
+            print(f"      of the in-process b64 limit: ours {f['kserve_share_of_limit']:.2f}, MLServer {f['mlserver_share_of_limit']:.2f} (so at most x{f['largest_possible_ratio_to_mlserver']:.2f} is possible)   "
+                  f"inference busy: ours {k['inference_busy_share']:.2f} (mean batch {k['mean_batch']:.1f}), MLServer {m['inference_busy_share']:.2f} (mean batch {m['mean_batch']:.1f})")
+    print("\nWhere one unary call goes (e)")
+    for model in models:
+        print_breakdown(model, figures[model]["breakdown"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))

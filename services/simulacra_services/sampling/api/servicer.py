@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 
 from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api
 from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
@@ -120,7 +120,7 @@ class SamplingServicer(api_grpc.SamplingServiceServicer):
         return dataclasses.replace(spec, class_mix=weights)
 
     def _check_size(self, count: int, signature, fmt: Format) -> None:  # noqa: ANN001
-        per_sample = int(np.prod(signature.sample_shape)) * (4 if fmt is Format.FLOAT32 else 1)
+        per_sample = math.prod(signature.sample_shape) * (4 if fmt is Format.FLOAT32 else 1)
         if count * per_sample > self._max_message_bytes - 64 * 1024:
             raise errors.OutOfRange(
                 "RESPONSE_TOO_LARGE",
