@@ -309,8 +309,9 @@ def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature,
 
 
 @contextlib.contextmanager
-def mlserver(python: Path, work: Path, onnx: dict[str, bytes]) -> Iterator[str]:
-    """MLServer 1.7 serving each ONNX file with the runtime of bench/sampling_kserve/mlserver_onnx.py."""
+def mlserver(python: Path, work: Path, onnx: dict[str, bytes], batch_time: float = 0.0005) -> Iterator[str]:
+    """MLServer 1.7 serving each ONNX file with the runtime of bench/sampling_kserve/mlserver_onnx.py,
+    adaptive batching up to 64 requests within ``batch_time`` seconds."""
     import shutil
 
     from simulacra_client.api.inference import grpc_service_pb2 as kserve
@@ -328,7 +329,7 @@ def mlserver(python: Path, work: Path, onnx: dict[str, bytes]) -> Iterator[str]:
         shutil.copy(ROOT / "bench" / "sampling_kserve" / "mlserver_onnx.py", folder / "mlserver_onnx.py")
         (folder / "model-settings.json").write_text(json.dumps({
             "name": model, "implementation": "mlserver_onnx.OnnxGenerator", "parameters": {"uri": str(folder / "generator.onnx")},
-            "max_batch_size": 64, "max_batch_time": 0.0005,
+            "max_batch_size": 64, "max_batch_time": batch_time,
         }))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     log = open(work / "mlserver.log", "w")
@@ -378,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=True, help="(d): tritonclient load on our KServe endpoint and on MLServer")
+    parser.add_argument("--mlserver-batch-time", type=float, default=0.0005, help="(d): MLServer's adaptive batching window, seconds")
     parser.add_argument("--breakdown-only", action="store_true", help="only (b) and (e): where one unary call's time goes")
     args = parser.parse_args(argv)
     plan = {
@@ -392,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work will skew every figure", file=sys.stderr)
     figures: dict[str, Any] = {
         "quick": args.quick, "plan": plan,
+        "mlserver_batch_time_s": args.mlserver_batch_time if args.mlserver else None,
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": load, "python": platform.python_version(), "onnxruntime": ort.__version__},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
                     figures[model]["kserve_tritonclient"] = with_inference_share(load, before, kserve_counters(address, model))
         if args.mlserver:
-            with mlserver(python, data / "mlserver", onnx) as address:
+            with mlserver(python, data / "mlserver", onnx, args.mlserver_batch_time) as address:
                 for model, sig in models.items():
                     f = figures[model]
                     before = mlserver_counters(data / "mlserver", model)
