@@ -54,9 +54,9 @@ from simulacra_client.channel import open_channel, wait_for_ready_health
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation.blobs import blob_key
+from simulacra_services.annotation.persistence.blobs import blob_key
+from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.annotation.service import DEFINITION
-from simulacra_services.annotation.store import AnnotationStore
 from simulacra_services.cli.datasets import load_mnist_digits
 from simulacra_services.core import db
 from simulacra_services.core.config import Settings

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulacra_client.api.annotation.v1 import annotation_pb2  # noqa: E402
 from simulacra_client.augmentation import AugmentationClient, ItemInput  # noqa: E402
-from simulacra_services.annotation.model import Annotation, Box  # noqa: E402
+from simulacra_services.annotation.domain.model import Annotation, Box  # noqa: E402
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina", "camera", "moon", "coins", "clock")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from simulacra_services.annotation import rle
+from simulacra_services.annotation.formats import rle
 
 KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
 

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 from simulacra_client.annotation import AnnotationClient
 
-from simulacra_services.annotation import jobs as jobs_module
+from simulacra_services.annotation.api import jobs as jobs_module
 
 from .coco_sample import KEYPOINTS, coco_document  # noqa: F401 - KEYPOINTS re-exported to the job tests
 from .conftest import Annotations

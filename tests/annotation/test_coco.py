@@ -11,8 +11,8 @@ import pytest
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from simulacra_services.annotation import coco, rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import coco, rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     AnnotationKind,
     Box,

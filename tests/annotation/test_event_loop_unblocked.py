@@ -33,7 +33,7 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
 from simulacra_client.channel import open_channel
-from simulacra_services.annotation.blobs import READ_CHUNK_BYTES
+from simulacra_services.annotation.persistence.blobs import READ_CHUNK_BYTES
 from simulacra_services.annotation.service import DEFINITION
 from tests.harness import png, running_service
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from simulacra_services.annotation.filters import (
+from simulacra_services.annotation.domain.filters import (
     ITEM_FILTER_FIELDS,
     And,
     Comparison,

@@ -9,7 +9,7 @@ from google.protobuf import field_mask_pb2
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
-from simulacra_services.annotation.coco import load_coco
+from simulacra_services.annotation.formats.coco import load_coco
 from simulacra_services.core import errors
 from simulacra_services.core.errors import MAX_MESSAGE_BYTES, MAX_METADATA_VALUE_BYTES
 

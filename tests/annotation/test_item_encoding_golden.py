@@ -27,8 +27,10 @@ from typing import Any
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
-from simulacra_services.annotation import codec, convert, row_codec, wire
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.api import convert, wire
+from simulacra_services.annotation.domain import codec
+from simulacra_services.annotation.persistence import row_codec
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     CameraIntrinsics,
@@ -44,7 +46,7 @@ from simulacra_services.annotation.model import (
     RotatedBox,
     Vector3,
 )
-from simulacra_services.annotation.records import ImageInfo, ItemRecord, Lineage
+from simulacra_services.annotation.domain.records import ImageInfo, ItemRecord, Lineage
 
 FIXTURE = Path(__file__).parent / "fixtures" / f"encoded_item_v{convert.ENCODED_ITEM_FORMAT}.bin"
 DATASET = "golden-ds"
@@ -135,7 +137,7 @@ def test_the_committed_bytes_decode_to_the_item() -> None:
 
 
 def test_a_stream_response_joined_from_the_committed_bytes_parses_to_the_items() -> None:
-    """StreamItems sends the stored bytes joined on the wire (annotation/wire.py), not re-serialized."""
+    """StreamItems sends the stored bytes joined on the wire (annotation/api/wire.py), not re-serialized."""
     golden = FIXTURE.read_bytes()
     image = bytes(range(256)) * 300  # longer than 127: multi-byte lengths
     items = [wire.encoded_item(golden, 3, image), wire.encoded_item(golden, 0, None), wire.message_item(pb.Item(name="x"))]

@@ -22,13 +22,13 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import SimulacraRpcError
 
-from simulacra_services.annotation import jobs as jobs_module
+from simulacra_services.annotation.api import jobs as jobs_module
+from simulacra_services.annotation.persistence.store import AnnotationStore
+from simulacra_services.annotation.persistence.tables import jobs as jobs_table
 from simulacra_services.annotation.service import DEFINITION
-from simulacra_services.annotation.store import AnnotationStore
-from simulacra_services.annotation.tables import jobs as jobs_table
 from simulacra_services.core import db
-from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.config import Settings
+from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.server import METRICS_OFF, ServiceServer
 from simulacra_services.core.storage import open_object_store
 

@@ -14,7 +14,7 @@ from simulacra_client.annotation import JobFailedError, idx_bytes
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
 
-from simulacra_services.annotation import mnist
+from simulacra_services.annotation.formats import mnist
 from simulacra_services.cli.datasets import load_mnist_digits
 from simulacra_services.core import errors
 

@@ -12,8 +12,8 @@ import yaml
 from simulacra_client.annotation import JobFailedError
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 
-from simulacra_services.annotation import yolo
-from simulacra_services.annotation.model import ImageSize
+from simulacra_services.annotation.domain.model import ImageSize
+from simulacra_services.annotation.formats import yolo
 
 from .conftest import Annotations
 from .jobs_support import png_bytes, sdk, write_coco

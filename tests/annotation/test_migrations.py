@@ -13,8 +13,8 @@ from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from simulacra_services.annotation.store import AnnotationStore
-from simulacra_services.annotation.tables import jobs as jobs_table
+from simulacra_services.annotation.persistence.store import AnnotationStore
+from simulacra_services.annotation.persistence.tables import jobs as jobs_table
 from simulacra_services.core import db
 from simulacra_services.core.db.migrate import alembic_config
 from simulacra_services.core.jobs import JobError, JobStore, Progress

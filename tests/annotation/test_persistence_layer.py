@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from simulacra_services.annotation import persistence
-from simulacra_services.annotation.blobs import BlobStore
-from simulacra_services.annotation.model import Annotation, Category, ClassLabel
+from simulacra_services.annotation.domain.model import Annotation, Category, ClassLabel
+from simulacra_services.annotation.domain.records import ImageInput, NewItem
 from simulacra_services.annotation.persistence import rows
+from simulacra_services.annotation.persistence.blobs import BlobStore
 from simulacra_services.annotation.persistence.categories import CategoryRepository
 from simulacra_services.annotation.persistence.content import ItemContent
 from simulacra_services.annotation.persistence.datasets import DatasetRepository
@@ -21,7 +22,6 @@ from simulacra_services.annotation.persistence.item_reads import ItemReader
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
 from simulacra_services.annotation.persistence.statistics import StatisticsRepository
 from simulacra_services.annotation.persistence.versions import VersionRepository
-from simulacra_services.annotation.records import ImageInput, NewItem
 from simulacra_services.core import db, errors
 from simulacra_services.core.storage import LocalObjectStore
 
@@ -96,7 +96,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("module", sorted(p.name for p in PERSISTENCE.glob("*.py")))
 def test_persistence_imports_no_protobuf_grpc_or_facade(module: str) -> None:
-    forbidden = ("google.protobuf", "grpc", "simulacra_client", "simulacra_services.annotation.store",
-                 "simulacra_services.annotation.servicer", "simulacra_services.annotation.wire", "torch")
+    forbidden = ("google.protobuf", "grpc", "simulacra_client", "simulacra_services.annotation.persistence.store",
+                 "simulacra_services.annotation.api.servicer", "simulacra_services.annotation.api.wire", "torch")
     bad = sorted(name for name in _imports(PERSISTENCE / module) if name.startswith(forbidden) or name.endswith("_pb2"))
     assert bad == [], f"annotation/persistence/{module} imports {bad}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from simulacra_services.annotation import rle
+from simulacra_services.annotation.formats import rle
 from simulacra_services.core import errors
 
 # pycocotools calls numpy with a keyword that numpy 2 deprecates; not ours to fix.

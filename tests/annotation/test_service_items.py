@@ -12,7 +12,7 @@ import pytest
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation import rle
+from simulacra_services.annotation.formats import rle
 from simulacra_services.core.storage import open_object_store
 
 from .conftest import Annotations, item_upload, jpeg, png, rpc_error

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from simulacra_services.annotation import importers, validation
-from simulacra_services.annotation.model import Annotation, Category, ClassLabel
-from simulacra_services.annotation.records import ImageInput, NewItem
-from simulacra_services.annotation.store import AnnotationStore
-from simulacra_services.annotation.tables import jobs as jobs_table
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain.model import Annotation, Category, ClassLabel
+from simulacra_services.annotation.domain.records import ImageInput, NewItem
+from simulacra_services.annotation.formats import importers
+from simulacra_services.annotation.persistence.store import AnnotationStore
+from simulacra_services.annotation.persistence.tables import jobs as jobs_table
 from simulacra_services.core import db, errors
 from simulacra_services.core.jobs import JobStore
 from simulacra_services.core.storage import LocalObjectStore

@@ -16,8 +16,8 @@ from simulacra_client.annotation import StreamedItem, split_stream_cursor
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation import tables
-from simulacra_services.annotation.servicer import STREAM_DEFAULT_ITEMS, STREAM_MAX_ITEMS, STREAM_RESPONSE_BYTES, stream_items_per_response
+from simulacra_services.annotation.api.servicer import STREAM_DEFAULT_ITEMS, STREAM_MAX_ITEMS, STREAM_RESPONSE_BYTES, stream_items_per_response
+from simulacra_services.annotation.persistence import tables
 
 from simulacra_services.core import db
 

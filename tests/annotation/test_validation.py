@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     BoxBoundsPolicy,
@@ -30,7 +30,7 @@ from simulacra_services.annotation.model import (
     RotatedBox,
     Vector3,
 )
-from simulacra_services.annotation.validation import (
+from simulacra_services.annotation.domain.validation import (
     Limits,
     assign_annotation_ids,
     normalize_split,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from simulacra_services.annotation import yolo
-from simulacra_services.annotation.model import Box, Category, ImageSize
+from simulacra_services.annotation.domain.model import Box, Category, ImageSize
+from simulacra_services.annotation.formats import yolo
 from simulacra_services.core import errors
 
 IMAGE = ImageSize(640, 480)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from simulacra_services.annotation.model import Category
+from simulacra_services.annotation.domain.model import Category
 
 
 def photo(height: int = 96, width: int = 128, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from simulacra_services.annotation.model import Annotation, Box
+from simulacra_services.annotation.domain.model import Annotation, Box
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from tests.augmentation.support import fixed, photo
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulacra_services.annotation.model import Annotation, Box
+from simulacra_services.annotation.domain.model import Annotation, Box
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from simulacra_services.augmentation.engine.batched import TorchAugmenter
 from tests.augmentation.support import CATEGORIES, fixed, photo

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     BoxBoundsPolicy,
@@ -31,7 +31,7 @@ from simulacra_services.annotation.model import (
     RotatedBox,
     Vector3,
 )
-from simulacra_services.annotation.validation import validate_annotations
+from simulacra_services.annotation.domain.validation import validate_annotations
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from simulacra_services.core import errors
 from tests.augmentation.support import CATEGORIES, fixed, photo

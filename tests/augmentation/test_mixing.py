@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import Annotation, Box, BoxBoundsPolicy, ImageSize, Keypoint, Keypoints, Mask
-from simulacra_services.annotation.validation import validate_annotations
+from simulacra_services.annotation.domain.model import Annotation, Box, BoxBoundsPolicy, ImageSize, Keypoint, Keypoints, Mask
+from simulacra_services.annotation.domain.validation import validate_annotations
+from simulacra_services.annotation.formats import rle
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from tests.augmentation.support import CATEGORIES, fixed
 

@@ -13,8 +13,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     BoxBoundsPolicy,
@@ -23,7 +23,7 @@ from simulacra_services.annotation.model import (
     Keypoints,
     Mask,
 )
-from simulacra_services.annotation.validation import validate_annotations
+from simulacra_services.annotation.domain.validation import validate_annotations
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from tests.augmentation.support import CATEGORIES
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simulacra_services.annotation.blobs import inspect_image
+from simulacra_services.annotation.persistence.blobs import inspect_image
 from simulacra_services.core.budget import PixelBudget
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 import grpc
 
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_services.annotation import convert
-from simulacra_services.annotation.jobs import JobService
-from simulacra_services.annotation.servicer import AnnotationServicer
-from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.annotation.api import convert
+from simulacra_services.annotation.api.jobs import JobService
+from simulacra_services.annotation.api.servicer import AnnotationServicer
+from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import db
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.config import Settings

@@ -205,7 +205,7 @@ def _import_coco(client: Any, args: argparse.Namespace, out: TextIO, err: TextIO
 def _import_yolo(client: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 
-    from simulacra_services.annotation import yolo
+    from simulacra_services.annotation.formats import yolo
     from simulacra_services.core import errors
 
     classes = args.classes or next((args.root / n for n in ("data.yaml", "data.yml", "classes.txt") if (args.root / n).is_file()), None)

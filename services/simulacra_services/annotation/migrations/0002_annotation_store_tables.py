@@ -1,6 +1,6 @@
 """annotation-store tables: datasets, categories, items, annotations, versions, request ids, jobs
 
-(see services/simulacra_services/annotation/tables.py for how versions work without copies)
+(see services/simulacra_services/annotation/persistence/tables.py for how versions work without copies)
 
 Revision ID: 0002
 Revises: 0001

@@ -9,7 +9,10 @@
 - ``versions``: ``VersionRepository``
 - ``statistics``: ``StatisticsRepository``
 - ``imports``: ``DatasetJobRepository`` (job rows of a dataset, an import's writes and their undo)
+- ``staging``: ``Stagings``, items uploaded invisibly, then committed as a version or discarded
+- ``tables``, ``row_codec``, ``queries``: the tables, rows to records and back, SQL building blocks
+- ``blobs``: ``BlobStore``, content-addressed blobs and image checks
+- ``store``: ``AnnotationStore``, the facade composing the repositories for the API layer
 
-``annotation.store.AnnotationStore`` composes them behind the API the servicer and jobs use;
-``annotation.staging`` builds staged versions on ``rows``.
+The stored item encoding is the API's (``row_codec.ItemEncoding``, given to the store).
 """

@@ -9,13 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation import validation
-from simulacra_services.annotation.model import Category
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain.model import Category
+from simulacra_services.annotation.domain.records import Page
 from simulacra_services.annotation.persistence import rows
-from simulacra_services.annotation.records import Page
-from simulacra_services.annotation.row_codec import category_row
-from simulacra_services.annotation.tables import annotations, items
-from simulacra_services.annotation.tables import categories as categories_table
+from simulacra_services.annotation.persistence.row_codec import category_row
+from simulacra_services.annotation.persistence.tables import annotations, items
+from simulacra_services.annotation.persistence.tables import categories as categories_table
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from simulacra_services.annotation.blobs import BlobStore
-from simulacra_services.annotation.model import PixelMap
-from simulacra_services.annotation.records import ItemRecord
-from simulacra_services.annotation.row_codec import EncodedItem
+from simulacra_services.annotation.domain.model import PixelMap
+from simulacra_services.annotation.domain.records import ItemRecord
+from simulacra_services.annotation.persistence.blobs import BlobStore
+from simulacra_services.annotation.persistence.row_codec import EncodedItem
 
 T = TypeVar("T")
 

@@ -10,15 +10,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from simulacra_services.annotation import filters as filter_syntax
-from simulacra_services.annotation import queries, validation
-from simulacra_services.annotation.model import Category
+from simulacra_services.annotation.domain import filters as filter_syntax
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain.model import Category
+from simulacra_services.annotation.domain.records import DatasetRecord, Page
+from simulacra_services.annotation.persistence import queries
 from simulacra_services.annotation.persistence import rows
+from simulacra_services.annotation.persistence.row_codec import category_row, dataset_of
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, MAX_DISPLAY_NAME
-from simulacra_services.annotation.records import DatasetRecord, Page
-from simulacra_services.annotation.row_codec import category_row, dataset_of
-from simulacra_services.annotation.tables import annotations, datasets, items, jobs, request_scope, versions
-from simulacra_services.annotation.tables import categories as categories_table
+from simulacra_services.annotation.persistence.tables import annotations, datasets, items, jobs, request_scope, versions
+from simulacra_services.annotation.persistence.tables import categories as categories_table
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest

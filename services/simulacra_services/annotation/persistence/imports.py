@@ -8,11 +8,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from simulacra_services.annotation.domain.prepare import check_request_id
 from simulacra_services.annotation.persistence import rows
 from simulacra_services.annotation.persistence.categories import CategoryRepository
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
-from simulacra_services.annotation.prepare import check_request_id
-from simulacra_services.annotation.tables import items, request_scope
+from simulacra_services.annotation.persistence.tables import items, request_scope
 from simulacra_services.core import errors
 from simulacra_services.core.db import idempotency, transaction
 from simulacra_services.core.jobs import JobRecord as CoreJobRecord

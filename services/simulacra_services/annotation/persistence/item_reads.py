@@ -8,12 +8,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation import queries
-from simulacra_services.annotation.model import Annotation
+from simulacra_services.annotation.domain.model import Annotation
+from simulacra_services.annotation.domain.records import ItemRecord, Page
+from simulacra_services.annotation.persistence import queries
 from simulacra_services.annotation.persistence import rows
 from simulacra_services.annotation.persistence.content import ItemContent
-from simulacra_services.annotation.records import ItemRecord, Page
-from simulacra_services.annotation.row_codec import (
+from simulacra_services.annotation.persistence.row_codec import (
     ANNOTATION_COLUMNS,
     ITEM_COLUMNS,
     NO_ENCODING,
@@ -22,7 +22,7 @@ from simulacra_services.annotation.row_codec import (
     annotation_of,
     item_of,
 )
-from simulacra_services.annotation.tables import annotations, items
+from simulacra_services.annotation.persistence.tables import annotations, items
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest
 

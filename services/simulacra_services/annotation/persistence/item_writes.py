@@ -13,13 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation import validation
-from simulacra_services.annotation.blobs import BlobStore
-from simulacra_services.annotation.model import BoxBoundsPolicy, Category
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain.model import BoxBoundsPolicy, Category
 from simulacra_services.annotation.persistence import rows
+from simulacra_services.annotation.persistence.blobs import BlobStore
 from simulacra_services.annotation.persistence.categories import create_missing
 from simulacra_services.annotation.persistence.item_reads import ItemReader
-from simulacra_services.annotation.prepare import (
+from simulacra_services.annotation.domain.prepare import (
     MAX_ITEMS_PER_BATCH,
     PreparedItem,
     check_annotations,
@@ -29,9 +29,9 @@ from simulacra_services.annotation.prepare import (
     prepare,
     store_blobs,
 )
-from simulacra_services.annotation.records import BatchResult, ItemChanges, ItemRecord, NewItem
-from simulacra_services.annotation.row_codec import annotation_rows, encoded_item, item_row, row_etag
-from simulacra_services.annotation.tables import annotations, datasets, items
+from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord, NewItem
+from simulacra_services.annotation.persistence.row_codec import annotation_rows, encoded_item, item_row, row_etag
+from simulacra_services.annotation.persistence.tables import annotations, datasets, items
 from simulacra_services.core import errors
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.db import transaction, utcnow

@@ -16,11 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from simulacra_services.annotation import codec, queries
-from simulacra_services.annotation.model import Annotation, Category
-from simulacra_services.annotation.row_codec import category_json, category_of
-from simulacra_services.annotation.tables import categories as categories_table
-from simulacra_services.annotation.tables import datasets, items, request_scope, versions
+from simulacra_services.annotation.domain import codec
+from simulacra_services.annotation.domain.model import Annotation, Category
+from simulacra_services.annotation.persistence import queries
+from simulacra_services.annotation.persistence.row_codec import category_json, category_of
+from simulacra_services.annotation.persistence.tables import categories as categories_table
+from simulacra_services.annotation.persistence.tables import datasets, items, request_scope, versions
 from simulacra_services.core import errors
 from simulacra_services.core.db import idempotency, utcnow
 

@@ -7,11 +7,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
+from simulacra_services.annotation.domain.records import Page, VersionRecord
 from simulacra_services.annotation.persistence import rows
+from simulacra_services.annotation.persistence.row_codec import version_of
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION
-from simulacra_services.annotation.records import Page, VersionRecord
-from simulacra_services.annotation.row_codec import version_of
-from simulacra_services.annotation.tables import datasets, jobs, versions
+from simulacra_services.annotation.persistence.tables import datasets, jobs, versions
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest

@@ -21,14 +21,14 @@ from simulacra_client.annotation import AnnotationClient
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.errors import NotFoundError, SimulacraRpcError, from_rpc_error
-from simulacra_services.annotation.convert import (
+from simulacra_services.annotation.api.convert import (
     annotation_from_proto,
     annotation_to_proto,
     category_from_proto,
     lineage_from_proto,
     lineage_to_proto,
 )
-from simulacra_services.annotation.model import Annotation, Category
+from simulacra_services.annotation.domain.model import Annotation, Category
 from simulacra_services.augmentation.jobs.items import NewItem, StoredItem, object_counts
 from simulacra_services.core import errors
 

@@ -15,8 +15,8 @@ from google.protobuf import json_format
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation.convert import annotation_from_proto, annotation_to_proto, category_from_proto, timestamp
-from simulacra_services.annotation.model import Category
+from simulacra_services.annotation.api.convert import annotation_from_proto, annotation_to_proto, category_from_proto, timestamp
+from simulacra_services.annotation.domain.model import Category
 from simulacra_services.augmentation.engine import Augmented, Item, PipelineSpec, canonical, parse_spec
 from simulacra_services.augmentation.persistence.pipelines import StoredPipeline
 from simulacra_services.core import errors

@@ -9,7 +9,7 @@ from typing import Any
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation.convert import timestamp
+from simulacra_services.annotation.api.convert import timestamp
 from simulacra_services.augmentation.api import convert
 from simulacra_services.augmentation.api.convert import MAX_PARTNERS
 from simulacra_services.augmentation.engine import PipelineSpec, canonical, digest

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
-from simulacra_services.annotation.model import AnnotationKind, BoxBoundsPolicy, Category, ImageSize
-from simulacra_services.annotation.validation import validate_annotations
+from simulacra_services.annotation.domain.model import AnnotationKind, BoxBoundsPolicy, Category, ImageSize
+from simulacra_services.annotation.domain.validation import validate_annotations
 from simulacra_services.augmentation.engine import Augmented, Augmenter, Item
 from simulacra_services.core import errors
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulacra_services.annotation.model import Annotation, Category
+from simulacra_services.annotation.domain.model import Annotation, Category
 from simulacra_services.augmentation.engine import rng as rng_module
 from simulacra_services.augmentation.engine.params import invalid
 from simulacra_services.augmentation.engine.ops.mixing import fit

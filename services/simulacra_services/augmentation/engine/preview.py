@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import Box, Keypoints, Mask, Polygon, RotatedBox
+from simulacra_services.annotation.domain.model import Box, Keypoints, Mask, Polygon, RotatedBox
+from simulacra_services.annotation.formats import rle
 from simulacra_services.augmentation.engine.pipeline import Augmented
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]

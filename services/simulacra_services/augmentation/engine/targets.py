@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     CameraIntrinsics,

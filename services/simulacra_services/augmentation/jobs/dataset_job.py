@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from simulacra_services.annotation.records import Lineage
+from simulacra_services.annotation.domain.records import Lineage
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from simulacra_services.augmentation.engine import rng as seeds
 from simulacra_services.augmentation.jobs.items import NewItem, StoredItem, object_counts

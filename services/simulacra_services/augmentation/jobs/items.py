@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulacra_services.annotation.model import Annotation
-from simulacra_services.annotation.records import Lineage
+from simulacra_services.annotation.domain.model import Annotation
+from simulacra_services.annotation.domain.records import Lineage
 
 
 def object_counts(annotations: Sequence[Annotation]) -> Counter[int]:

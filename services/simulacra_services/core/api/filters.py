@@ -1,7 +1,7 @@
 """Filter strings in the manner of AIP-160: parse to an AST, compile to SQLAlchemy.
 
 Shared by every service (``simulacra_services.core.api.filters``); a service
-declares its own fields (see ``annotation.filters.ITEM_FILTER_FIELDS``).
+declares its own fields (see ``annotation.domain.filters.ITEM_FILTER_FIELDS``).
 
 Supported subset (what ``ListItemsRequest.filter`` documents)::
 

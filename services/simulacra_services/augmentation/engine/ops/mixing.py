@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from simulacra_services.annotation import rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     Box,
     Category,

@@ -63,10 +63,11 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.api.common.v1 import common_pb2
 
-from simulacra_services.annotation import filters, importers, mnist, names, yolo
-from simulacra_services.annotation import blobs as blob_rules
-from simulacra_services.annotation.coco import MAX_COCO_BYTES
-from simulacra_services.annotation.job_handlers import (
+from simulacra_services.annotation.domain import filters, names
+from simulacra_services.annotation.formats import importers, mnist, yolo
+from simulacra_services.annotation.formats.coco import MAX_COCO_BYTES
+from simulacra_services.annotation.persistence import blobs as blob_rules
+from simulacra_services.annotation.api.job_handlers import (
     EXPORT,
     EXPORT_FORMATS,
     IMPORT,
@@ -78,7 +79,7 @@ from simulacra_services.annotation.job_handlers import (
     import_source,
     request_of,
 )
-from simulacra_services.annotation.tables import jobs as jobs_table
+from simulacra_services.annotation.persistence.tables import jobs as jobs_table
 from simulacra_services.core import errors
 from simulacra_services.core.api import pagination
 from simulacra_services.core.api.pagination import PageRequest

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from simulacra_services.annotation import codec
-from simulacra_services.annotation.model import Annotation, Category
-from simulacra_services.annotation.prepare import PreparedItem
-from simulacra_services.annotation.records import DatasetRecord, ImageInfo, ItemRecord, Lineage, VersionRecord
-from simulacra_services.annotation.tables import annotations, items
+from simulacra_services.annotation.domain import codec
+from simulacra_services.annotation.domain.model import Annotation, Category
+from simulacra_services.annotation.domain.prepare import PreparedItem
+from simulacra_services.annotation.domain.records import DatasetRecord, ImageInfo, ItemRecord, Lineage, VersionRecord
+from simulacra_services.annotation.persistence.tables import annotations, items
 
 
 def category_json(category: Category) -> dict[str, Any]:

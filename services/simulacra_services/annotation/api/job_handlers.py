@@ -1,7 +1,7 @@
 """The import and export jobs' work, as ``core.jobs`` handlers: no RPCs, no job table here.
 
 A job's spec is ``{"format": ..., "job": <the ImportJob/ExportJob request as protobuf JSON>}``
-(``annotation/jobs.py`` makes it); the result is the ImportResult/ExportResult as protobuf
+(``annotation/api/jobs.py`` makes it); the result is the ImportResult/ExportResult as protobuf
 JSON. The work runs in a worker thread (database and object storage block) and talks to
 its job through ``WorkContext``: progress, and a check between chunks that raises
 ``core.jobs.JobStopped`` when the job must stop.
@@ -23,10 +23,11 @@ from typing import Any
 from google.protobuf import json_format
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 
-from simulacra_services.annotation import blobs as blob_rules
-from simulacra_services.annotation import exporters, importers, names, validation
-from simulacra_services.annotation.exporters import ExportOutput
-from simulacra_services.annotation.model import AnnotationKind, BoxBoundsPolicy
+from simulacra_services.annotation.domain import names, validation
+from simulacra_services.annotation.domain.model import AnnotationKind, BoxBoundsPolicy
+from simulacra_services.annotation.formats import exporters, importers
+from simulacra_services.annotation.formats.exporters import ExportOutput
+from simulacra_services.annotation.persistence import blobs as blob_rules
 from simulacra_services.core import errors
 from simulacra_services.core.jobs import JobContext, JobRecord
 

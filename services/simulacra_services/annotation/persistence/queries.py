@@ -14,10 +14,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from simulacra_services.annotation import filters
-from simulacra_services.annotation.filters import Comparison
-from simulacra_services.annotation.model import Category
-from simulacra_services.annotation.tables import annotations, items
+from simulacra_services.annotation.domain import filters
+from simulacra_services.annotation.domain.filters import Comparison
+from simulacra_services.annotation.domain.model import Category
+from simulacra_services.annotation.persistence.tables import annotations, items
 from simulacra_services.core import errors
 
 

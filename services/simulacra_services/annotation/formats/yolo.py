@@ -25,7 +25,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from simulacra_services.annotation.model import Box, Category, ImageSize
+from simulacra_services.annotation.domain.model import Box, Category, ImageSize
 from simulacra_services.core import errors
 
 MAX_LABEL_FILE_BYTES = 16 * 1024 * 1024

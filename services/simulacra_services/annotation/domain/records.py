@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from simulacra_services.annotation.model import Annotation
+from simulacra_services.annotation.domain.model import Annotation
 
 LINEAGE_KINDS = ("real", "augmented", "synthetic")
 

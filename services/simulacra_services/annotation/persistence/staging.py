@@ -17,25 +17,25 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from simulacra_services.annotation import names, queries
-from simulacra_services.annotation.blobs import SHA256_HEX
-from simulacra_services.annotation.model import BoxBoundsPolicy
+from simulacra_services.annotation.domain import names
+from simulacra_services.annotation.domain.model import BoxBoundsPolicy
+from simulacra_services.annotation.domain.prepare import MAX_ITEMS_PER_BATCH, PINNED_VERSION_NAME, check_request_id
+from simulacra_services.annotation.domain.records import BatchResult, NewItem, VersionRecord
+from simulacra_services.annotation.persistence import queries
+from simulacra_services.annotation.persistence.blobs import SHA256_HEX
+from simulacra_services.annotation.persistence.item_writes import ItemWriter
+from simulacra_services.annotation.persistence.row_codec import annotation_rows, encoded_item, item_row, version_of
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, categories_at, content_digest, dataset_row, insert_items
-from simulacra_services.annotation.prepare import MAX_ITEMS_PER_BATCH, PINNED_VERSION_NAME, check_request_id
-from simulacra_services.annotation.records import BatchResult, NewItem, VersionRecord
-from simulacra_services.annotation.row_codec import annotation_rows, encoded_item, item_row, version_of
-from simulacra_services.annotation.tables import annotations, datasets, items, request_scope, stagings, versions
-from simulacra_services.annotation.tables import categories as categories_table
+from simulacra_services.annotation.persistence.tables import annotations, datasets, items, request_scope, stagings, versions
+from simulacra_services.annotation.persistence.tables import categories as categories_table
+from simulacra_services.annotation.persistence.versions import VersionRepository
 from simulacra_services.core import errors
 from simulacra_services.core.db import idempotency, transaction, utcnow
-
-if TYPE_CHECKING:
-    from simulacra_services.annotation.store import AnnotationStore
 
 STAGING_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -87,8 +87,10 @@ def check_derived_from(source_version: str, pipeline_digest: str) -> None:
 class Stagings:
     """Staged uploads, their commit as a version, and their discard, on the store's tables."""
 
-    def __init__(self, store: AnnotationStore) -> None:
-        self.store = store
+    def __init__(self, writer: ItemWriter, versions: VersionRepository) -> None:
+        self.engine = writer.engine
+        self.writer = writer
+        self.versions = versions
 
     def _row(self, conn: Connection, dataset: Row[Any], staging_id: str) -> Row[Any] | None:
         return conn.execute(
@@ -116,9 +118,9 @@ class Stagings:
                 {"field": path, "count": len(new_items), "limit": MAX_ITEMS_PER_BATCH},
             )
         scope = _scope(dataset_id, staging_id)
-        prepared = self.store.prepare_items(dataset_id, new_items, policy=policy, path=path)
+        prepared = self.writer.prepare(dataset_id, new_items, policy=policy, path=path)
         now = utcnow()
-        with transaction(self.store.engine) as conn:
+        with transaction(self.engine) as conn:
             dataset = dataset_row(conn, dataset_id, lock=True)
             if request_id:
                 response = idempotency.recorded_response(conn, scope, request_id, payload_digest)
@@ -155,7 +157,7 @@ class Stagings:
             for item in prepared:
                 row = {**item_row(dataset.id, item, seq, now, now), "removed_seq": seq + 1}
                 of_item = annotation_rows(dataset.id, 0, item.annotations)
-                row["encoded_item"] = encoded_item(dataset_id, row, of_item, self.store.item_reads.encoding)
+                row["encoded_item"] = encoded_item(dataset_id, row, of_item, self.writer.reader.encoding)
                 rows.append(row)
                 per_item.append(of_item)
             pks = insert_items(conn, rows)
@@ -179,8 +181,8 @@ class Stagings:
             )
         if source_version:
             state = names.parse_version(source_version, "derived_from.source_version")
-            self.store.resolve_version(state.dataset_id, state.version or "latest")  # VERSION_NOT_FOUND / DATASET_NOT_FOUND
-        with transaction(self.store.engine) as conn:
+            self.versions.resolve(state.dataset_id, state.version or "latest")  # VERSION_NOT_FOUND / DATASET_NOT_FOUND
+        with transaction(self.engine) as conn:
             dataset = dataset_row(conn, dataset_id, lock=True)
             staging = self._row(conn, dataset, staging_id)
             if staging is None:
@@ -232,7 +234,7 @@ class Stagings:
     def discard(self, dataset_id: str, staging_id: str) -> None:
         """Remove an uncommitted staging and its rows; nothing when it does not exist."""
         check_staging_id(staging_id)
-        with transaction(self.store.engine) as conn:
+        with transaction(self.engine) as conn:
             dataset = dataset_row(conn, dataset_id, lock=True)
             staging = self._row(conn, dataset, staging_id)
             if staging is None:

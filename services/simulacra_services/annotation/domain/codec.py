@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.domain.model import (
     Annotation,
     AnnotationKind,
     Box,

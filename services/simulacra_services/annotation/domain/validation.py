@@ -46,8 +46,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulacra_services.annotation import names, rle
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.domain import names
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     AnnotationKind,
     Box,

@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from simulacra_services.annotation import codec, names, validation
-from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, BlobStore, check_sha256, inspect_image
-from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
-from simulacra_services.annotation.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
+from simulacra_services.annotation.domain import codec, names, validation
+from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
+from simulacra_services.annotation.domain.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
+from simulacra_services.annotation.persistence.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, BlobStore, check_sha256, inspect_image
 from simulacra_services.core import errors
-from simulacra_services.core.db.idempotency import check_request_id  # noqa: F401 (re-exported: the one rule)
 from simulacra_services.core.budget import PixelBudget
+from simulacra_services.core.db.idempotency import check_request_id  # noqa: F401 (re-exported: the one rule)
 
 MAX_ITEMS_PER_BATCH = 256
 MAX_LINEAGE_CHARS = 1024

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from simulacra_services.annotation import coco, yolo
-from simulacra_services.annotation.importers import JobContext
-from simulacra_services.annotation.model import AnnotationKind, Box, Category, ImageSize
-from simulacra_services.annotation.records import ItemRecord
+from simulacra_services.annotation.domain.model import AnnotationKind, Box, Category, ImageSize
+from simulacra_services.annotation.domain.records import ItemRecord
+from simulacra_services.annotation.formats import coco, yolo
+from simulacra_services.annotation.formats.importers import JobContext
 
 BlobWriter = Callable[[bytes], str]
 """Store bytes as a blob, return its sha256 (``store.blobs.put``)."""

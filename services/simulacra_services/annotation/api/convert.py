@@ -16,8 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.annotation import names
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.domain import names
+from simulacra_services.annotation.domain.model import (
     Annotation,
     AnnotationKind,
     Box,
@@ -40,7 +40,7 @@ from simulacra_services.annotation.model import (
     RotatedBox,
     Vector3,
 )
-from simulacra_services.annotation.records import (
+from simulacra_services.annotation.domain.records import (
     DatasetRecord,
     ImageInput,
     ItemRecord,
@@ -48,7 +48,7 @@ from simulacra_services.annotation.records import (
     NewItem,
     VersionRecord,
 )
-from simulacra_services.annotation.statistics import Histogram, Statistics
+from simulacra_services.annotation.domain.statistics import Histogram, Statistics
 from simulacra_services.core import errors
 from simulacra_services.core.api.enums import known_enum
 

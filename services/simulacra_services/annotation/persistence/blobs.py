@@ -22,7 +22,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from simulacra_services.annotation.records import ImageInfo
+from simulacra_services.annotation.domain.records import ImageInfo
 from simulacra_services.core import errors
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage.blobs import (  # noqa: F401 (the blob rules, re-exported)

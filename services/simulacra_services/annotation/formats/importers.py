@@ -46,10 +46,11 @@ from typing import Any, Protocol, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from simulacra_services.annotation import coco, mnist, validation, yolo
-from simulacra_services.annotation.model import Annotation, BoxBoundsPolicy, Category, ClassLabel, ImageSize
-from simulacra_services.annotation.prepare import PreparedItem, prepare
-from simulacra_services.annotation.records import ImageInput, Lineage, NewItem
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ClassLabel, ImageSize
+from simulacra_services.annotation.domain.prepare import PreparedItem, prepare
+from simulacra_services.annotation.domain.records import ImageInput, Lineage, NewItem
+from simulacra_services.annotation.formats import coco, mnist, yolo
 from simulacra_services.core import errors
 
 _log = logging.getLogger("simulacra.annotation.jobs")

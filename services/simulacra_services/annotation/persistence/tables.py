@@ -139,7 +139,7 @@ annotations = Table(
     Column("score", Float, nullable=True),
     Column("area", Float, nullable=True),
     Column("attributes", JSON, nullable=False),
-    # The kind's payload (see annotation/codec.py); exact (floats round-trip through JSON).
+    # The kind's payload (see annotation/domain/codec.py); exact (floats round-trip through JSON).
     Column("geometry", JSON, nullable=False),
     Index("ix_annotation_annotations_item_row", "item_row", "position"),
     Index("ix_annotation_annotations_category", "dataset", "category_id", "item_row"),

@@ -38,8 +38,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulacra_services.annotation import rle, validation
-from simulacra_services.annotation.model import (
+from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.formats import rle
+from simulacra_services.annotation.domain.model import (
     Annotation,
     AnnotationKind,
     Box,

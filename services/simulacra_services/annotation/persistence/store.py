@@ -20,8 +20,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from simulacra_services.annotation.blobs import MAX_IMAGE_PIXELS, BlobStore
-from simulacra_services.annotation.model import BoxBoundsPolicy, Category
+from simulacra_services.annotation.domain.model import BoxBoundsPolicy, Category
+from simulacra_services.annotation.persistence.blobs import MAX_IMAGE_PIXELS, BlobStore
 from simulacra_services.annotation.persistence.categories import CategoryRepository
 from simulacra_services.annotation.persistence.content import ItemContent
 from simulacra_services.annotation.persistence.datasets import (  # noqa: F401 (re-exported)
@@ -30,16 +30,16 @@ from simulacra_services.annotation.persistence.datasets import (  # noqa: F401 (
     MAX_CATEGORIES_PER_CREATE,
     DatasetRepository,
 )
+from simulacra_services.annotation.domain.prepare import PreparedItem
+from simulacra_services.annotation.domain.records import BatchResult, DatasetRecord, ItemChanges, ItemRecord, NewItem, Page, VersionRecord
+from simulacra_services.annotation.domain.statistics import Statistics
 from simulacra_services.annotation.persistence.imports import DatasetJobRepository
 from simulacra_services.annotation.persistence.item_reads import ITEM_ORDER_COLUMNS, ItemReader  # noqa: F401
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
+from simulacra_services.annotation.persistence.row_codec import NO_ENCODING, EncodedItem, ItemEncoding
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, MAX_DISPLAY_NAME  # noqa: F401
 from simulacra_services.annotation.persistence.statistics import StatisticsRepository
 from simulacra_services.annotation.persistence.versions import VersionRepository
-from simulacra_services.annotation.prepare import PreparedItem
-from simulacra_services.annotation.records import BatchResult, DatasetRecord, ItemChanges, ItemRecord, NewItem, Page, VersionRecord
-from simulacra_services.annotation.row_codec import NO_ENCODING, EncodedItem, ItemEncoding
-from simulacra_services.annotation.statistics import Statistics
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.jobs import JobRecord as CoreJobRecord
 from simulacra_services.core.jobs import JobStore

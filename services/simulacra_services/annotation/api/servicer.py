@@ -3,7 +3,7 @@
 Read it as the table of contents of the service. Domain errors raised here
 or in the store become gRPC statuses with ErrorInfo in the server's
 interceptor. The import/export job RPCs are delegated to the ``JobService``
-of annotation/jobs.py.
+of annotation/api/jobs.py.
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ import numpy as np
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_services.annotation import convert, names, wire
-from simulacra_services.annotation.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
-from simulacra_services.annotation.model import PixelMap
-from simulacra_services.annotation.records import BatchResult, ItemChanges, ItemRecord
-from simulacra_services.annotation.prepare import check_request_id
-from simulacra_services.annotation.row_codec import EncodedItem
-from simulacra_services.annotation.staging import Stagings
-from simulacra_services.annotation.store import AnnotationStore
+from simulacra_services.annotation.api import convert, wire
+from simulacra_services.annotation.domain import names
+from simulacra_services.annotation.domain.model import PixelMap
+from simulacra_services.annotation.domain.prepare import check_request_id
+from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord
+from simulacra_services.annotation.persistence.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
+from simulacra_services.annotation.persistence.row_codec import EncodedItem
+from simulacra_services.annotation.persistence.staging import Stagings
+from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import errors
 from simulacra_services.core.api import blobs as blob_api
 from simulacra_services.core.api import pagination
 
 if TYPE_CHECKING:
-    from simulacra_services.annotation.jobs import JobService
+    from simulacra_services.annotation.api.jobs import JobService
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ class _StreamReader:
     a response takes the next rows up to the item and byte limits, then reads
     only their blobs, so memory stays near two responses whatever the images.
     Most items come with their stored encoding and are sent from it, joined
-    with their image bytes into the response's wire bytes (annotation/wire.py);
+    with their image bytes into the response's wire bytes (annotation/api/wire.py);
     the others are decoded, converted and serialized. The cursor is encoded once per
     response, for its last item.
     """
@@ -127,7 +128,7 @@ class _StreamReader:
             self.last_read = rows[-1].item_id
 
     def next_response(self) -> bytes | None:
-        """The next response, serialized (see annotation/wire.py), or None at the end of the stream."""
+        """The next response, serialized (see annotation/api/wire.py), or None at the end of the stream."""
         self._fill()
         if not self.buffered:
             return None
@@ -164,7 +165,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     def __init__(self, store: AnnotationStore, jobs: JobService) -> None:
         self.store = store
         self.jobs = jobs
-        self.stagings = Stagings(store)
+        self.stagings = Stagings(store.item_writes, store.versions)
 
     # ---- datasets ------------------------------------------------------------
     async def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.aio.ServicerContext) -> api.CreateDatasetResponse:
@@ -260,7 +261,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             except errors.SimulacraError as error:
                 error.metadata.setdefault("item_index", str(index))
                 raise
-        if request.staging_id:  # invisible until CommitStagedVersion (annotation/staging.py)
+        if request.staging_id:  # invisible until CommitStagedVersion (annotation/persistence/staging.py)
             return self.stagings.write_batch(
                 dataset_id, request.staging_id, new_items, request_id=request.request_id, payload_digest=digest,
                 policy=convert.box_bounds_policy(request.box_bounds_policy),
@@ -431,7 +432,7 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
         async for offset, data, size in pieces:
             yield api.ReadBlobResponse(offset=offset, data=data, size_bytes=size)
 
-    # ---- import and export jobs (annotation/jobs.py) ---------------------------
+    # ---- import and export jobs (annotation/api/jobs.py) ---------------------------
     async def CreateImportJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self.jobs.CreateImportJob(request, context)
 
