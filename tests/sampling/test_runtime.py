@@ -220,6 +220,42 @@ async def test_a_cancelled_request_leaves_the_batch_and_disabled_batching_runs_a
     assert alone.sizes == [1] * 5
 
 
+class FailingRun(CountingRun):
+    """A CountingRun whose calls of the sizes in ``fail`` raise."""
+
+    def __init__(self, *fail: int) -> None:
+        super().__init__()
+        self.fail = set(fail)
+
+    def __call__(self, z: np.ndarray, labels: np.ndarray, attributes: np.ndarray | None) -> np.ndarray:
+        out = super().__call__(z, labels, attributes)
+        if len(z) in self.fail:
+            raise RuntimeError(f"no batch of {len(z)}")
+        return out
+
+
+async def test_inference_errors_reach_their_callers_and_a_cancelled_caller_frees_nothing_twice() -> None:
+    run = FailingRun(1, 3)
+    batcher = DynamicBatcher(run, BatchingPolicy(max_batch_size=64, max_queue_delay_us=0))
+    with pytest.raises(RuntimeError, match="no batch of 1"):  # the direct path of a lone request
+        await batcher.infer(np.zeros((1, 2), np.float32), np.zeros(1, np.int64))
+    run.gate.clear()
+    blocker = asyncio.ensure_future(batcher.infer(np.zeros((2, 2), np.float32), np.zeros(2, np.int64)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(batcher.infer(np.zeros((n, 2), np.float32), np.zeros(n, np.int64))) for n in (1, 2)]
+    await asyncio.sleep(0.05)
+    blocker.cancel()  # its inference runs on; its answer goes nowhere
+    run.gate.set()
+    results = await asyncio.gather(blocker, *queued, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, RuntimeError) and "no batch of 3" in str(r) for r in results[1:])  # one batch, one error each
+    out = await batcher.infer(np.zeros((4, 2), np.float32), np.full(4, 2, np.int64))  # the batcher goes on
+    await batcher.close()
+    assert out.shape == (4, 1, 1, 1) and np.all(out == 2) and run.sizes == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="closed"):
+        await batcher.infer(np.zeros((1, 2), np.float32), np.zeros(1, np.int64))
+
+
 def test_one_pass_inputs_equal_the_reference_functions() -> None:
     idx = np.arange(1000, 1064, dtype=np.uint64)
     mixes = [(1.0, 1.0, 1.0), (0.0, 2.0)]
