@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from simulacra_services.core import errors
-from simulacra_services.core.storage.keys import validate_prefix
+from simulacra_services.core.storage.keys import validate_key, validate_prefix
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_CONTENT_TYPE_CHARS = 255
@@ -51,14 +51,19 @@ class ObjectStore(abc.ABC):
     #: which one thread reads faster than thread hand-offs cost.
     prefers_parallel_reads: bool = False
 
-    @abc.abstractmethod
     def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
         """Store everything ``fileobj.read()`` returns until EOF, without holding it all in memory.
 
         An exception raised by ``fileobj`` propagates unchanged and leaves no object.
         """
+        validate_key(key)
+        validate_content_type(content_type)
+        return self._write(key, fileobj, content_type)
 
     @abc.abstractmethod
+    def _write(self, key: str, fileobj: BinaryIO, content_type: str) -> ObjectInfo:
+        """``put_stream`` of a valid key and content type: the backend's own write (``copy_hashing`` gives the checksum)."""
+
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """Yield the object's bytes in chunks of at most ``chunk_size``.
 
@@ -66,6 +71,14 @@ class ObjectStore(abc.ABC):
         raises ``DataLoss("CHECKSUM_MISMATCH")`` then, so a consumer must not
         act on the data before the iterator is exhausted.
         """
+        validate_key(key)
+        check_chunk_size(chunk_size)
+        chunks, sha256 = self._read(key, chunk_size)
+        return verified(key, chunks, sha256)
+
+    @abc.abstractmethod
+    def _read(self, key: str, chunk_size: int) -> tuple[Iterator[bytes], str]:
+        """The object's chunks and the SHA-256 stored with it; ``NotFound`` is raised by this call, not later."""
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:
@@ -195,6 +208,15 @@ def verified(key: str, chunks: Iterator[bytes], expected_sha256: str) -> Iterato
         yield chunk
     if digest.hexdigest() != expected_sha256:
         raise checksum_mismatch(key, expected_sha256, digest.hexdigest())
+
+
+def copy_hashing(source: BinaryIO, sink: BinaryIO) -> str:
+    """Copy ``source`` to ``sink`` ``CHUNK_SIZE`` bytes at a time; the SHA-256 (hex) of what was copied."""
+    digest = hashlib.sha256()
+    while chunk := source.read(CHUNK_SIZE):
+        digest.update(chunk)
+        sink.write(chunk)
+    return digest.hexdigest()
 
 
 def check_chunk_size(chunk_size: int) -> None:

@@ -26,7 +26,6 @@ of another process sharing the directory, and stays.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import tempfile
@@ -42,16 +41,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, sweep by a
     fcntl = None  # type: ignore[assignment]
 
 from simulacra_services.core import errors
-from simulacra_services.core.storage.base import (
-    CHUNK_SIZE,
-    DEFAULT_CONTENT_TYPE,
-    ObjectInfo,
-    ObjectStore,
-    check_chunk_size,
-    object_not_found,
-    validate_content_type,
-    verified,
-)
+from simulacra_services.core.storage.base import ObjectInfo, ObjectStore, copy_hashing, object_not_found
 from simulacra_services.core.storage.keys import OBJECT_SUFFIX, TEMP_PREFIX, is_valid_key, validate_key
 
 HEADER_SIZE = 1024
@@ -83,9 +73,8 @@ class LocalObjectStore(ObjectStore):
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
 
-    def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
+    def _write(self, key: str, fileobj: BinaryIO, content_type: str) -> ObjectInfo:
         path = self._path(key)
-        validate_content_type(content_type)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
@@ -93,12 +82,9 @@ class LocalObjectStore(ObjectStore):
                 fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer": released by the kernel if this process dies
             with os.fdopen(fd, "r+b") as file:
                 file.seek(HEADER_SIZE)  # the header needs the checksum, known only at the end
-                digest = hashlib.sha256()
-                while chunk := fileobj.read(CHUNK_SIZE):
-                    digest.update(chunk)
-                    file.write(chunk)
+                sha256 = copy_hashing(fileobj, file)
                 file.seek(0)
-                file.write(_encode_header(digest.hexdigest(), content_type))
+                file.write(_encode_header(sha256, content_type))
                 file.flush()
                 os.fsync(file.fileno())
                 file.seek(0)
@@ -111,8 +97,7 @@ class LocalObjectStore(ObjectStore):
         _fsync_directory(path.parent)  # makes the rename itself durable
         return info
 
-    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        check_chunk_size(chunk_size)
+    def _read(self, key: str, chunk_size: int) -> tuple[Iterator[bytes], str]:
         path = self._path(key)
         file = self._open(key, path)  # opened now, so that NotFound is raised by this call
         try:
@@ -120,7 +105,7 @@ class LocalObjectStore(ObjectStore):
         except BaseException:
             file.close()
             raise
-        return verified(key, _read_chunks(file, chunk_size), sha256)
+        return _read_chunks(file, chunk_size), sha256
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)

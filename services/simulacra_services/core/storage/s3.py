@@ -26,16 +26,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from simulacra_services.core import errors
-from simulacra_services.core.storage.base import (
-    CHUNK_SIZE,
-    DEFAULT_CONTENT_TYPE,
-    ObjectInfo,
-    ObjectStore,
-    check_chunk_size,
-    object_not_found,
-    validate_content_type,
-    verified,
-)
+from simulacra_services.core.storage.base import DEFAULT_CONTENT_TYPE, ObjectInfo, ObjectStore, copy_hashing, object_not_found, validate_content_type
 from simulacra_services.core.storage.keys import is_valid_key, validate_key
 
 SHA256_METADATA = "sha256"
@@ -108,17 +99,12 @@ class S3ObjectStore(ObjectStore):
         validate_content_type(content_type)
         return self._upload(key, io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest(), content_type)
 
-    def put_stream(self, key: str, fileobj: BinaryIO, *, content_type: str = DEFAULT_CONTENT_TYPE) -> ObjectInfo:
-        validate_key(key)
-        validate_content_type(content_type)
+    def _write(self, key: str, fileobj: BinaryIO, content_type: str) -> ObjectInfo:
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
-            digest = hashlib.sha256()
-            while chunk := fileobj.read(CHUNK_SIZE):
-                digest.update(chunk)
-                spool.write(chunk)
+            sha256 = copy_hashing(fileobj, spool)  # type: ignore[arg-type]
             size = spool.tell()
             spool.seek(0)
-            return self._upload(key, spool, size, digest.hexdigest(), content_type)
+            return self._upload(key, spool, size, sha256, content_type)
 
     def _upload(self, key: str, data: BinaryIO, size: int, sha256: str, content_type: str) -> ObjectInfo:
         with self._translate_errors(key):
@@ -149,9 +135,7 @@ class S3ObjectStore(ObjectStore):
             modified=stat.last_modified or _now(),
         )
 
-    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        validate_key(key)
-        check_chunk_size(chunk_size)
+    def _read(self, key: str, chunk_size: int) -> tuple[Iterator[bytes], str]:
         with self._translate_errors(key):
             response = self._client.get_object(self.bucket, key)
         try:
@@ -160,7 +144,7 @@ class S3ObjectStore(ObjectStore):
         except BaseException:
             _release(response)
             raise
-        return verified(key, self._stream(key, response, chunk_size), sha256)
+        return self._stream(key, response, chunk_size), sha256
 
     def _stream(self, key: str, response: urllib3.BaseHTTPResponse, chunk_size: int) -> Iterator[bytes]:
         try:
