@@ -109,8 +109,14 @@ def category_from_proto(message: pb.Category) -> Category:
 
 
 def category_to_proto(dataset_id: str, category: Category) -> pb.Category:
+    message = category_message(category)
+    message.name = names.category_name(dataset_id, category.category_id)
+    return message
+
+
+def category_message(category: Category) -> pb.Category:
+    """The category as a message without its resource name (what a create request carries)."""
     return pb.Category(
-        name=names.category_name(dataset_id, category.category_id),
         category_id=category.category_id,
         display_name=category.display_name,
         supercategory=category.supercategory,

@@ -25,6 +25,7 @@ from simulacra_services.annotation.api.convert import (
     annotation_from_proto,
     annotation_to_proto,
     category_from_proto,
+    category_message,
     lineage_from_proto,
     lineage_to_proto,
 )
@@ -132,7 +133,7 @@ class AnnotationStoreGateway:
 
     def prepare_target(self, target: str, categories: Sequence[Category], job_id: str) -> None:
         """Create the target (labelled ``augment_job``: ``job_id``) with ``categories``, or add the missing ones."""
-        messages = [self._category(c) for c in categories]
+        messages = [category_message(c) for c in categories]
         try:
             self._client.get_dataset(target)
         except NotFoundError:
@@ -144,17 +145,6 @@ class AnnotationStoreGateway:
         for message in messages:
             if message.category_id not in present:
                 self._call(f"adding category {message.category_id} to {target}", self._client.create_category, target, message)
-
-    @staticmethod
-    def _category(category: Category) -> pb.Category:
-        return pb.Category(
-            category_id=category.category_id,
-            display_name=category.display_name,
-            supercategory=category.supercategory,
-            keypoint_names=list(category.keypoint_names),
-            skeleton=[pb.KeypointPair(first=a, second=b) for a, b in category.skeleton],
-            flip_pairs=[pb.KeypointPair(first=a, second=b) for a, b in category.flip_pairs],
-        )
 
     def open_staging(self, target: str, staging_id: str) -> None:
         """Create the job's staging in ``target`` (an empty batch), so that even a job that writes nothing commits."""

@@ -27,19 +27,7 @@ import cv2
 import numpy as np
 
 from simulacra_services.annotation.formats import rle
-from simulacra_services.annotation.domain.model import (
-    Annotation,
-    Box,
-    Category,
-    ClassLabel,
-    Cuboid3d,
-    Keypoint,
-    Keypoints,
-    Mask,
-    PixelMap,
-    Polygon,
-    RotatedBox,
-)
+from simulacra_services.annotation.domain import model
 from simulacra_services.augmentation.engine.params import Int, IntList, Range, invalid
 from simulacra_services.augmentation.engine.registry import MixOp, register, uniform
 
@@ -50,7 +38,7 @@ class Source:
 
     key: str
     image: np.ndarray
-    annotations: list[Annotation]
+    annotations: list[model.Annotation]
 
 
 def _match(image: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -67,7 +55,7 @@ def _match(image: np.ndarray, like: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def relabel(annotations: Sequence[Annotation], prefix: str) -> list[Annotation]:
+def relabel(annotations: Sequence[model.Annotation], prefix: str) -> list[model.Annotation]:
     """Ids and instance ids prefixed, so that a partner's annotations do not collide with the item's."""
     out = []
     for a in annotations:
@@ -82,18 +70,18 @@ def _pixels_of_box(x0: float, y0: float, x1: float, y1: float, height: int, widt
     return c0, r0, c1, r1
 
 
-def _raster(annotation: Annotation, height: int, width: int) -> np.ndarray | None:
+def _raster(annotation: model.Annotation, height: int, width: int) -> np.ndarray | None:
     g = annotation.geometry
     canvas = np.zeros((height, width), np.uint8)
-    if isinstance(g, Box):
+    if isinstance(g, model.Box):
         c0, r0, c1, r1 = _pixels_of_box(g.x, g.y, g.x + g.w, g.y + g.h, height, width)
         canvas[r0:r1, c0:c1] = 1
-    elif isinstance(g, Polygon):
+    elif isinstance(g, model.Polygon):
         parts = [np.round(np.asarray(p).reshape(-1, 2) * 16 - 8).astype(np.int32) for p in g.parts]
         cv2.fillPoly(canvas, parts, 1, shift=4)
-    elif isinstance(g, Mask):
+    elif isinstance(g, model.Mask):
         canvas = rle.decode(rle.counts_of(g.counts, g.height, g.width), g.height, g.width)
-    elif isinstance(g, RotatedBox):
+    elif isinstance(g, model.RotatedBox):
         corners = cv2.boxPoints(((g.cx - 0.5, g.cy - 0.5), (g.w, g.h), g.angle_degrees))
         cv2.fillPoly(canvas, [np.round(corners * 16).astype(np.int32)], 1, shift=4)
     else:
@@ -101,35 +89,35 @@ def _raster(annotation: Annotation, height: int, width: int) -> np.ndarray | Non
     return canvas
 
 
-def occlude(annotations: Sequence[Annotation], hole: np.ndarray, policy: Any, path: str) -> tuple[list[Annotation], int]:
+def occlude(annotations: Sequence[model.Annotation], hole: np.ndarray, policy: Any, path: str) -> tuple[list[model.Annotation], int]:
     """The annotations with what ``hole`` (bool [H, W]) covers hidden; and how many were dropped."""
     height, width = hole.shape
     if not hole.any():
         return list(annotations), 0
     shapes: dict[str, np.ndarray] = {}
-    out: list[Annotation | None] = []
+    out: list[model.Annotation | None] = []
     for index, a in enumerate(annotations):
         g = a.geometry
-        if isinstance(g, (Cuboid3d, PixelMap)):
+        if isinstance(g, (model.Cuboid3d, model.PixelMap)):
             if policy.drop_untransformable:
                 out.append(None)
                 continue
             raise invalid("ANNOTATION_NOT_TRANSFORMABLE", f"{path}[{index}]", f"a {a.kind.value} annotation cannot be mixed with other items consistently")
-        if isinstance(g, ClassLabel):
+        if isinstance(g, model.ClassLabel):
             out.append(a)
             continue
-        if isinstance(g, Keypoints):
+        if isinstance(g, model.Keypoints):
             points = tuple(
-                Keypoint(p.x, p.y, 1) if p.visibility == 2 and 0 <= int(p.y) < height and 0 <= int(p.x) < width and hole[int(p.y), int(p.x)] else p
+                model.Keypoint(p.x, p.y, 1) if p.visibility == 2 and 0 <= int(p.y) < height and 0 <= int(p.x) < width and hole[int(p.y), int(p.x)] else p
                 for p in g.points
             )
-            out.append(dataclasses.replace(a, geometry=Keypoints(points)))
+            out.append(dataclasses.replace(a, geometry=model.Keypoints(points)))
             continue
         canvas = _raster(a, height, width)
         before = int(canvas.sum())
         if before == 0 or not (canvas.astype(bool) & hole).any():
             out.append(a)
-            if a.instance_id and isinstance(g, (Polygon, Mask)):
+            if a.instance_id and isinstance(g, (model.Polygon, model.Mask)):
                 shapes.setdefault(a.instance_id, canvas.astype(bool))
             continue
         visible = canvas.astype(bool) & ~hole
@@ -137,22 +125,22 @@ def occlude(annotations: Sequence[Annotation], hole: np.ndarray, policy: Any, pa
         if after == 0 or after / before + 1e-9 < policy.min_visibility or after < policy.min_area_pixels:
             out.append(None)
             continue
-        if a.instance_id and isinstance(g, (Polygon, Mask)):
+        if a.instance_id and isinstance(g, (model.Polygon, model.Mask)):
             shapes[a.instance_id] = visible
-        if isinstance(g, Mask):
+        if isinstance(g, model.Mask):
             counts = rle.encode(visible)
-            new: Any = Mask(height, width, rle.compress(counts) if g.compressed else tuple(counts))
+            new: Any = model.Mask(height, width, rle.compress(counts) if g.compressed else tuple(counts))
             out.append(dataclasses.replace(a, geometry=new, area=None if a.area is None else float(after)))
-        elif isinstance(g, Polygon):
+        elif isinstance(g, model.Polygon):
             contours, _ = cv2.findContours(visible.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             parts = tuple(tuple(float(v) + 0.5 for v in c.reshape(-1)) for c in contours if len(c) >= 3)
-            out.append(dataclasses.replace(a, geometry=Polygon(parts), area=None if a.area is None else float(after)) if parts else None)
-        elif isinstance(g, Box):
+            out.append(dataclasses.replace(a, geometry=model.Polygon(parts), area=None if a.area is None else float(after)) if parts else None)
+        elif isinstance(g, model.Box):
             out.append(a)  # replaced below, once the instance shapes are known
         else:
             out.append(a)  # a rotated box keeps its geometry while enough of it shows
     for index, a in enumerate(out):
-        if a is None or not isinstance(a.geometry, Box):
+        if a is None or not isinstance(a.geometry, model.Box):
             continue
         region = shapes.get(a.instance_id) if a.instance_id else None
         if region is None:
@@ -164,7 +152,7 @@ def occlude(annotations: Sequence[Annotation], hole: np.ndarray, policy: Any, pa
         if len(xs) == 0:
             out[index] = None
             continue
-        box = Box(float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min()))
+        box = model.Box(float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min()))
         if box.w < policy.min_width or box.h < policy.min_height:
             out[index] = None
             continue
@@ -237,12 +225,12 @@ class Mosaic(MixOp):
         out = np.zeros_like(image)
         tiles = [(image, list(annotations))] + [(src.image, src.annotations) for src in sources[:3]]
         quadrants = [(0, 0, cx, cy), (cx, 0, w, cy), (0, cy, cx, h), (cx, cy, w, h)]
-        result: list[Annotation] = []
+        result: list[model.Annotation] = []
         dropped = 0
         for index, ((tile, tile_annotations), (qx0, qy0, qx1, qy1)) in enumerate(zip(tiles, quadrants)):
             qw, qh = qx1 - qx0, qy1 - qy0
             if qw <= 0 or qh <= 0:
-                dropped += sum(1 for a in tile_annotations if not isinstance(a.geometry, ClassLabel)) if index == 0 else 0
+                dropped += sum(1 for a in tile_annotations if not isinstance(a.geometry, model.ClassLabel)) if index == 0 else 0
                 continue
             # Each tile touches the mosaic centre with its inner corner.
             anchor_x = qx1 - w * s if index in (0, 2) else qx0
@@ -275,10 +263,10 @@ class CopyPaste(MixOp):
     def mix(self, values, rng, image, annotations, sources, policy, path):
         h, w = image.shape[:2]
         wanted = {int(c) for c in values["category_ids"]}
-        candidates: list[tuple[int, Annotation]] = []
+        candidates: list[tuple[int, model.Annotation]] = []
         for number, source in enumerate(sources):
             for a in source.annotations:
-                if isinstance(a.geometry, (Mask, Polygon)) and (not wanted or a.category_id in wanted):
+                if isinstance(a.geometry, (model.Mask, model.Polygon)) and (not wanted or a.category_id in wanted):
                     candidates.append((number, a))
         if not candidates:
             return image, list(annotations), 0
@@ -299,15 +287,15 @@ class CopyPaste(MixOp):
             pasted = [shape] + siblings
             # The pasted object is whole: its box is the box of its mask.
             ys, xs = np.nonzero(mask)
-            tight = Box(float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1))
-            pasted = [dataclasses.replace(a, geometry=tight) if isinstance(a.geometry, Box) else a for a in pasted]
-            if not any(isinstance(a.geometry, Box) for a in pasted):
-                pasted.append(Annotation(tight, shape.category_id, id=f"{shape.id}.box"[:64] if shape.id else "", instance_id=shape.instance_id))
+            tight = model.Box(float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1))
+            pasted = [dataclasses.replace(a, geometry=tight) if isinstance(a.geometry, model.Box) else a for a in pasted]
+            if not any(isinstance(a.geometry, model.Box) for a in pasted):
+                pasted.append(model.Annotation(tight, shape.category_id, id=f"{shape.id}.box"[:64] if shape.id else "", instance_id=shape.instance_id))
             result.extend(pasted)
         return out_image, result, dropped
 
 
-def fit(source_key: str, image: np.ndarray, annotations: Sequence[Annotation], like: np.ndarray, categories: Mapping[int, Category], prefix: str, path: str) -> Source:
+def fit(source_key: str, image: np.ndarray, annotations: Sequence[model.Annotation], like: np.ndarray, categories: Mapping[int, model.Category], prefix: str, path: str) -> Source:
     """A partner resized to the frame of ``like`` (annotations with it), relabelled with ``prefix``."""
     from simulacra_services.augmentation.engine.ops.geometric import scaling
     from simulacra_services.augmentation.engine.spec import AnnotationPolicy
