@@ -25,7 +25,7 @@ from simulacra_services.annotation.api import convert, wire
 from simulacra_services.annotation.domain import names
 from simulacra_services.annotation.domain.model import PixelMap
 from simulacra_services.annotation.domain.prepare import check_request_id
-from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord
+from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord, ItemSlice
 from simulacra_services.annotation.persistence.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
 from simulacra_services.annotation.persistence.row_codec import EncodedItem
 from simulacra_services.annotation.persistence.staging import Stagings
@@ -118,10 +118,8 @@ class _StreamReader:
         """Top the buffer up to a full response when the database has more rows."""
         if self.exhausted or len(self.buffered) >= self.items_per_response:
             return
-        rows = self.store.stream_page(
-            self.dataset_id, self.version, filter=self.filter, after_item_id=self.last_read,
-            shard_index=self.shard_index, shard_count=self.shard_count, limit=self.read_rows,
-        )
+        where = ItemSlice(self.filter, self.last_read, self.shard_index, self.shard_count)
+        rows = self.store.stream_page(self.dataset_id, self.version, where, limit=self.read_rows)
         self.buffered.extend(rows)
         self.exhausted = len(rows) < self.read_rows
         if rows:

@@ -157,3 +157,13 @@ class Page:
 
     records: list
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class ItemSlice:
+    """Which items of a state a page reads: those the filter selects, of one shard, after ``after_item_id``."""
+
+    filter: str = ""
+    after_item_id: str = ""
+    shard_index: int = 0
+    shard_count: int = 0  # 0 or 1: no sharding

@@ -36,7 +36,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from simulacra_services.annotation.domain.model import AnnotationKind, Box, Category, ImageSize
-from simulacra_services.annotation.domain.records import ItemRecord
+from simulacra_services.annotation.domain.records import ItemRecord, ItemSlice
 from simulacra_services.annotation.formats import coco, yolo
 from simulacra_services.annotation.formats.importers import JobContext
 
@@ -192,7 +192,7 @@ def run_export(
     done, last = 0, ""
     while True:
         context.checkpoint("export", done // chunk_size)
-        page = store.item_page(dataset_id, version, filter=filter, after_item_id=last, limit=chunk_size)
+        page = store.item_page(dataset_id, version, ItemSlice(filter, after_item_id=last), limit=chunk_size)
         if not page:
             break
         if isinstance(exporter, CocoExporter):

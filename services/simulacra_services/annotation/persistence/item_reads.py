@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
 from simulacra_services.annotation.domain.model import Annotation
-from simulacra_services.annotation.domain.records import ItemRecord, Page
+from simulacra_services.annotation.domain.records import ItemRecord, ItemSlice, Page
 from simulacra_services.annotation.persistence import queries
 from simulacra_services.annotation.persistence import rows
 from simulacra_services.annotation.persistence.content import ItemContent
@@ -114,49 +115,26 @@ class ItemReader:
         if version == "latest":
             with self.engine.connect() as conn:
                 version = int(rows.version_row(conn, rows.dataset_row(conn, dataset_id), "latest").version)
-        last = after_item_id
+        where = ItemSlice(filter, after_item_id, shard_index, shard_count)
         while True:
-            page = self.page(
-                dataset_id, version, filter=filter, after_item_id=last, shard_index=shard_index,
-                shard_count=shard_count, limit=page_size,
-            )
+            page = self.page(dataset_id, version, where, limit=page_size)
             for record in page:
                 yield self.content.with_pixel_data(record) if full else record
             if len(page) < page_size:
                 return
-            last = page[-1].item_id
+            where = dataclasses.replace(where, after_item_id=page[-1].item_id)
 
-    def page(
-        self,
-        dataset_id: str,
-        version: str | int | None,
-        *,
-        filter: str = "",
-        after_item_id: str = "",
-        shard_index: int = 0,
-        shard_count: int = 0,
-        limit: int = 256,
-    ) -> list[ItemRecord]:
-        """Up to ``limit`` items after ``after_item_id`` in item_id order (pixel data not loaded)."""
+    def page(self, dataset_id: str, version: str | int | None, where: ItemSlice, *, limit: int = 256) -> list[ItemRecord]:
+        """Up to ``limit`` items of the slice, in item_id order (pixel data not loaded)."""
         with self.engine.connect() as conn:
-            number, found = _page_rows(conn, dataset_id, version, filter, after_item_id, shard_index, shard_count, limit, ITEM_COLUMNS)
+            number, found = _page_rows(conn, dataset_id, version, where, limit, ITEM_COLUMNS)
             return records_of(conn, dataset_id, number, found)
 
-    def stream_page(
-        self,
-        dataset_id: str,
-        version: str | int | None,
-        *,
-        filter: str = "",
-        after_item_id: str = "",
-        shard_index: int = 0,
-        shard_count: int = 0,
-        limit: int = 256,
-    ) -> list[EncodedItem | ItemRecord]:
+    def stream_page(self, dataset_id: str, version: str | int | None, where: ItemSlice, *, limit: int = 256) -> list[EncodedItem | ItemRecord]:
         """``page`` for streams: the items whose rows hold a current encoding come as ``EncodedItem``
         (nothing decoded), the others (pixel maps, rows older than the encoding) as records."""
         with self.engine.connect() as conn:
-            number, found = _page_rows(conn, dataset_id, version, filter, after_item_id, shard_index, shard_count, limit, _STREAM_COLUMNS)
+            number, found = _page_rows(conn, dataset_id, version, where, limit, _STREAM_COLUMNS)
             usable = self.encoding.is_current
             others = [row.id for row in found if not usable(row.encoded_item)]
             if not others:
@@ -200,13 +178,12 @@ def records_of(conn: Connection, dataset_id: str, version: int, found: Sequence[
 
 
 def _page_rows(
-    conn: Connection, dataset_id: str, version: str | int | None, filter: str,
-    after_item_id: str, shard_index: int, shard_count: int, limit: int, columns: Sequence[Any],
+    conn: Connection, dataset_id: str, version: str | int | None, where: ItemSlice, limit: int, columns: Sequence[Any]
 ) -> tuple[int, list[Row[Any]]]:
-    """The version number read and up to ``limit`` rows after ``after_item_id`` of a shard, in item_id order."""
-    _, _, number, statement = item_query(conn, dataset_id, version, filter, columns)
-    if after_item_id:
-        statement = statement.where(items.c.item_id > after_item_id)
-    if shard_count > 1:
-        statement = statement.where(items.c.shard_hash % shard_count == shard_index)
+    """The version number read and up to ``limit`` rows of the slice, in item_id order."""
+    _, _, number, statement = item_query(conn, dataset_id, version, where.filter, columns)
+    if where.after_item_id:
+        statement = statement.where(items.c.item_id > where.after_item_id)
+    if where.shard_count > 1:
+        statement = statement.where(items.c.shard_hash % where.shard_count == where.shard_index)
     return number, list(conn.execute(statement.order_by(items.c.item_id).limit(limit)).all())
