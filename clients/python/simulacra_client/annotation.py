@@ -17,6 +17,7 @@ one ``JobCancelledError``. Only grpcio, protobuf and numpy are needed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -58,6 +59,32 @@ FIND_MISSING_LIMIT = 10_000
 MAX_BATCH_ITEMS = 256
 TERMINAL_STATES = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 _WATCH_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """The RPCs of one kind of job (import or export): ``Get{noun}Job``, ``List{noun}Jobs``, ...
+
+    The job methods of the clients are written once, for either kind.
+    """
+
+    noun: str  # "Import"
+    field: str  # the job's field in responses and its list's field without the "s": "import_job"
+    doing: str  # what a failed wait says it was doing: "importing"
+    get: type
+    listing: type
+    cancel: type
+    watch: type
+
+
+IMPORT_JOBS = JobKind(
+    "Import", "import_job", "importing",
+    rpc.GetImportJobRequest, rpc.ListImportJobsRequest, rpc.CancelImportJobRequest, rpc.WatchImportJobRequest,
+)
+EXPORT_JOBS = JobKind(
+    "Export", "export_job", "exporting",
+    rpc.GetExportJobRequest, rpc.ListExportJobsRequest, rpc.CancelExportJobRequest, rpc.WatchExportJobRequest,
+)
 _DATASET_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _VERSION = re.compile(r"[1-9][0-9]{0,18}|latest")
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -597,40 +624,53 @@ class AnnotationClient(ServiceClient):
         return self._call("CreateImportJob", create_import_job_request(dataset, job, request_id)).import_job
 
     def get_import_job(self, name: str) -> pb.ImportJob:
-        return self._call("GetImportJob", rpc.GetImportJobRequest(name=name)).import_job
+        return self._get_job(IMPORT_JOBS, name)
 
     def list_import_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ImportJob]:
-        return self._paged("ListImportJobs", rpc.ListImportJobsRequest(parent=jobs_parent(dataset), filter=filter), "import_jobs")
+        return self._list_jobs(IMPORT_JOBS, dataset, filter)
 
     def cancel_import_job(self, name: str) -> pb.ImportJob:
-        return self._call("CancelImportJob", rpc.CancelImportJobRequest(name=name)).import_job
+        return self._cancel_job(IMPORT_JOBS, name)
 
     def watch_import_job(self, name: str) -> Iterator[pb.ImportJob]:
         """Snapshots of the job until it ends (the last one has a terminal state)."""
-        return self._watch("WatchImportJob", rpc.WatchImportJobRequest(name=name), "import_job", lambda: self.get_import_job(name))
+        return self._watch_job(IMPORT_JOBS, name)
 
     def wait_import_job(self, name: str, *, progress: ProgressCallback | None = None) -> pb.ImportJob:
         """Watch the job to its end; the final job when it SUCCEEDED, else JobFailedError/JobCancelledError."""
-        return _finish(self.watch_import_job(name), "importing", progress)
+        return _finish(self.watch_import_job(name), IMPORT_JOBS.doing, progress)
 
     # ---- export jobs ------------------------------------------------------
     def create_export_job(self, reference: str, job: pb.ExportJob, *, request_id: str | None = None) -> pb.ExportJob:
         return self._call("CreateExportJob", create_export_job_request(reference, job, request_id)).export_job
 
     def get_export_job(self, name: str) -> pb.ExportJob:
-        return self._call("GetExportJob", rpc.GetExportJobRequest(name=name)).export_job
+        return self._get_job(EXPORT_JOBS, name)
 
     def list_export_jobs(self, dataset: str = "-", *, filter: str = "") -> Iterator[pb.ExportJob]:
-        return self._paged("ListExportJobs", rpc.ListExportJobsRequest(parent=jobs_parent(dataset), filter=filter), "export_jobs")
+        return self._list_jobs(EXPORT_JOBS, dataset, filter)
 
     def cancel_export_job(self, name: str) -> pb.ExportJob:
-        return self._call("CancelExportJob", rpc.CancelExportJobRequest(name=name)).export_job
+        return self._cancel_job(EXPORT_JOBS, name)
 
     def watch_export_job(self, name: str) -> Iterator[pb.ExportJob]:
-        return self._watch("WatchExportJob", rpc.WatchExportJobRequest(name=name), "export_job", lambda: self.get_export_job(name))
+        return self._watch_job(EXPORT_JOBS, name)
 
     def wait_export_job(self, name: str, *, progress: ProgressCallback | None = None) -> pb.ExportJob:
-        return _finish(self.watch_export_job(name), "exporting", progress)
+        return _finish(self.watch_export_job(name), EXPORT_JOBS.doing, progress)
+
+    # ---- either kind of job (JobKind) ----------------------------------------
+    def _get_job(self, kind: JobKind, name: str) -> Any:
+        return getattr(self._call(f"Get{kind.noun}Job", kind.get(name=name)), kind.field)
+
+    def _list_jobs(self, kind: JobKind, dataset: str, filter: str) -> Iterator[Any]:
+        return self._paged(f"List{kind.noun}Jobs", kind.listing(parent=jobs_parent(dataset), filter=filter), f"{kind.field}s")
+
+    def _cancel_job(self, kind: JobKind, name: str) -> Any:
+        return getattr(self._call(f"Cancel{kind.noun}Job", kind.cancel(name=name)), kind.field)
+
+    def _watch_job(self, kind: JobKind, name: str) -> Iterator[Any]:
+        return self._watch(f"Watch{kind.noun}Job", kind.watch(name=name), kind.field, lambda: self._get_job(kind, name))
 
     def _watch(self, method: str, request: Any, field: str, get: Callable[[], Any]) -> Iterator[Any]:
         backoff = Backoff(self.resume_policy(_WATCH_RETRIES))
@@ -740,35 +780,25 @@ class AnnotationClient(ServiceClient):
         return self.wait_import_job(job.name, progress=progress)
 
     # ---- exports ------------------------------------------------------------
-    def export_coco(
+    def export(
         self,
         reference: str,
         out_dir: str | os.PathLike[str],
         *,
+        format: int,
         filter: str = "",
         skip_images: bool = False,
         progress: ProgressCallback | None = None,
     ) -> pb.ExportJob:
-        """Export ``NAME@VERSION`` as COCO into ``out_dir`` (annotations.json + images/...)."""
-        return self._export(reference, out_dir, pb.EXPORT_FORMAT_COCO, filter, skip_images, progress)
-
-    def export_yolo(
-        self,
-        reference: str,
-        out_dir: str | os.PathLike[str],
-        *,
-        filter: str = "",
-        skip_images: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> pb.ExportJob:
-        """Export ``NAME@VERSION`` as YOLO into ``out_dir`` (data.yaml, images/SPLIT/..., labels/SPLIT/...)."""
-        return self._export(reference, out_dir, pb.EXPORT_FORMAT_YOLO, filter, skip_images, progress)
-
-    def _export(self, reference: str, out_dir: str | os.PathLike[str], format: int, filter: str, skip_images: bool, progress: ProgressCallback | None) -> pb.ExportJob:
+        """Export ``NAME@VERSION`` in ``format`` into ``out_dir``: COCO writes annotations.json + images/...,
+        YOLO data.yaml, images/SPLIT/... and labels/SPLIT/... (``export_coco``, ``export_yolo``)."""
         job = self.create_export_job(reference, pb.ExportJob(format=format, filter=filter, skip_images=skip_images))
         job = self.wait_export_job(job.name, progress=progress)
         self.download_files(job.result.files, out_dir, progress=progress)
         return job
+
+    export_coco = functools.partialmethod(export, format=pb.EXPORT_FORMAT_COCO)
+    export_yolo = functools.partialmethod(export, format=pb.EXPORT_FORMAT_YOLO)
 
     def download_files(self, files: Sequence[pb.ManifestFile], out_dir: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> None:
         """Download manifest files under ``out_dir``, each verified; paths that would leave ``out_dir`` are refused."""

@@ -17,7 +17,7 @@ the resolved version, and the caller sees exactly the samples of an unbroken str
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -139,11 +139,23 @@ def sample_request(
 
 @dataclass
 class _StreamState:
-    """Where a stream is, so that a broken one reopens exactly after the last sample received."""
+    """Where a stream is, so that a broken one reopens exactly after the last sample received,
+    and how often it may still be reopened (``backoff``, reset by every batch received)."""
 
     request: rpc.StreamSamplesRequest
+    backoff: Backoff
+    counted: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.counted = self.request.count > 0
+
+    @property
+    def complete(self) -> bool:
+        """A stream of ``count`` samples that broke after its last one: nothing to reopen."""
+        return self.counted and self.request.count == 0
 
     def advance(self, response: rpc.StreamSamplesResponse) -> SampleBatch:
+        self.backoff.reset()
         indices = list(response.indices) or list(range(response.start_index, response.start_index + len(response.labels)))
         request = self.request
         request.generator = response.generator  # resume on the resolved version, never a moved alias
@@ -224,19 +236,16 @@ class SamplingClient(ServiceClient):
         Options: those of ``sample`` plus count (0: endless), batch_size, shard_index,
         shard_count, max_in_flight. Stopping the iteration cancels the call.
         """
-        state = _StreamState(stream_request(generator, **options))
-        counted = state.request.count > 0
-        backoff = Backoff(self.resume_policy(resumes))
+        state = _StreamState(stream_request(generator, **options), Backoff(self.resume_policy(resumes)))
         while True:
             try:
                 for response in self._raw.stream("StreamSamples", state.request):
                     yield state.advance(response)
-                    backoff.reset()
                 return
             except UnavailableError:
-                if counted and state.request.count == 0:
+                if state.complete:
                     return
-                if not backoff.sleep():
+                if not state.backoff.sleep():
                     raise
 
 
@@ -284,17 +293,14 @@ class AsyncSamplingClient(ServiceClient):
         return _batch(response, list(response.indices))
 
     async def stream(self, generator: str, *, resumes: int = STREAM_RESUMES, **options: Any) -> AsyncIterator[SampleBatch]:
-        state = _StreamState(stream_request(generator, **options))
-        counted = state.request.count > 0
-        backoff = Backoff(self.resume_policy(resumes))
+        state = _StreamState(stream_request(generator, **options), Backoff(self.resume_policy(resumes)))
         while True:
             try:
                 async for response in self._raw.stream("StreamSamples", state.request):
                     yield state.advance(response)
-                    backoff.reset()
                 return
             except UnavailableError:
-                if counted and state.request.count == 0:
+                if state.complete:
                     return
-                if not await backoff.sleep_async():
+                if not await state.backoff.sleep_async():
                     raise
