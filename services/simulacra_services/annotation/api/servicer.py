@@ -28,7 +28,7 @@ from simulacra_services.annotation.domain.prepare import check_request_id
 from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord, ItemSlice
 from simulacra_services.annotation.persistence.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
 from simulacra_services.annotation.persistence.row_codec import EncodedItem
-from simulacra_services.annotation.persistence.staging import Stagings
+from simulacra_services.annotation.persistence.staging import Stagings, check_staging_id
 from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import errors
 from simulacra_services.core.api import blobs as blob_api
@@ -259,14 +259,13 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
             except errors.SimulacraError as error:
                 error.metadata.setdefault("item_index", str(index))
                 raise
+        policy = convert.box_bounds_policy(request.box_bounds_policy)
         if request.staging_id:  # invisible until CommitStagedVersion (annotation/persistence/staging.py)
-            return self.stagings.write_batch(
-                dataset_id, request.staging_id, new_items, request_id=request.request_id, payload_digest=digest,
-                policy=convert.box_bounds_policy(request.box_bounds_policy),
-            )
+            check_staging_id(request.staging_id)  # before any blob is stored
+            prepared = self.store.prepare_batch(dataset_id, new_items, policy=policy)
+            return self.stagings.write_batch(dataset_id, request.staging_id, prepared, request_id=request.request_id, payload_digest=digest)
         return self.store.write_batch(
-            dataset_id, new_items, request_id=request.request_id, payload_digest=digest,
-            policy=convert.box_bounds_policy(request.box_bounds_policy),
+            dataset_id, new_items, request_id=request.request_id, payload_digest=digest, policy=policy,
         )
 
     def _items_to_proto(self, records: list[ItemRecord], full: bool) -> list[pb.Item]:

@@ -23,9 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from simulacra_services.annotation.domain import names
-from simulacra_services.annotation.domain.model import BoxBoundsPolicy
-from simulacra_services.annotation.domain.prepare import MAX_ITEMS_PER_BATCH, PINNED_VERSION_NAME, check_request_id
-from simulacra_services.annotation.domain.records import BatchResult, NewItem, VersionRecord
+from simulacra_services.annotation.domain.prepare import PINNED_VERSION_NAME, PreparedItem, check_request_id
+from simulacra_services.annotation.domain.records import BatchResult, VersionRecord
 from simulacra_services.annotation.persistence import queries
 from simulacra_services.annotation.persistence.blobs import SHA256_HEX
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
@@ -98,27 +97,14 @@ class Stagings:
         ).first()
 
     def write_batch(
-        self,
-        dataset_id: str,
-        staging_id: str,
-        new_items: Sequence[NewItem],
-        *,
-        request_id: str = "",
-        payload_digest: str = "",
-        policy: BoxBoundsPolicy = BoxBoundsPolicy.REJECT,
-        path: str = "items",
+        self, dataset_id: str, staging_id: str, prepared: Sequence[PreparedItem], *, request_id: str = "", payload_digest: str = ""
     ) -> BatchResult:
-        """Validate a batch against the working state's categories, store its blobs, insert it invisibly."""
+        """Insert a batch checked against the working state's categories, its blobs stored
+        (``ItemWriter.prepare_batch``; check the staging id before, ``check_staging_id``), invisibly."""
         check_staging_id(staging_id)
         if request_id:
             check_request_id(request_id)
-        if len(new_items) > MAX_ITEMS_PER_BATCH:
-            raise errors.InvalidArgument(
-                "TOO_MANY_ITEMS", f"{path}: {len(new_items)} items in one batch, at most {MAX_ITEMS_PER_BATCH}",
-                {"field": path, "count": len(new_items), "limit": MAX_ITEMS_PER_BATCH},
-            )
         scope = _scope(dataset_id, staging_id)
-        prepared = self.writer.prepare(dataset_id, new_items, policy=policy, path=path)
         now = utcnow()
         with transaction(self.engine) as conn:
             dataset = dataset_row(conn, dataset_id, lock=True)

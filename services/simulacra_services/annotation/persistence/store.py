@@ -115,6 +115,7 @@ class AnnotationStore:
 
     # items: writes -------------------------------------------------------
     prepare_items = _forward("item_writes", ItemWriter.prepare)
+    prepare_batch = _forward("item_writes", ItemWriter.prepare_batch)
     replayed_batch = _forward("item_writes", ItemWriter.replayed_batch)
     write_batch = _forward("item_writes", ItemWriter.write_batch)
     commit_items = _forward("item_writes", ItemWriter.commit)
