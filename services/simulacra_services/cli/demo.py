@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gan-steps", type=int, default=4000, help="training steps of the enhanced GAN")
     parser.add_argument("--generator", default="", help="use this served generator (models/M/versions/V) instead of training one")
     parser.add_argument(
-        "--synthetic-confidence", type=float, default=0.9,
+        "--synthetic-confidence", type=float, default=0.5,
         help="keep a synthetic digit only when a classifier trained on the real training digits gives its label at least this (0: keep all)",
     )
-    parser.add_argument("--synthetic-share", type=float, default=0.0, help="share of each batch that is synthetic (0: an equal share per source)")
+    parser.add_argument("--synthetic-share", type=float, default=0.15, help="share of each batch that is synthetic (0: an equal share per source)")
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Plan:
     gan_steps: int = 4000
     evaluation_samples: int = 1000  # synthetic and real samples of the generator's quality report
     generator: str = ""
-    synthetic_confidence: float = 0.9
-    synthetic_share: float = 0.0
+    synthetic_confidence: float = 0.5  # docs/results.md: the label filter and the synthetic share, measured
+    synthetic_share: float = 0.15
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, settings: Settings) -> Plan:
