@@ -58,6 +58,9 @@ class Augmented:
     dropped_annotations: int
     partner_keys: tuple[str, ...] = ()
     """Keys of the partners mixing ops used, in order (the other sources of this item)."""
+    resamplings: tuple[Step, ...] = ()
+    """The geometric resamplings the image went through since its last mixing op (or its input), in
+    order: what the annotations were moved through (for tests and debugging)."""
 
     @property
     def applied_ops(self) -> tuple[int, ...]:
@@ -80,6 +83,7 @@ class _State:
     width: int = 0
     resampling: Resampling | None = None
     steps: list[Step] = field(default_factory=list)
+    done: list[Step] = field(default_factory=list)  # steps already moved the annotations (since the last mix)
     base: tuple[int, int] = (0, 0)  # frame the pending steps start from
     dropped: int = 0
 
@@ -180,6 +184,7 @@ class Augmenter:
                 state.dropped += dropped
                 partner_keys.extend(s.key for s in sources)
                 state.base = state.image.shape[:2]
+                state.done = []
             elif isinstance(op, FieldOp):
                 self._flush(state, pixels)
                 sampled = op.sample(node.values, generator, state.height, state.width)
@@ -202,6 +207,7 @@ class Augmenter:
             applied_paths=tuple(applied),
             dropped_annotations=state.dropped,
             partner_keys=tuple(partner_keys),
+            resamplings=tuple(state.done),
         )
 
     def _materialize(self, state: _State) -> None:
@@ -210,6 +216,7 @@ class Augmenter:
             transform = TargetTransform(state.steps, state.base, self.spec.annotation_policy, self.categories, state.path)
             state.annotations, dropped = transform.apply(state.annotations)
             state.dropped += dropped
+        state.done.extend(state.steps)
         state.steps = []
         state.base = state.image.shape[:2]
 
