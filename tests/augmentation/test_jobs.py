@@ -16,9 +16,13 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2 as arpc
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as api_grpc
 from simulacra_client.errors import NotFoundError, from_rpc_error
+from simulacra_services.augmentation.engine.spec import MAX_DEPTH, MAX_OPS
+from simulacra_services.augmentation.service import DEFINITION
 from tests.augmentation.conftest import Services, _png, make_source
 from tests.augmentation.support import photo
+from tests.harness import local_settings, running_service
 
 PIPELINE = {
     "ops": [
@@ -110,7 +114,7 @@ async def test_a_failed_or_cancelled_job_leaves_nothing_behind(services: Service
         augment_dataset_job=job("datasets/src/versions/9", target_dataset="datasets/never")))).augment_dataset_job
     failed = await finish(services, missing.name)
     assert failed.state == common_pb2.JOB_STATE_FAILED
-    assert failed.error.code == grpc.StatusCode.NOT_FOUND.value[0] and failed.error.reason
+    assert failed.error.code == grpc.StatusCode.NOT_FOUND.value[0] and failed.error.reason == "VERSION_NOT_FOUND", failed.error
     # A bad pipeline for stored items (float output) fails after the target was created: it is removed again.
     normalize = job(source, target_dataset="datasets/floats")
     normalize.pipeline.pipeline_spec.ops.add().normalize.SetInParent()
@@ -255,3 +259,51 @@ async def test_a_job_into_its_source_dataset_commits_a_version_and_leaves_the_wo
     assert len(names) == 14 and "img5" in names and "later" not in names and version.item_count == 14
     assert [(v.item, v.version) for v in got.lineage.augmented.sources] == [("datasets/src/items/img0", source)]
     assert got.lineage.augmented.copy_index == 0 and got.lineage.augmented.pipeline_digest == done.pipeline_digest
+
+
+def _nested(depth: int) -> dict:
+    node: dict = {"horizontal_flip": {}}
+    for _ in range(depth):
+        node = {"sequential": {"ops": [node]}}
+    return {"ops": [node]}
+
+
+async def test_bad_pipelines_and_too_large_images_write_nothing(services: Services, tmp_path) -> None:
+    source = await asyncio.to_thread(make_source, services)
+
+    def absent(dataset: str) -> bool:
+        with services.client() as client:
+            try:
+                client.get_dataset(dataset)
+            except NotFoundError:
+                return True
+            return False
+
+    # Refused at creation with the exact field: no job, no dataset.
+    for data, reason, field in (
+        (_nested(MAX_DEPTH), "PIPELINE_TOO_DEEP", "augment_dataset_job.pipeline.pipeline_spec.ops[0]"),
+        ({"ops": [{"grayscale": {}}] * (MAX_OPS + 1)}, "PIPELINE_TOO_LARGE", f"augment_dataset_job.pipeline.pipeline_spec.ops[{MAX_OPS}]"),
+        ({"ops": [{"rotate": {"angle_degrees": {"min": 3, "max": -3}}}]}, "INVALID_RANGE", "augment_dataset_job.pipeline.pipeline_spec.ops[0].rotate.angle_degrees"),
+    ):
+        request = job(source, target_dataset="datasets/refused")
+        request.pipeline.pipeline_spec.CopyFrom(json_format.ParseDict(data, pipeline_pb2.PipelineSpec()))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(augment_dataset_job=request))
+        error = from_rpc_error(raised.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+        assert error.metadata["field"].startswith(field), error.metadata
+    assert not (await services.stub.ListAugmentDatasetJobs(pb.ListAugmentDatasetJobsRequest())).augment_dataset_jobs
+    assert await asyncio.to_thread(absent, "refused")
+    # A version holding an image above the service's pixel limit: the job fails with the item's field, nothing is left.
+    settings = local_settings(tmp_path / "small", annotation_address=services.annotation_address, max_image_pixels=40 * 48 - 1)
+    async with running_service(DEFINITION, settings, workers=1) as small:
+        small_stub = api_grpc.AugmentationServiceStub(small.channel)
+        created = (await small_stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+            augment_dataset_job=job(source, target_dataset="datasets/large")))).augment_dataset_job
+        last = None
+        async for event in small_stub.WatchAugmentDatasetJob(pb.WatchAugmentDatasetJobRequest(name=created.name), timeout=120):
+            last = event.augment_dataset_job
+    assert last is not None and last.state == common_pb2.JOB_STATE_FAILED
+    assert (last.error.code, last.error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "IMAGE_TOO_LARGE")
+    assert not last.output_dataset_version
+    assert await asyncio.to_thread(absent, "large")

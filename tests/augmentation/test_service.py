@@ -16,6 +16,7 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.augmentation import AugmentationClient, ItemInput, Pipeline
 from simulacra_client.errors import SimulacraRpcError, from_rpc_error
+from simulacra_services.annotation.api.convert import annotation_from_proto, annotation_to_proto
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from simulacra_services.augmentation.service import DEFINITION
 from tests.augmentation.conftest import stub
@@ -92,8 +93,10 @@ async def test_same_bytes_across_batch_sizes_orders_workers_transports_and_in_pr
     augmenter = Augmenter(parse_spec(PIPELINE))
     for message, expected in zip(items[:5], whole[:5]):
         image = np.frombuffer(message.image.data, np.uint8).reshape(tuple(message.image.shape))
-        local = augmenter.run_batch([Item(image, (), key=message.key)], request_seed=5)[0]
+        annotations = [annotation_from_proto(a, "a") for a in message.annotations]
+        local = augmenter.run_batch([Item(image, annotations, key=message.key)], request_seed=5)[0]
         assert (local.seed, local.image.tobytes(), local.applied_paths) == (expected[1], expected[2], expected[3])
+        assert tuple(annotation_to_proto(a).SerializeToString() for a in local.annotations) == expected[4]
     assert len({f[3] for f in whole}) > 3  # items do get different augmentations
 
 

@@ -36,7 +36,7 @@ async def register(server: grpc.aio.Server, settings: Settings, *, workers: int 
         await asyncio.to_thread(db.migrate, engine)
         store = JobStore(engine, AUGMENTATION_JOBS, job_name=lambda kind, parent, job_id: job_name(job_id))
         annotation_address = settings.address("annotation")
-        handler = AugmentDatasetHandler(lambda: AnnotationStoreGateway(annotation_address))
+        handler = AugmentDatasetHandler(lambda: AnnotationStoreGateway(annotation_address, max_pixels=settings.max_image_pixels))
         jobs = JobRunner(store, {KIND: handler}, max_running=max_running_jobs, lease_seconds=settings.job_lease_seconds)
         await jobs.start()
     except BaseException:

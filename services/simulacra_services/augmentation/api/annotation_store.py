@@ -65,9 +65,11 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 class AnnotationStoreGateway:
-    def __init__(self, address: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, address: str, *, timeout: float = 120.0, max_pixels: int | None = None) -> None:
+        """``max_pixels``: the largest stored image the job augments (the service's SIMULACRA_MAX_IMAGE_PIXELS)."""
         self._client = AnnotationClient(address, timeout=timeout)
         self._timeout = timeout
+        self._max_pixels = max_pixels
 
     def close(self) -> None:
         self._client.close()
@@ -117,12 +119,23 @@ class AnnotationStoreGateway:
     def _annotations(item: pb.Item) -> tuple[Annotation, ...]:
         return tuple(annotation_from_proto(a, f"{item.name}.annotations[{i}]") for i, a in enumerate(item.annotations))
 
+    def _check_size(self, item: pb.Item, width: int, height: int) -> None:
+        if self._max_pixels is not None and width * height > self._max_pixels:
+            raise errors.ResourceExhausted(
+                "IMAGE_TOO_LARGE",
+                f"{item.name}.image: {width}x{height} pixels, at most {self._max_pixels} (SIMULACRA_MAX_IMAGE_PIXELS of the augmentation service)",
+                {"field": f"{item.name}.image", "limit": self._max_pixels},
+            )
+
     def _stored(self, item: pb.Item) -> StoredItem:
+        self._check_size(item, item.image.width, item.image.height)  # before decoding, when the store says
+        image = decode_image(item.image.data, f"{item.name}.image")
+        self._check_size(item, image.shape[1], image.shape[0])
         return StoredItem(
             name=item.name,
             split=item.split,
             attributes=dict(item.attributes),
-            image=decode_image(item.image.data, f"{item.name}.image"),
+            image=image,
             annotations=self._annotations(item),
             lineage=lineage_from_proto(item.lineage),
             encoded=bytes(item.image.data),
