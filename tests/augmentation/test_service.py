@@ -254,6 +254,16 @@ async def test_stored_pipelines(stored) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await api.CreatePipeline(pb.CreatePipelineRequest(pipeline_id="flips", pipeline=pipeline_pb2.Pipeline(spec=_bad_spec({"ops": [{"grayscale": {}}]}).pipeline_spec)))
     assert (rpc_error(raised.value).code, rpc_error(raised.value).reason) == (grpc.StatusCode.ALREADY_EXISTS, "PIPELINE_EXISTS")
+    # A refused pipeline is not stored.
+    deep: dict = {"grayscale": {}}
+    for _ in range(8):
+        deep = {"sequential": {"ops": [deep]}}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.CreatePipeline(pb.CreatePipelineRequest(pipeline_id="deep", pipeline=pipeline_pb2.Pipeline(spec=_bad_spec({"ops": [deep]}).pipeline_spec)))
+    assert (rpc_error(raised.value).code, rpc_error(raised.value).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PIPELINE_TOO_DEEP")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.GetPipeline(pb.GetPipelineRequest(name="pipelines/deep"))
+    assert rpc_error(raised.value).reason == "PIPELINE_NOT_FOUND"
     for name in ("b-two", "c-three"):
         await api.CreatePipeline(pb.CreatePipelineRequest(pipeline_id=name, pipeline=pipeline_pb2.Pipeline(spec=spec())))
     first = await api.ListPipelines(pb.ListPipelinesRequest(page_size=2))
