@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from simulacra_services.annotation.domain import codec, names, validation
 from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
-from simulacra_services.annotation.domain.records import LINEAGE_KINDS, ImageInfo, ImageInput, Lineage, NewItem
+from simulacra_services.annotation.domain.records import LINEAGE_KINDS, ImageInfo, ImageInput, ItemBody, Lineage, NewItem
 from simulacra_services.annotation.persistence.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, BlobStore, check_sha256, inspect_image
 from simulacra_services.core import errors
 from simulacra_services.core.budget import PixelBudget
@@ -33,19 +33,13 @@ PINNED_VERSION_NAME = names.NamePattern(
 """A version by number (lineage pins sources to versions that never change)."""
 
 
-@dataclass(frozen=True)
-class PreparedItem:
+@dataclass(frozen=True, kw_only=True)
+class PreparedItem(ItemBody):
     """An item checked and ready to insert: its image and pixel maps are stored blobs."""
 
     index: int  # position in the caller's list, for error paths
     path: str  # e.g. "items[3]"
     item_id: str
-    image: ImageInfo
-    split: str
-    attributes: Mapping[str, str]
-    lineage: Lineage
-    annotations: tuple[Annotation, ...]
-    file_name: str
     content_sha256: str
 
 

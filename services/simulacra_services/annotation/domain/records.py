@@ -87,19 +87,25 @@ class NewItem:
     file_name: str = ""
 
 
-@dataclass(frozen=True)
-class ItemRecord:
-    """An item as stored, in the working state (``version`` 0) or in a committed version."""
+@dataclass(frozen=True, kw_only=True)
+class ItemBody:
+    """What an item holds, whether about to be written (``prepare.PreparedItem``) or read (``ItemRecord``)."""
 
-    dataset_id: str
-    item_id: str
-    version: int
     image: ImageInfo
     split: str
     attributes: Mapping[str, str]
     lineage: Lineage
     annotations: tuple[Annotation, ...]
     file_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemRecord(ItemBody):
+    """An item as stored, in the working state (``version`` 0) or in a committed version."""
+
+    dataset_id: str
+    item_id: str
+    version: int
     create_time: dt.datetime
     update_time: dt.datetime
     etag: str

@@ -231,7 +231,10 @@ class ItemWriter:
             conn.execute(sa.update(items).where(items.c.id == old.id).values(removed_seq=seq))
             row = item_row(
                 dataset.id,
-                PreparedItem(0, "item", item_id, current.image, split, attributes, lineage, new_annotations, file_name, digest),
+                PreparedItem(
+                    index=0, path="item", item_id=item_id, image=current.image, split=split, attributes=attributes,
+                    lineage=lineage, annotations=new_annotations, file_name=file_name, content_sha256=digest,
+                ),
                 seq,
                 old.create_time,
                 now,
