@@ -164,8 +164,12 @@ class AnnotationStoreGateway:
         request = rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-open", staging_id=staging_id)
         self._call(f"staging in {target}", lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
 
-    def upload(self, target: str, items: Sequence[NewItem], staging_id: str) -> None:
-        """Upload into the job's staging of ``target``: invisible until ``commit``."""
+    def upload(self, target: str, items: Sequence[NewItem], staging_id: str, batch_index: int) -> None:
+        """Upload batch ``batch_index`` into the job's staging of ``target``: invisible until ``commit``.
+
+        The request id is the staging's and the batch's: a resumed job that uploads the same batch again
+        (its outputs are deterministic) gets the first upload's answer instead of ITEM_ALREADY_EXISTS.
+        """
         messages = []
         for new in items:
             image = pb.Image(sha256=new.image_sha256) if new.image_sha256 else pb.Image(data=new.encoded or encode_png(new.image))  # type: ignore[arg-type]
@@ -176,9 +180,10 @@ class AnnotationStoreGateway:
                 message.lineage.CopyFrom(lineage)
             for annotation in new.annotations:
                 annotation_to_proto(annotation, message.annotations.add())
-            messages.append((new.item_id, message))
-        self._call(f"uploading to {target}", self._client.upload_items, target, messages, batch_size=max(len(messages), 1),
-                   box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP, staging_id=staging_id)
+            messages.append(rpc.UploadItemsRequest.ItemUpload(item_id=new.item_id, item=message))
+        request = rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-b{batch_index}", staging_id=staging_id, items=messages,
+                                         box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP)
+        self._call(f"uploading to {target}", lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
 
     def commit(self, target: str, staging_id: str, description: str, source_version: str, pipeline_digest: str) -> str:
         """The staging as the next version of ``target``, derived from ``source_version``; the working state is not touched."""

@@ -84,7 +84,7 @@ class PartnerSource:
 class AugmentDatasetHandler:
     """Runs ``augment_dataset`` jobs against the annotation-store at ``annotation_address``."""
 
-    resumable = False  # a job taken over after a crash fails (INTERRUPTED) and discards what it wrote
+    resumable = True  # a job taken over after a crash (or a stop) goes on from its checkpoint: the batches already staged
 
     def __init__(self, open_store: Callable[[], Any]) -> None:
         """``open_store``: a new connection to the annotation-store (``api.annotation_store.AnnotationStoreGateway``),
@@ -131,11 +131,19 @@ class AugmentDatasetHandler:
                 plan = plan_copies(counted, spec["copies_per_item"], spec["category_ids"])
             total = sum(plan.values())
             augmenter = Augmenter(parse_spec(spec["pipeline"]), categories)
-            after: Counter[int] = Counter(before) if copy_sources else Counter()
-            written = 0
+            # Resuming: the items before ``items_done`` are in the staging already (batches 0..batches-1).
+            checkpoint = ctx.checkpoint or {}
+            skip, batches = int(checkpoint.get("items_done", 0)), int(checkpoint.get("batches", 0))
+            written = int(checkpoint.get("written", 0))
+            if checkpoint:
+                after: Counter[int] = Counter({int(k): v for k, v in checkpoint.get("after", {}).items()})
+            else:
+                after = Counter(before) if copy_sources else Counter()
             batch: list[NewItem] = []
             unselected = store.items(version, f"NOT ({selection})") if same_dataset else iter(())
-            for item in itertools.chain(store.items(version, selection), unselected):
+            for index, item in enumerate(itertools.chain(store.items(version, selection), unselected)):
+                if index < skip:
+                    continue
                 if copy_sources:
                     batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, image_sha256=item.image_sha256))
                 for copy_index in range(plan.get(item.name, 0)):
@@ -146,12 +154,13 @@ class AugmentDatasetHandler:
                     written += 1
                 if len(batch) >= UPLOAD_BATCH:
                     ctx.check()
-                    store.upload(target, batch, staging)
-                    batch = []
+                    store.upload(target, batch, staging, batches)
+                    batch, batches = [], batches + 1
+                    ctx.save_checkpoint_sync({"items_done": index + 1, "batches": batches, "written": written, "after": {str(k): v for k, v in after.items()}})
                     ctx.progress_sync(written, total, "augmenting", {"items_written": written})
             if batch:
                 ctx.check()
-                store.upload(target, batch, staging)
+                store.upload(target, batch, staging, batches)
             ctx.check()
             ctx.progress_sync(written, total, "committing", force=True)
             committed = store.commit(
