@@ -11,6 +11,11 @@ dataset when the job created it, so a job that fails or is cancelled leaves no
 version and no item behind. When the target is the source's own dataset, the
 version holds every item of the source version and the augmented copies.
 
+Resuming: after each staged batch the job saves a checkpoint (source items
+done, batches staged, class counts); a job taken over after a crash goes on
+from it. A batch's request id is ``{staging}-b{batch}``, so a batch staged
+after the last checkpoint and sent again is a replay, not a duplicate.
+
 Item seeds: copy ``c`` of source item ``x`` gets ``item_seed(seed, x, c)``
 (``x`` the item's resource name), recorded in its lineage with the copy index
 and every source (the item and a mixing op's partners, each pinned to the
