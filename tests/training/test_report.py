@@ -8,7 +8,7 @@ import torch
 
 from simulacra_services.training.loop.run import TrainingData
 from simulacra_services.training.report import metrics
-from simulacra_services.training.report.quality import quality_report
+from simulacra_services.training.report.quality import quality_report, validation_split
 
 
 def _blobs(n: int, seed: int, dim: int = 8, shift: float = 0.0) -> np.ndarray:
@@ -93,3 +93,19 @@ def test_report_flags_memorized_copies():
     assert report["privacy"]["memorization_rate"] == 1.0
     assert report["privacy"]["dcr_ratio"] == pytest.approx(0.0, abs=1e-4)
     assert report["privacy"]["membership_inference_auc"] > 0.75
+
+
+def test_checkpoints_are_chosen_on_a_validation_part_disjoint_from_the_reported_test_part():
+    images = torch.arange(20, dtype=torch.float32).reshape(20, 1, 1, 1)
+    holdout = TrainingData(images, torch.arange(20) % 3, torch.arange(20).reshape(20, 1))
+    validation, test, disjoint = validation_split(holdout, seed=0)
+    assert disjoint and (len(validation), len(test)) == (6, 14)
+    seen_v, seen_t = set(validation.images.flatten().tolist()), set(test.images.flatten().tolist())
+    assert not seen_v & seen_t and seen_v | seen_t == set(range(20))
+    assert validation.attributes.flatten().tolist() == validation.images.flatten().tolist()  # rows stay together
+    assert (test.labels == test.images.flatten().long() % 3).all()
+    again, _, _ = validation_split(holdout, seed=0)
+    assert torch.equal(again.images, validation.images)  # the same job picks the same digits on resume
+    tiny = TrainingData(images[:3], torch.zeros(3, dtype=torch.long))
+    v, t, disjoint = validation_split(tiny, seed=0)
+    assert not disjoint and len(v) == len(t) == 3

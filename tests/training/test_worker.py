@@ -46,7 +46,11 @@ async def test_worker_trains_checkpoints_exports_and_reports(digits, tmp_path):
     (samples,) = session.run(None, {"z": np.zeros((2, 8), np.float32), "labels": np.array([0, 2], np.int64)})
     assert samples.shape == (2, 1, 28, 28)
     report = json.loads(objects.get(result["report_key"]))
-    assert report["synthetic_sample_count"] == 60 and report["real_sample_count"] == data["holdout"]
+    # Checkpoints are chosen on the validation part of the holdout, the report is measured on the rest.
+    selection = report["checkpoint"]
+    assert selection["selection_disjoint_from_report"] is True and selection["selection_items"] >= 2
+    assert report["real_sample_count"] == selection["report_items"] == data["holdout"] - selection["selection_items"]
+    assert report["synthetic_sample_count"] == 60
     assert {"fidelity", "utility", "privacy", "per_class", "export"} <= set(report)
     assert report["export"]["parity_max_abs_diff"] < 1e-4
     assert objects.get(result["report_png_key"]).startswith(b"\x89PNG")

@@ -52,6 +52,26 @@ class FrechetSelector:
         return metrics.frechet_distance(self.real, cnn.features(self.extractor, synthetic))
 
 
+VALIDATION_FRACTION = 0.3
+
+
+def validation_split(holdout: TrainingData, seed: int, fraction: float = VALIDATION_FRACTION) -> tuple[TrainingData, TrainingData, bool]:
+    """Splits the held-out items into (validation, test, disjoint): checkpoints are chosen on the
+    validation part and the report is measured on the test part, so that the figure reported is not
+    the one that was minimised. With fewer than 4 held-out items there is nothing to split: both are the
+    whole holdout and ``disjoint`` is False (the report says so)."""
+    if len(holdout) < 4:
+        return holdout, holdout, False
+    order = torch.from_numpy(np.random.default_rng(seed + 2).permutation(len(holdout)))
+    cut = min(max(2, int(round(len(holdout) * fraction))), len(holdout) - 2)
+
+    def part(indices: torch.Tensor) -> TrainingData:
+        attributes = None if holdout.attributes is None else holdout.attributes[indices]
+        return TrainingData(holdout.images[indices], holdout.labels[indices], attributes)
+
+    return part(order[:cut]), part(order[cut:]), True
+
+
 def synthetic_conditions(train: TrainingData, holdout: TrainingData, count: int, seed: int):
     """Labels follow the holdout's class mix (like is compared with like); attributes the train's."""
     rng = np.random.default_rng(seed + 1)

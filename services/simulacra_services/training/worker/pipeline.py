@@ -20,7 +20,9 @@ from simulacra_services.training.loop.run import TrainingData, TrainingRun
 from simulacra_services.training.loop.trainers import make_trainer
 from simulacra_services.training.models import ModelConfig
 from simulacra_services.training.report import pictures
-from simulacra_services.training.report.quality import FrechetSelector, draw_samples, quality_report, synthetic_conditions
+from simulacra_services.training.report.quality import (
+    FrechetSelector, draw_samples, quality_report, synthetic_conditions, validation_split,
+)
 from simulacra_services.training.worker import protocol
 
 PREVIEW_COLUMNS = 8
@@ -108,8 +110,9 @@ class TrainingPipeline:
                 raise ValueError("the dataset read now differs from the one the checkpoint was trained on")
             run.load_state_dict(state)
             self.best = state.get("best")
-        holdout = data.holdout if len(data.holdout) >= 2 else data.train
-        self.selector = FrechetSelector(data.train, holdout, config.num_classes, hp.seed)
+        self.validation, self.test, self.disjoint = validation_split(data.holdout, hp.seed)
+        selection = self.validation if len(self.validation) >= 2 else data.train
+        self.selector = FrechetSelector(data.train, selection, config.num_classes, hp.seed)
         self.emit(protocol.STAGE, stage="TRAINING")
         self._train(run, fingerprint, data)
         if not run.done:
@@ -176,7 +179,7 @@ class TrainingPipeline:
         onnx_key = f"{self.prefix}/export/generator.onnx"
         self.objects.put(onnx_key, exported.onnx_bytes, content_type="application/octet-stream")
         self.emit(protocol.STAGE, stage="EVALUATING")
-        holdout, holdout_is_train = data.holdout, False
+        holdout, holdout_is_train = self.test, False
         if len(holdout) < 2:
             holdout, holdout_is_train = data.train, True
         wanted = int(self.request.export.get("evaluation_sample_count") or 0)
@@ -187,7 +190,9 @@ class TrainingPipeline:
                                 num_classes=config.num_classes, class_names=data.class_names, seed=hp.seed)
         report["holdout_is_train"] = holdout_is_train
         report["checkpoint"] = {"step": exported_step, "last_step": run.step, "selected_by": "frechet_distance",
-                                "frechet_distance_at_selection": (self.best or {}).get("frechet_distance")}
+                                "frechet_distance_at_selection": (self.best or {}).get("frechet_distance"),
+                                "selection_items": len(self.validation), "report_items": len(holdout),
+                                "selection_disjoint_from_report": self.disjoint and not holdout_is_train}
         report["export"] = {"onnx_opset": exported.opset, "parity_max_abs_diff": exported.parity_max_abs_diff,
                             "parity_samples": exported.parity_samples}
         report_key = f"{self.prefix}/export/report.json"
