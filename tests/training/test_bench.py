@@ -21,7 +21,7 @@ def test_training_benchmark_quick_mode_reports_every_figure(tmp_path: Path) -> N
     assert figures["loop"]["ratio"] > 0 and figures["loop"]["our_step_ms"] > 0
     assert figures["data"]["items"] == 500 and figures["data"]["stream_samples_per_s"] > 0
     mnist = figures["mnist"]
-    assert mnist["train_items"] == 500 and mnist["holdout_items"] == 1000
+    assert mnist["train_items"] == 500 and mnist["holdout_items"] == 700 and mnist["validation_items"] == 300
     for key in ("frechet_distance", "precision", "recall", "tstr", "trtr", "memorization_rate"):
         assert key in mnist, key
     assert "loop: our GAN step" in result.stdout and "mnist-enhanced_gan-10pct" in result.stdout
