@@ -9,8 +9,8 @@ Every classifier run takes ``steps`` batches of ``batch_size``, shared between
 its sources: the real set (in memory, shuffled per seed), augmented copies of
 it (made once through ``Augmented``, the augmentation service's stream) and
 synthetic samples streamed by ``SyntheticDataset`` from the sampling service
-(uniform classes for the scarce set; for the biased set, weighted toward the
-classes it lacks). Synthetic samples take ``synthetic_share`` of each batch
+(uniform classes for the scarce set; for the biased set, the classes it lacks,
+those under half the largest class's count, weighted by their deficit). Synthetic samples take ``synthetic_share`` of each batch
 (0: an equal share) and pass a label filter first: a judge classifier trained
 on the variant's real (and augmented) training data only keeps a sample when
 it gives the sample's conditioned label at least ``synthetic_confidence``.
@@ -296,13 +296,14 @@ class Flow:
             yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _synthetic_batches(self, variant: str, share: int, seed: int, generator: str) -> Any:
-        """Batches streamed from the sampling service: uniform classes for the scarce set, the biased
-        set's missing share for the biased one (weights 2 x largest class - class count)."""
+        """Batches streamed from the sampling service: uniform classes for the scarce set; for the
+        biased one, the classes it lacks (under half the largest class's count), weighted by their
+        deficit to the largest (docs/results.md: better than every class by its deficit)."""
         from simulacra_client.torch_data import ResumableLoader, SyntheticDataset
 
         counts = self.results.counts[variant]
-        class_mix = {c: float(2 * max(counts) - n) for c, n in enumerate(counts)} if variant == "biased" else None
-        dataset = SyntheticDataset(self.settings.address("sampling"), generator, seed=seed, class_mix=class_mix, label_map=self.label_map)
+        class_mix = {c: float(max(counts) - n) for c, n in enumerate(counts) if 2 * n < max(counts)} if variant == "biased" else None
+        dataset = SyntheticDataset(self.settings.address("sampling"), generator, seed=seed, class_mix=class_mix or None, label_map=self.label_map)
         tally = self.results.filtered.setdefault(variant, Tally())
         yield from self.filters[variant].batches(iter(ResumableLoader(dataset, batch_size=256)), share, tally)
 

@@ -57,7 +57,7 @@ def write_report(plan: Plan, results: Results, availability: Availability, journ
         + (f"{100 * plan.synthetic_share:.0f}% of each batch is synthetic, the rest shared equally" if plan.synthetic_share else "each batch is shared equally")
         + " between the arm's sources: real digits (shuffled in memory), augmented copies "
         "(made through the augmentation service's stream) and synthetic digits streamed from the sampling service "
-        "(uniform classes for the scarce set; weighted toward the classes it lacks for the biased set).",
+        "(uniform classes for the scarce set; for the biased set, the classes it lacks, those under half the largest class's count, weighted by their deficit).",
         (
             f"- Label filter: a synthetic digit is kept only when a judge (the same CNN trained on the variant's real and augmented "
             f"training digits, never val or test) gives its conditioned label at least {plan.synthetic_confidence:g}; kept: "
