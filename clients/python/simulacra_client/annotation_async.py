@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from simulacra_client.annotation import (
+from simulacra_client.annotation_types import (
     FIND_MISSING_LIMIT,
     TERMINAL_STATES,
     BlobSource,
