@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import Annotation, Category, ClassLabel
 from simulacra_services.annotation.domain.records import ImageInput, NewItem
 from simulacra_services.annotation.formats import importers
@@ -178,4 +178,4 @@ def test_a_flip_pair_difference_is_a_category_conflict_for_the_planner_and_the_s
     # Equal schemas agree, whether read back from the database (lists in JSON) or built here.
     assert importers.check_categories([held], existing) == []
     assert store.ensure_categories("flip", [held]) == 0
-    assert validation.categories_agree(existing[0], held) and not validation.categories_agree(held, unflipped)
+    assert identifiers.categories_agree(existing[0], held) and not identifiers.categories_agree(held, unflipped)

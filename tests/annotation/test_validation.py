@@ -30,12 +30,9 @@ from simulacra_services.annotation.domain.model import (
     RotatedBox,
     Vector3,
 )
-from simulacra_services.annotation.domain.validation import (
-    Limits,
-    assign_annotation_ids,
+from simulacra_services.annotation.domain.checks import Limits
+from simulacra_services.annotation.domain.identifiers import (
     normalize_split,
-    validate_annotation,
-    validate_annotations,
     validate_attributes,
     validate_categories,
     validate_category,
@@ -43,6 +40,7 @@ from simulacra_services.annotation.domain.validation import (
     validate_item_id,
     validate_relative_path,
 )
+from simulacra_services.annotation.domain.validation import assign_annotation_ids, validate_annotation, validate_annotations
 from simulacra_services.core import errors
 
 IMAGE = ImageSize(width=640, height=480)

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import json_format
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 
-from simulacra_services.annotation.domain import names, validation
+from simulacra_services.annotation.domain import identifiers, names
 from simulacra_services.annotation.domain.model import AnnotationKind, BoxBoundsPolicy
 from simulacra_services.annotation.formats import exporters, importers
 from simulacra_services.annotation.formats.exporters import ExportOutput
@@ -81,7 +81,7 @@ class WorkContext:
 
 
 def _entry(file: pb.ManifestFile, field: str) -> importers.ManifestEntry:
-    validation.validate_relative_path(file.path, f"{field}.path")
+    identifiers.validate_relative_path(file.path, f"{field}.path")
     blob_rules.check_sha256(file.sha256, f"{field}.sha256")
     return importers.ManifestEntry(file.path, file.sha256)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from simulacra_services.annotation.domain import codec, names, validation
+from simulacra_services.annotation.domain import codec, identifiers, names, shapes, validation
 from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ImageSize, PixelMap, PixelMapKind
 from simulacra_services.annotation.domain.records import LINEAGE_KINDS, ImageInfo, ImageInput, ItemBody, Lineage, NewItem
 from simulacra_services.annotation.persistence.blobs import MAX_IMAGE_PIXELS, SHA256_HEX, BlobStore, check_sha256, inspect_image
@@ -147,7 +147,7 @@ def _check_stored_pixel_map(
         )
     if geometry.map_kind is PixelMapKind.SEMANTIC_SEGMENTATION:  # its values must be known category ids
         data = blobs.read(geometry.sha256, f"{field}.sha256")
-        validation.check_pixel_map(
+        shapes.check_pixel_map(
             dataclasses.replace(geometry, data=data), ImageSize(image.width, image.height), categories, field
         )
 
@@ -199,7 +199,7 @@ def prepare(
         try:
             item_id = item.item_id
             if item_id:
-                validation.validate_item_id(item_id, f"{field}.item_id")
+                identifiers.validate_item_id(item_id, f"{field}.item_id")
             else:
                 item_id = uuid.uuid4().hex
             if item_id in seen_ids:
@@ -207,10 +207,10 @@ def prepare(
                     "DUPLICATE_ITEM_ID", f"{field}.item_id", f"item id {item_id!r} appears twice in the batch", item_id=item_id
                 )
             seen_ids[item_id] = index
-            split = validation.normalize_split(item.split, f"{field}.split")
-            validation.validate_attributes(item.attributes, f"{field}.attributes")
+            split = identifiers.normalize_split(item.split, f"{field}.split")
+            identifiers.validate_attributes(item.attributes, f"{field}.attributes")
             if item.file_name:
-                validation.validate_relative_path(item.file_name, f"{field}.file_name")
+                identifiers.validate_relative_path(item.file_name, f"{field}.file_name")
             lineage = check_lineage(item.lineage, f"{field}.lineage")
             image, data = resolve_image(item.image, blobs, f"{field}.image", max_pixels=max_image_pixels, budget=decode_budget)
             if data is not None:

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers, validation
 from simulacra_services.annotation.formats import rle
 from simulacra_services.annotation.domain.model import (
     Annotation,
@@ -162,7 +162,7 @@ def parse_category(record: Mapping[str, Any], path: str) -> Category:
         skeleton=tuple(skeleton),
         flip_pairs=_flip_pairs(names),
     )
-    validation.validate_category(category, path)
+    identifiers.validate_category(category, path)
     return category
 
 
@@ -243,7 +243,7 @@ def parse_coco(document: Mapping[str, Any], *, policy: BoxBoundsPolicy = BoxBoun
     categories: dict[int, Category] = {}
     raw_categories = _list(document, "categories", "")
     parsed_categories = [parse_category(_record(c, f"categories[{i}]"), f"categories[{i}]") for i, c in enumerate(raw_categories)]
-    validation.validate_categories(parsed_categories)
+    identifiers.validate_categories(parsed_categories)
     categories = {c.category_id: c for c in parsed_categories}
 
     images: dict[int, tuple[str, ImageSize]] = {}
@@ -256,7 +256,7 @@ def parse_coco(document: Mapping[str, Any], *, policy: BoxBoundsPolicy = BoxBoun
         file_name = record.get("file_name")
         if not isinstance(file_name, str):
             raise _invalid(f"{path}.file_name", "must be a string")
-        validation.validate_relative_path(file_name, f"{path}.file_name")
+        identifiers.validate_relative_path(file_name, f"{path}.file_name")
         if image_id in images:
             raise _invalid(f"{path}.id", f"image id {image_id} appears twice", image_id=image_id)
         if file_name in file_names:

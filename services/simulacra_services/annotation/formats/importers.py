@@ -46,7 +46,7 @@ from typing import Any, Protocol, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ClassLabel, ImageSize
 from simulacra_services.annotation.domain.prepare import PreparedItem, prepare
 from simulacra_services.annotation.domain.records import ImageInput, Lineage, NewItem
@@ -155,7 +155,7 @@ def check_categories(wanted: Sequence[Category], existing: Sequence[Category], *
 
     A category agrees when the dataset has the same id with the same name,
     supercategory, keypoint names, skeleton and flip pairs
-    (``validation.categories_agree``, the rule ``store.ensure_categories``
+    (``identifiers.categories_agree``, the rule ``store.ensure_categories``
     applies too); a name held by another id disagrees.
     """
     by_id = {c.category_id: c for c in existing}
@@ -167,7 +167,7 @@ def check_categories(wanted: Sequence[Category], existing: Sequence[Category], *
         if present is None and named is None:
             missing.append(category)
             continue
-        if present is None or not validation.categories_agree(present, category):
+        if present is None or not identifiers.categories_agree(present, category):
             held = present or named
             assert held is not None
             raise errors.FailedPrecondition(
@@ -187,7 +187,7 @@ def check_source(source: ImportSource) -> None:
     if isinstance(source, CocoSource):
         _check_count(len(source.images), MAX_COCO_IMAGES, "import_job.coco.images")
         _check_unique([e.path for e in source.images], "import_job.coco.images")
-        validation.normalize_split(source.split, "import_job.coco.split")
+        identifiers.normalize_split(source.split, "import_job.coco.split")
     elif isinstance(source, YoloSource):
         _check_count(len(source.images), MAX_YOLO_IMAGES, "import_job.yolo.images")
         if not source.class_names:
@@ -197,9 +197,9 @@ def check_source(source: ImportSource) -> None:
         yolo_categories(source.class_names)
         _check_unique([i.image.path for i in source.images], "import_job.yolo.images.image")
         for index, image in enumerate(source.images):
-            validation.normalize_split(image.split, f"import_job.yolo.images[{index}].split")
+            identifiers.normalize_split(image.split, f"import_job.yolo.images[{index}].split")
     else:
-        validation.normalize_split(source.split, "import_job.mnist.split")
+        identifiers.normalize_split(source.split, "import_job.mnist.split")
         if source.limit < 0:
             raise errors.InvalidArgument("INVALID_LIMIT", f"import_job.mnist.limit: must be >= 0, got {source.limit}", {"field": "import_job.mnist.limit"})
 
@@ -233,7 +233,7 @@ def _warn(plan_warnings: list[str], message: str) -> None:
 
 def plan_coco(source: CocoSource, read_blob: BlobReader, live_files: set[tuple[str, str]], policy: BoxBoundsPolicy) -> ImportPlan:
     images = {entry.path: entry.sha256 for entry in source.images}
-    split = validation.normalize_split(source.split)
+    split = identifiers.normalize_split(source.split)
     with in_file(source.annotations.path):
         document = coco.load_coco(read_blob(source.annotations.sha256), policy=policy)
     plan = ImportPlan(categories=list(document.categories), items=[])
@@ -272,7 +272,7 @@ def plan_coco(source: CocoSource, read_blob: BlobReader, live_files: set[tuple[s
 
 def yolo_categories(class_names: Sequence[str]) -> list[Category]:
     categories = [Category(index + 1, name) for index, name in enumerate(class_names)]
-    validation.validate_categories(categories, "yolo.class_names")
+    identifiers.validate_categories(categories, "yolo.class_names")
     return categories
 
 
@@ -292,7 +292,7 @@ def plan_yolo(source: YoloSource, read_blob: BlobReader, live_files: set[tuple[s
     plan = ImportPlan(categories=categories, items=[])
     for index, entry in enumerate(source.images):
         path = f"yolo.images[{index}]"
-        split = validation.normalize_split(entry.split)
+        split = identifiers.normalize_split(entry.split)
         file_name = yolo_file_name(entry.image.path, entry.split)
         if (file_name, entry.image.sha256) in live_files:
             plan.skipped += 1
@@ -320,7 +320,7 @@ def plan_yolo(source: YoloSource, read_blob: BlobReader, live_files: set[tuple[s
 
 
 def plan_mnist(source: MnistSource, read_blob: BlobReader, live_files: set[tuple[str, str]]) -> ImportPlan:
-    split = validation.normalize_split(source.split)
+    split = identifiers.normalize_split(source.split)
     with in_file(source.images.path):
         images = mnist.parse_idx(read_blob(source.images.sha256), "mnist.images")
     with in_file(source.labels.path):

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import Category
 from simulacra_services.annotation.domain.records import Page
 from simulacra_services.annotation.persistence import rows
@@ -70,7 +70,7 @@ class CategoryRepository:
                     sa.select(sa.func.max(categories_table.c.category_id)).where(categories_table.c.dataset == dataset.id)
                 ).scalar_one()
                 category = dataclasses.replace(category, category_id=int(highest or 0) + 1)
-            validation.validate_category(category, "category")
+            identifiers.validate_category(category, "category")
             for other in live:
                 if other.category_id == category.category_id or other.display_name == category.display_name:
                     same_id = other.category_id == category.category_id
@@ -90,9 +90,9 @@ class CategoryRepository:
 
         Returns how many were created. For imports: CATEGORY_CONFLICT names
         the first category whose id or name clashes with a different one
-        (``validation.categories_agree``, the import planner's rule too).
+        (``identifiers.categories_agree``, the import planner's rule too).
         """
-        validation.validate_categories(wanted, "categories")
+        identifiers.validate_categories(wanted, "categories")
         with transaction(self.engine) as conn:
             dataset = rows.dataset_row(conn, dataset_id, lock=True)
             return len(create_missing(conn, dataset, wanted))
@@ -134,7 +134,7 @@ def create_missing(conn: Connection, dataset: Row[Any], wanted: Sequence[Categor
     missing = []
     for index, category in enumerate(wanted):
         existing = live.get(category.category_id)
-        clash = existing is not None and not validation.categories_agree(existing, category)
+        clash = existing is not None and not identifiers.categories_agree(existing, category)
         clash = clash or (existing is None and category.display_name in names)
         if clash:
             raise errors.FailedPrecondition(

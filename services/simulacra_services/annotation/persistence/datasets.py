@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from simulacra_services.annotation.domain import filters as filter_syntax
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import Category
 from simulacra_services.annotation.domain.records import DatasetRecord, Page
 from simulacra_services.annotation.persistence import queries
@@ -54,11 +54,11 @@ class DatasetRepository:
         labels: Mapping[str, str] | None = None,
         categories: Sequence[Category] = (),
     ) -> DatasetRecord:
-        validation.validate_dataset_id(dataset_id, "dataset_id")
+        identifiers.validate_dataset_id(dataset_id, "dataset_id")
         rows.check_text(display_name, "dataset.display_name", MAX_DISPLAY_NAME)
         rows.check_text(description, "dataset.description", MAX_DESCRIPTION, multiline=True)
         labels = dict(sorted((labels or {}).items()))
-        validation.validate_attributes(labels, "dataset.labels")
+        identifiers.validate_attributes(labels, "dataset.labels")
         if len(categories) > MAX_CATEGORIES_PER_CREATE:
             raise errors.InvalidArgument(
                 "TOO_MANY_CATEGORIES",
@@ -66,7 +66,7 @@ class DatasetRepository:
                 {"field": "categories", "limit": MAX_CATEGORIES_PER_CREATE},
             )
         assigned = _assign_category_ids(categories)
-        validation.validate_categories(assigned, "categories")
+        identifiers.validate_categories(assigned, "categories")
         now = utcnow()
         try:
             with transaction(self.engine) as conn:

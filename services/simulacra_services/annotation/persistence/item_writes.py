@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from simulacra_services.annotation.domain import validation
+from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import BoxBoundsPolicy, Category
 from simulacra_services.annotation.persistence import rows
 from simulacra_services.annotation.persistence.blobs import BlobStore
@@ -190,15 +190,15 @@ class ItemWriter:
         current = self.reader.get(dataset_id, item_id, full=False)
         if etag and etag != current.etag:
             raise _etag_mismatch(dataset_id, item_id, etag, current.etag)
-        split = current.split if changes.split is None else validation.normalize_split(changes.split, "item.split")
+        split = current.split if changes.split is None else identifiers.normalize_split(changes.split, "item.split")
         attributes = current.attributes
         if changes.attributes is not None:
-            validation.validate_attributes(changes.attributes, "item.attributes")
+            identifiers.validate_attributes(changes.attributes, "item.attributes")
             attributes = dict(sorted(changes.attributes.items()))
         file_name = current.file_name
         if changes.file_name is not None:
             if changes.file_name:
-                validation.validate_relative_path(changes.file_name, "item.file_name")
+                identifiers.validate_relative_path(changes.file_name, "item.file_name")
             file_name = changes.file_name
         lineage = current.lineage if changes.lineage is None else check_lineage(changes.lineage, "item.lineage")
         new_annotations = current.annotations
