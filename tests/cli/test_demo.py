@@ -57,7 +57,12 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(data_dir: Path) -
     assert "| real+augmented+synthetic | " in report and "## Per-class recall, biased set" in report
     recall_rows = [line for line in report.splitlines() if line.startswith("| real") and line.count("%") == 10]
     assert len(recall_rows) == 4  # one row per arm, a recall per class
-    for grid in ("real-scarce.png", "augmented-scarce.png", "synthetic.png"):
+    pictures = (
+        "real-scarce.png", "augmented-scarce.png", "synthetic.png",  # sample grids per class
+        "generator-loss-curve.png", "generator-report.png",  # the training service's loss curve and quality report
+        "classifier-loss-scarce.png", "classifier-loss-biased.png",  # the classifiers' loss curves per arm
+    )
+    for grid in pictures:
         assert (data_dir / "report" / grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({grid})" in report
     assert "per class [6, 7, 6, 3, 6, 5, 6, 6, 3, 6]" in report  # classes 3 and 8 cut to 5%
@@ -141,3 +146,24 @@ def test_the_label_filter_keeps_the_samples_whose_label_the_judge_gives_and_the_
     assert batch_shares(32, ["real", "augmented", "synthetic"], 0.25) == [12, 12, 8]
     assert batch_shares(32, ["real", "synthetic"], 0.25) == [24, 8]
     assert batch_shares(32, ["real"], 0.25) == [32]
+
+
+def test_the_classifier_loss_picture_draws_one_line_per_arm_from_high_to_low(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from simulacra_services.cli.demo_report import CURVE_COLOURS, save_loss_curves
+
+    falling = [[2.0 - step / 100 for step in range(200)], [2.2 - step / 100 for step in range(200)]]
+    flat = [[0.5] * 200]
+    path = save_loss_curves({"real": falling, "real+augmented": flat, "never run": [[]]}, tmp_path / "loss.png", smooth=10)
+    assert path is not None
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    for colour, expect_falling in ((CURVE_COLOURS[0], True), (CURVE_COLOURS[1], False)):
+        rows, cols = np.nonzero(np.all(pixels == colour, axis=-1))
+        assert len(rows) > 100, f"no line drawn in {colour}"
+        plotted = rows < 360 - 30 - 14 * 2  # the plot area, not the legend below it
+        first, last = rows[plotted][np.argmin(cols[plotted])], rows[plotted][np.argmax(cols[plotted])]
+        assert (last - first > 100) if expect_falling else abs(last - first) <= 3  # image rows grow downward
+    assert save_loss_curves({"real": [[]]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

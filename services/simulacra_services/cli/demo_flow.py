@@ -186,6 +186,11 @@ class Flow:
                 problem = trained.problem
                 availability.generator = trained.version
                 self.generator_report = trained.report
+                titles = {"loss_curve": "generator loss curve (training service)", "report": "generator quality report (training service)"}
+                for key, png in trained.pictures.items():
+                    path = self.plan.out_dir / f"generator-{key.replace('_', '-')}.png"
+                    path.write_bytes(png)
+                    self.grids[titles[key]] = path
             self.journal.end(stage, "not available" if problem else "done", problem or f"{availability.generator} registered")
             availability.synthetic = problem and f"no generator: {problem}"
 

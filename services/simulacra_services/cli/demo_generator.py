@@ -42,6 +42,7 @@ class TrainedGenerator:
     report: dict[str, float] = field(default_factory=dict)
     minutes: float = 0.0
     steps: int = 0
+    pictures: dict[str, bytes] = field(default_factory=dict)  # "loss_curve" / "report": PNG bytes from the training service
 
 
 def _channel(settings: Settings, service: str) -> grpc.Channel:
@@ -82,8 +83,9 @@ def train_generator(settings: Settings, dataset_version: str, *, model: str, ste
     if not final.model_version:
         return TrainedGenerator(problem="the training job registered no model version (quality gate not passed)", minutes=minutes)
     report = final.quality_report if final.HasField("quality_report") else _registered_report(settings, final.model_version)
+    pictures = _pictures(settings, final.name)
     if report is None:
-        return TrainedGenerator(final.model_version, minutes=minutes, steps=int(final.training_progress.step))
+        return TrainedGenerator(final.model_version, minutes=minutes, steps=int(final.training_progress.step), pictures=pictures)
     figures = {
         "Fréchet distance": report.fidelity.frechet_distance,
         "Fréchet distance, real vs real": report.fidelity.frechet_distance_real_baseline,
@@ -94,7 +96,21 @@ def train_generator(settings: Settings, dataset_version: str, *, model: str, ste
         "TRTR accuracy": report.utility.trtr_accuracy,
         "memorization rate": report.privacy.memorization_rate,
     }
-    return TrainedGenerator(final.model_version, report=figures, minutes=minutes, steps=int(final.training_progress.step))
+    return TrainedGenerator(final.model_version, report=figures, minutes=minutes, steps=int(final.training_progress.step), pictures=pictures)
+
+
+def _pictures(settings: Settings, job: str) -> dict[str, bytes]:
+    """The job's loss-curve and quality-report PNGs (GetTrainingPreview); a kind the service has not drawn is left out."""
+    kinds = {"loss_curve": training_rpc.PREVIEW_KIND_LOSS_CURVE, "report": training_rpc.PREVIEW_KIND_REPORT}
+    pictures: dict[str, bytes] = {}
+    with _channel(settings, "training") as channel:
+        stub = training_grpc.TrainingServiceStub(channel)
+        for key, kind in kinds.items():
+            try:
+                pictures[key] = stub.GetTrainingPreview(training_rpc.GetTrainingPreviewRequest(name=job, kind=kind), timeout=60).png
+            except grpc.RpcError:
+                continue
+    return pictures
 
 
 def _registered_report(settings: Settings, version: str) -> object | None:

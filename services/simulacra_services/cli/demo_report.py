@@ -30,6 +30,49 @@ def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int
     return path
 
 
+CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def save_loss_curves(curves: dict[str, list[list[float]]], path: Path, smooth: int = 20, size: tuple[int, int] = (640, 360)) -> Path | None:
+    """A PNG of training-loss curves, one line per name (the mean over its runs, a moving average of ``smooth`` steps).
+
+    None when there is nothing to draw.
+    """
+    from PIL import Image, ImageDraw
+
+    lines: dict[str, np.ndarray] = {}
+    for name, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        steps = min(len(r) for r in runs)
+        mean = np.mean([r[:steps] for r in runs], axis=0)
+        window = max(1, min(smooth, steps))
+        lines[name] = np.convolve(mean, np.ones(window) / window, mode="valid")
+    if not lines:
+        return None
+    width, height = size
+    left, right, top, bottom = 50, 10, 10, 30 + 14 * len(lines)
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    high = max(float(v.max()) for v in lines.values()) or 1.0
+    longest = max(len(v) for v in lines.values())
+    plot_w, plot_h = width - left - right, height - top - bottom
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=(0, 0, 0))
+    for fraction in (0.0, 0.5, 1.0):
+        y = top + plot_h * (1 - fraction)
+        draw.text((4, y - 6), f"{high * fraction:.2f}", fill=(0, 0, 0))
+    draw.text((left, top + plot_h + 4), f"step 0 .. {longest + smooth - 1} (loss, moving average of {smooth})", fill=(0, 0, 0))
+    for index, (name, values) in enumerate(lines.items()):
+        colour = CURVE_COLOURS[index % len(CURVE_COLOURS)]
+        xs = left + plot_w * np.arange(len(values)) / max(1, longest - 1)
+        ys = top + plot_h * (1 - values / high)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colour, width=2)
+        draw.text((left, top + plot_h + 18 + 14 * index), name, fill=colour)
+    picture.save(path)
+    return path
+
+
 def _cell(values: list[float]) -> str:
     from simulacra_services.cli.demo_flow import format_spread
 
@@ -95,7 +138,15 @@ def write_report(plan: Plan, results: Results, availability: Availability, journ
     if generator_report:
         lines += ["", "## Generator quality report (training service, on the val split)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4g} |" for name, value in generator_report.items()]
-    lines += ["", "## Samples", ""]
+    curves = []
+    for variant in VARIANTS:
+        runs = {arm: [r.losses for r in results.runs[(variant, arm)]] for arm in ARMS if (variant, arm) in results.runs}
+        drawn = save_loss_curves(runs, plan.out_dir / f"classifier-loss-{variant}.png")
+        if drawn is not None:
+            curves += [f"{variant} set:", "", f"![classifier loss, {variant} set]({drawn.name})", ""]
+    if curves:
+        lines += ["", "## Classifier training loss", "", "Mean over seeds, per arm.", ""] + curves
+    lines += ["", "## Samples and the generator's pictures", ""]
     for title, path in grids.items():
         lines += [f"{title}:", "", f"![{title}]({path.name})", ""]
     if availability.synthetic:
