@@ -66,6 +66,10 @@ def _check_annotations(item: Item, categories: Mapping[int, Category], path: str
     return validate_annotations(item.annotations, size, known, policy=BoxBoundsPolicy.CLIP, path=path)
 
 
+def _run_chunk(augmenter: Augmenter, jobs: Sequence[tuple[Item, int, str]]) -> list[Augmented]:
+    return [augmenter.run(item, seed, path) for item, seed, path in jobs]
+
+
 class BatchRunner:
     """A pool of worker threads that run items through augmenters."""
 
@@ -91,11 +95,17 @@ class BatchRunner:
             seeds = [item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + i, copy_index) for i, item in enumerate(checked)]
             paths = [f"{path}[{i}]" for i in range(len(checked))]
             return await loop.run_in_executor(self._pool, batched.run_batch, checked, seeds, paths)
-        futures = []
-        for index, item in enumerate(checked):
-            seed = item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + index, copy_index)
-            futures.append(loop.run_in_executor(self._pool, augmenter.run, item, seed, f"{path}[{index}]"))
-        return list(await asyncio.gather(*futures))
+        jobs = [
+            (item, item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + index, copy_index), f"{path}[{index}]")
+            for index, item in enumerate(checked)
+        ]
+        # One executor call per worker, each a contiguous run of items: a hop to a worker thread
+        # and back to the event loop per item cost ~0.2 ms each (GIL hand-offs), a third of the
+        # engine's own time on 224x224 crops.
+        size = -(-len(jobs) // self.workers) if jobs else 1
+        chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+        done = await asyncio.gather(*(loop.run_in_executor(self._pool, _run_chunk, augmenter, chunk) for chunk in chunks))
+        return [result for chunk in done for result in chunk]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
