@@ -74,7 +74,7 @@ class LocalObjectStore(ObjectStore):
         return f"LocalObjectStore({str(self.root)!r})"
 
     def _write(self, key: str, fileobj: BinaryIO, content_type: str) -> ObjectInfo:
-        path = self._path(key)
+        path = self._valid_path(key)  # the base validated the key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
@@ -98,7 +98,7 @@ class LocalObjectStore(ObjectStore):
         return info
 
     def _read(self, key: str, chunk_size: int) -> tuple[Iterator[bytes], str]:
-        path = self._path(key)
+        path = self._valid_path(key)  # the base validated the key
         file = self._open(key, path)  # opened now, so that NotFound is raised by this call
         try:
             sha256, _ = _read_header(key, file)
@@ -139,8 +139,11 @@ class LocalObjectStore(ObjectStore):
 
     # ---- helpers ------------------------------------------------------------
     def _path(self, key: str) -> Path:
+        return self._valid_path(validate_key(key))
+
+    def _valid_path(self, key: str) -> Path:
         # A valid key has no '', '.' or '..' segments, so the path stays under root.
-        return self.root / (validate_key(key) + OBJECT_SUFFIX)
+        return self.root / (key + OBJECT_SUFFIX)
 
     @staticmethod
     def _open(key: str, path: Path) -> BinaryIO:
