@@ -161,8 +161,7 @@ class AnnotationStoreGateway:
 
     def open_staging(self, target: str, staging_id: str) -> None:
         """Create the job's staging in ``target`` (an empty batch), so that even a job that writes nothing commits."""
-        request = rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-open", staging_id=staging_id)
-        self._call(f"staging in {target}", lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
+        self._upload(f"staging in {target}", rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-open", staging_id=staging_id))
 
     def upload(self, target: str, items: Sequence[NewItem], staging_id: str, batch_index: int) -> None:
         """Upload batch ``batch_index`` into the job's staging of ``target``: invisible until ``commit``.
@@ -183,7 +182,11 @@ class AnnotationStoreGateway:
             messages.append(rpc.UploadItemsRequest.ItemUpload(item_id=new.item_id, item=message))
         request = rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-b{batch_index}", staging_id=staging_id, items=messages,
                                          box_bounds_policy=pb.BOX_BOUNDS_POLICY_CLIP)
-        self._call(f"uploading to {target}", lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
+        self._upload(f"uploading to {target}", request)
+
+    def _upload(self, what: str, request: rpc.UploadItemsRequest) -> None:
+        """One UploadItems batch with its own request id (the SDK's ``upload_items`` draws its ids)."""
+        self._call(what, lambda: list(self._client.stub.UploadItems(iter([request]), timeout=self._timeout)))
 
     def commit(self, target: str, staging_id: str, description: str, source_version: str, pipeline_digest: str) -> str:
         """The staging as the next version of ``target``, derived from ``source_version``; the working state is not touched."""
