@@ -29,6 +29,10 @@ runners it builds) without patching any of its classes.
 test has no fixtures to lend (``"local"`` only; S3 needs the fixtures):
 ``running_service(DEFINITION, "local", data_dir=tmp_path)``.
 
+A service as its own process, for tests that kill it (SIGKILL) and start it again:
+``with service_process("annotation", settings) as (process, address): ...`` runs
+``simulacra serve NAME`` on a free loopback port and yields once it reports SERVING.
+
 Image factories: ``png``/``jpeg`` (seeded pseudo-random pixels, distinct
 seeds give distinct bytes) and ``solid_png`` (one colour, tiny at any size).
 """
@@ -36,8 +40,13 @@ seeds give distinct bytes) and ``solid_png`` (one colour, tiny at any size).
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +56,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simulacra_client.channel import open_aio_channel
+from simulacra_client.channel import HealthStatus, check_health, open_aio_channel, open_channel
 from simulacra_services.core.config import Settings
 from simulacra_services.core.server import METRICS_OFF, ServiceDefinition, ServiceServer
 
@@ -141,6 +150,43 @@ async def running_service(
 # ---------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def service_process(name: str, settings: Settings, *, start_timeout: float = 60.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``simulacra serve NAME`` with ``settings`` (a free port, no metrics, 1 s job leases so that a
+    restarted process takes a dead one's jobs over at once); yields (process, address) once it reports
+    SERVING, and SIGKILLs it on exit if it still runs."""
+    port = free_port()
+    env = {**os.environ, **settings.replace(**{f"{name}_port": port, f"{name}_metrics_port": 0}, job_lease_seconds=1.0).to_env()}
+    process = subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    address = f"127.0.0.1:{port}"
+    channel = open_channel(address)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            assert process.poll() is None, f"the service exited: {process.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
+            try:
+                if check_health(channel, timeout=1) == HealthStatus.SERVING:
+                    break
+            except grpc.RpcError:  # not up yet
+                pass
+            assert time.monotonic() < deadline, f"the service did not start within {start_timeout:.0f} s"
+            time.sleep(0.1)
+        yield process, address
+    finally:
+        channel.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _encode(pixels: np.ndarray, mode: str, image_format: str) -> bytes:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +25,11 @@ import sqlalchemy as sa
 from simulacra_client.annotation import AnnotationClient, idx_bytes
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_client.channel import HealthStatus, check_health, open_channel
 
 from simulacra_services.core import db
 from simulacra_services.core.config import Settings
 from tests.harness import BACKENDS, backend_settings
+from tests.harness import service_process as harness_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,47 +37,15 @@ DIGITS = 3000  # 12 chunks of 256: a write phase long enough to be caught in the
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def service_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], AnnotationClient]]:
     """``simulacra serve annotation`` with ``settings``; stopped (SIGKILL) on exit if still running."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        **settings.replace(annotation_port=port, annotation_metrics_port=0, job_lease_seconds=1.0).to_env(),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulacra_services.cli.main", "serve", "annotation"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    address = f"127.0.0.1:{port}"
-    client = AnnotationClient(address, timeout=60)
-    channel = open_channel(address)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"the service exited: {process.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
-            try:
-                if check_health(channel, timeout=1) == HealthStatus.SERVING:
-                    break
-            except grpc.RpcError:  # not up yet
-                pass
-            assert time.monotonic() < deadline, "the service did not start within 60 s"
-            time.sleep(0.1)
-        yield process, client
-    finally:
-        channel.close()
-        client.close()
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-        if process.stderr is not None:
-            process.stderr.close()
+    with harness_process("annotation", settings) as (process, address):
+        client = AnnotationClient(address, timeout=60)
+        try:
+            yield process, client
+        finally:
+            client.close()
 
 
 def _wait(what: str, condition: Callable[[], bool], limit: float = 120.0) -> None:

@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import json_format
 
@@ -30,12 +27,12 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as api_grpc
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_client.channel import HealthStatus, check_health, open_channel
+from simulacra_client.channel import open_channel
 from simulacra_services.annotation.service import DEFINITION as ANNOTATION
 from simulacra_services.core.config import Settings
 from tests.augmentation.conftest import Services, _png
 from tests.augmentation.support import photo
-from tests.harness import local_settings, running_service
+from tests.harness import local_settings, running_service, service_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,39 +40,15 @@ ITEMS, COPIES = 64, 16  # 1024 copies: 32 batches of 32
 PIPELINE = {"ops": [{"horizontal_flip": {}, "probability": 0.5}, {"affine": {"rotate_degrees": {"min": -20, "max": 20}}}]}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def augmentation_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes], api_grpc.AugmentationServiceStub]]:
     """``simulacra serve augmentation`` with ``settings``; killed on exit if still running."""
-    port = _free_port()
-    env = {**os.environ, **settings.replace(augmentation_port=port, augmentation_metrics_port=0, job_lease_seconds=1.0).to_env()}
-    process = subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", "augmentation"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    channel = open_channel(f"127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"the service exited: {process.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
-            try:
-                if check_health(channel, timeout=1) == HealthStatus.SERVING:
-                    break
-            except grpc.RpcError:  # not up yet
-                pass
-            assert time.monotonic() < deadline, "the service did not start within 60 s"
-            time.sleep(0.1)
-        yield process, api_grpc.AugmentationServiceStub(channel)
-    finally:
-        channel.close()
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-        if process.stderr is not None:
-            process.stderr.close()
+    with service_process("augmentation", settings) as (process, address):
+        channel = open_channel(address)
+        try:
+            yield process, api_grpc.AugmentationServiceStub(channel)
+        finally:
+            channel.close()
 
 
 def _make_source(services: Services) -> str:
