@@ -65,6 +65,7 @@ def test_each_sample_gets_its_own_seeded_augmentation_whatever_the_workers(suite
     assert not torch.equal(images[:24], images[24:])  # the second pass is augmented afresh
     sources = {s for b in two for s in b[2]["source"]}
     assert sources == {"augmented-real"}
+    assert {int(v) for b in two for v in b[2]["augmentation_seed"]} == {4} and {int(v) for b in two for v in b[2]["seed"]} == {0}  # the source's seed kept
     other_seed = torch.cat([b[0] for b in _read(ResumableLoader(_augmented(suite, seed=5), batch_size=8), batches=3)])
     assert not torch.equal(other_seed, images[:24])
 

@@ -78,7 +78,10 @@ def test_workers_split_the_stream_disjointly_and_completely(suite: dict[str, str
     assert [int(label) for batch in two for label in batch[1]] == [label for _, label, _ in alone]
     assert two[0][0].shape == (16, 1, 8, 8) and two[0][0].dtype == torch.uint8
     lineage = alone[3][2]
-    assert lineage == {"source": "synthetic", "item": "", "version": 0, "generator": "models/digits/versions/2", "seed": 5, "index": 3}
+    assert lineage == {
+        "source": "synthetic", "item": "", "version": 0, "generator": "models/digits/versions/2", "seed": 5, "index": 3,
+        "label": alone[3][1], "attributes": [], "truncation": 0.0, "augmentation_seed": -1,
+    }
 
 
 def test_ranks_read_the_streams_shards(suite: dict[str, str]) -> None:
@@ -176,3 +179,32 @@ def test_real_samples_mixed_with_attributed_ones_carry_minus_one(suite: dict[str
     assert sources.count("synthetic") == 20
     for values, source in zip(attributes.tolist(), sources):
         assert (values == [-1, -1]) == (source == "real") and min(values) >= (-1 if source == "real" else 0)
+    in_lineage = torch.cat([torch.stack(batch[3]["attributes"], dim=1) for batch in batches])  # collated per attribute
+    assert torch.equal(in_lineage, attributes)  # the lineage holds the same values, -1 for the real samples
+    labels = [int(v) for batch in batches for v in batch[3]["label"]]
+    assert all((label == -1) == (source == "real") for label, source in zip(labels, sources))
+
+
+def test_a_samples_lineage_draws_it_again_bit_for_bit(suite: dict[str, str]) -> None:
+    """From its lineage alone (explicit label, each attribute fixed, truncation), the service draws
+    every sample again: nothing the stream's class mix, attribute mix or label map did is missing."""
+    data = SyntheticDataset(
+        suite["sampling"], "strokes", seed=11, start_index=40, num_samples=24, class_mix={1: 1.0, 6: 2.0},
+        attribute_mix={"slant": {"left": 1.0, "right": 3.0}}, truncation=0.6, label_map={1: 101, 6: 106},
+        with_lineage=True, as_uint8=True,
+    )
+    samples = list(data)
+    names = {a.name: list(a.values) for a in data.info.attributes}
+    assert len(samples) == 24 and all(lineage["truncation"] == pytest.approx(0.6) for _, _, lineage in samples)
+    assert {lineage["label"] for _, _, lineage in samples} == {1, 6} and {label for _, label, _ in samples} == {101, 106}
+    assert {lineage["attributes"][1] for _, _, lineage in samples} == {0, 2}  # left, right: drawn, not fixed
+    with SamplingClient(suite["sampling"]) as client:
+        for image, _, lineage in samples:
+            assert lineage["generator"] == "models/strokes/versions/1" and lineage["seed"] == 11
+            fixed = {name: {names[name][v]: 1.0} for name, v in zip(data.attribute_names, lineage["attributes"])}
+            again = client.sample(
+                lineage["generator"], 1, seed=lineage["seed"], start_index=lineage["index"], labels=[lineage["label"]],
+                attribute_mix=fixed, truncation=lineage["truncation"] or None, format="uint8",
+            )
+            assert again.samples[0].tobytes() == image.numpy().tobytes()
+            assert again.attributes[0].tolist() == lineage["attributes"] and again.labels.tolist() == [lineage["label"]]

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb
 from tests.sampling.conftest import Sampling
+from tests.sampling.generators import SCENES
 from tests.sampling.test_service import array
 
 
@@ -44,6 +46,24 @@ async def test_sample_writes_a_grid_or_files_with_lineage(sampling: Sampling, tm
     for k, record in enumerate(lines):
         image = np.asarray(Image.open(io.BytesIO((tmp_path / "files" / record["file"]).read_bytes())))
         assert np.array_equal(image, reference[k, 0]) and record["seed"] == 3
+
+    for record in lines:
+        assert (record["truncation"], record["attributes"]) == (None, []) and 0 <= record["label"] < 10
+
+    # A generator with attributes, labels and truncation: each line draws its sample again, PNG byte for byte.
+    sampling.register("scenes", SCENES)
+    result = await simulacra(sampling, "sample", "scenes", "--count", "6", "--seed", "5", "--label", "1", "--label", "3", "--truncation", "0.7", "--out", str(tmp_path / "scenes"))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "scenes" / "samples.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in lines} <= {1, 3} and len({tuple(r["attributes"]) for r in lines}) > 1
+    for record in lines:
+        assert record["generator"] == "models/scenes/versions/1" and record["truncation"] == pytest.approx(0.7)
+        fixed = [gen_pb.AttributeMix(name=a.name, weights={a.values[v]: 1.0}) for a, v in zip(SCENES.attributes, record["attributes"])]
+        again = await sampling.sample(
+            record["generator"], 1, seed=record["seed"], start_index=record["index"], labels=[record["label"]],
+            attribute_mix=fixed, truncation=record["truncation"], format=gen_pb.SAMPLE_FORMAT_PNG,
+        )
+        assert again.images[0] == (tmp_path / "scenes" / record["file"]).read_bytes()
 
     missing = await simulacra(sampling, "sample", "nope", "--count", "2", "--out", str(tmp_path / "x.png"))
     assert missing.returncode == 1 and "MODEL_NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr

@@ -83,8 +83,9 @@ class _AugmentFetcher(Fetcher):
             if image.dtype != np.uint8:
                 image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
             # The request seed (the item seed the service derived from it and key "p" is a uint64,
-            # which torch's collation cannot hold): with the pipeline and position it reproduces the sample.
-            lineage = {**sample.lineage, "source": f"augmented-{sample.lineage.get('source', '')}", "seed": self._dataset.seed}
+            # which torch's collation cannot hold): with the pipeline and position it reproduces the
+            # augmentation. The source's lineage (a generator's seed among it) is kept as it was.
+            lineage = {**sample.lineage, "source": f"augmented-{sample.lineage.get('source', '')}", "augmentation_seed": self._dataset.seed}
             out.append(Sample(np.ascontiguousarray(image.transpose(2, 0, 1)), sample.label, lineage, sample.attributes))
         return out
 

@@ -39,10 +39,30 @@ class Connection:
     tls_ca: str | bytes | None = None
 
 
-def lineage(source: str, *, item: str = "", version: int = 0, generator: str = "", seed: int = 0, index: int = -1) -> dict[str, Any]:
+def lineage(
+    source: str,
+    *,
+    item: str = "",
+    version: int = 0,
+    generator: str = "",
+    seed: int = 0,
+    index: int = -1,
+    label: int = -1,
+    attributes: Sequence[int] = (),
+    truncation: float = 0.0,
+) -> dict[str, Any]:
     """Where a sample came from, with the same keys for every source (so that mixed batches collate):
-    a real ``item`` of dataset ``version``, or sample ``index`` of ``generator`` with ``seed``."""
-    return {"source": source, "item": item, "version": version, "generator": generator, "seed": seed, "index": index}
+    a real ``item`` of dataset ``version``, or sample ``index`` of ``generator`` (the resolved
+    version, ``models/M/versions/N``) with ``seed``, the generator's ``label`` (before any
+    ``label_map``), its ``attributes`` value indices and its ``truncation`` (0.0: none; a used one
+    is positive): everything the sampling service needs to draw that sample again bit for bit.
+    Real samples carry label -1, no attributes and truncation 0.0. ``augmentation_seed`` is the
+    augmentation request seed of an ``Augmented`` sample, -1 otherwise. ``ResumableDataset`` pads
+    ``attributes`` with -1 to its ``attribute_count`` (as the attributes it yields)."""
+    return {
+        "source": source, "item": item, "version": version, "generator": generator, "seed": seed, "index": index,
+        "label": label, "attributes": [int(v) for v in attributes], "truncation": float(truncation), "augmentation_seed": -1,
+    }
 
 
 @dataclass
@@ -158,11 +178,11 @@ class ResumableDataset(IterableDataset):
         if self.transform is not None:
             image = self.transform(image)
         out: tuple[Any, ...] = (image, sample.label)
+        values = list(sample.attributes) if sample.attributes is not None else [-1] * self.attribute_count
         if self.with_attributes:
-            values = sample.attributes if sample.attributes is not None else [-1] * self.attribute_count
-            out += (torch.tensor(list(values), dtype=torch.int64),)
+            out += (torch.tensor(values, dtype=torch.int64),)
         if self.with_lineage:
-            out += (sample.lineage,)
+            out += ({**sample.lineage, "attributes": values + [-1] * (self.attribute_count - len(values))},)
         return out
 
     # ---- resuming -------------------------------------------------------------

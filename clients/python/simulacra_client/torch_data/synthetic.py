@@ -67,7 +67,10 @@ class _SampleFetcher(Fetcher):
                 images = np.asarray(batch.samples)
                 attributes = batch.attributes.tolist() if batch.attributes is not None else [None] * len(images)
                 for image, label, index, values in zip(images, batch.labels, batch.indices, attributes):
-                    origin = lineage("synthetic", generator=batch.generator, seed=d.seed, index=int(index))
+                    origin = lineage(
+                        "synthetic", generator=batch.generator, seed=batch.seed, index=int(index), label=int(label),
+                        attributes=values or (), truncation=batch.truncation or 0.0,
+                    )
                     samples.append(Sample(image, d.label_map.get(int(label), int(label)), origin, values))
         return samples
 
