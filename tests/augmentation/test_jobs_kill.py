@@ -5,7 +5,9 @@ job lease) beside a real annotation-store. The test starts a job of 32 upload ba
 process with SIGKILL once a few batches are staged, starts the service again on the same data and
 checks that the new process took the job over once the dead one's lease ran out, went on from the
 batches already staged (their request ids make a batch sent again a replay, not a duplicate) and
-committed exactly one version holding every item once.
+committed exactly one version holding every item once. The job's stored result says how many source
+items its last attempt read: only those after the checkpoint it resumed from (the annotation-store
+stream restarts at the checkpoint's cursor), none of the items already staged.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.channel import open_channel
 from simulacra_services.annotation.service import DEFINITION as ANNOTATION
+from simulacra_services.augmentation.jobs.dataset_job import KIND
+from simulacra_services.augmentation.tables import AUGMENTATION_JOBS
 from simulacra_services.core.config import Settings
+from simulacra_services.core.db import create_engine
+from simulacra_services.core.jobs import JobStore
 from tests.augmentation.conftest import Services, _png
 from tests.augmentation.support import photo
 from tests.harness import local_settings, running_service, service_process
@@ -95,6 +101,14 @@ def test_a_job_killed_midway_resumes_and_commits_one_version(tmp_path: Path) -> 
         with services.client() as client:
             assert client.get_dataset("grown").latest_version == 1
             names = [s.item.name for s in client.stream_items(ended.output_dataset_version)]
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            record = JobStore(engine, AUGMENTATION_JOBS).get(KIND, name.rsplit("/", 1)[1])
+        finally:
+            engine.dispose()
+        resumed, read = record.result["items_resumed"], record.result["items_read"]
+        assert record.attempt >= 2 and 0 < resumed < ITEMS, record.result  # the last attempt went on from a checkpoint
+        assert read == ITEMS - resumed  # and read only the items after it: none staged before was read again
         job_id = name.rsplit("/", 1)[1][:8]
         assert sorted(names) == sorted(f"datasets/grown/items/img{i:02d}.aug-{job_id}-{c}" for i in range(ITEMS) for c in range(COPIES))
 

@@ -102,14 +102,16 @@ class AnnotationStoreGateway:
         streamed = self._call(f"listing {version}", lambda: list(self._client.stream_items(version, filter=selection, view=pb.ITEM_VIEW_BASIC)))
         return [(s.item.name, object_counts(self._annotations(s.item))) for s in streamed]
 
-    def items(self, version: str, selection: str) -> Iterator[StoredItem]:
-        """The selected items with their pixels, one at a time."""
-        stream = self._client.stream_items(version, filter=selection, view=pb.ITEM_VIEW_FULL)
+    def items(self, version: str, selection: str, start_cursor: str = "") -> Iterator[tuple[StoredItem, str]]:
+        """The selected items with their pixels, one at a time, each with the cursor that continues
+        after it: ``items(version, selection, cursor)`` starts with the next item (nothing before it is
+        read again). ``start_cursor`` comes from an earlier call with the same version and selection."""
+        stream = self._client.stream_items(version, start_cursor=start_cursor, filter=selection, view=pb.ITEM_VIEW_FULL)
         while True:
             streamed = self._call(f"reading {version}", next, stream, None)
             if streamed is None:
                 return
-            yield self._stored(streamed.item)
+            yield self._stored(streamed.item), streamed.cursor
 
     def item(self, version: str, name: str) -> StoredItem:
         request = rpc.GetItemRequest(name=f"{version}/items/{name.rsplit('/', 1)[1]}", view=pb.ITEM_VIEW_FULL)

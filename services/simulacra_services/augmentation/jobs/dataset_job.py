@@ -12,9 +12,13 @@ version and no item behind. When the target is the source's own dataset, the
 version holds every item of the source version and the augmented copies.
 
 Resuming: after each staged batch the job saves a checkpoint (source items
-done, batches staged, class counts); a job taken over after a crash goes on
-from it. A batch's request id is ``{staging}-b{batch}``, so a batch staged
-after the last checkpoint and sent again is a replay, not a duplicate.
+done, batches staged, class counts, and the annotation-store stream's cursor
+after the last item of that batch); a job taken over after a crash restarts
+the stream from that cursor, so no item staged before is read or decoded again.
+A batch's request id is ``{staging}-b{batch}``, so a batch staged after the
+last checkpoint and sent again is a replay, not a duplicate. The result's
+``items_read`` counts the source items the last attempt read, ``items_resumed``
+those done before it.
 
 Item seeds: copy ``c`` of source item ``x`` gets ``item_seed(seed, x, c)``
 (``x`` the item's resource name), recorded in its lineage with the copy index
@@ -26,7 +30,6 @@ source, bit for bit.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -136,33 +139,44 @@ class AugmentDatasetHandler:
                 plan = plan_copies(counted, spec["copies_per_item"], spec["category_ids"])
             total = sum(plan.values())
             augmenter = Augmenter(parse_spec(spec["pipeline"]), categories)
-            # Resuming: the items before ``items_done`` are in the staging already (batches 0..batches-1).
+            # Resuming: the items before ``items_done`` are in the staging already (batches 0..batches-1);
+            # the stream restarts after the last of them (``stream``: which selection, ``cursor``: where in it).
             checkpoint = ctx.checkpoint or {}
-            skip, batches = int(checkpoint.get("items_done", 0)), int(checkpoint.get("batches", 0))
+            done, batches = int(checkpoint.get("items_done", 0)), int(checkpoint.get("batches", 0))
             written = int(checkpoint.get("written", 0))
             if checkpoint:
                 after: Counter[int] = Counter({int(k): v for k, v in checkpoint.get("after", {}).items()})
             else:
                 after = Counter(before) if copy_sources else Counter()
+            first, cursor = int(checkpoint.get("stream", 0)), str(checkpoint.get("cursor", ""))
+            skip = done if checkpoint and "cursor" not in checkpoint else 0  # a checkpoint without a cursor (older): skip by count
+            selections = [selection, f"NOT ({selection})"] if same_dataset else [selection]
+            resumed, read, index = done, 0, done
             batch: list[NewItem] = []
-            unselected = store.items(version, f"NOT ({selection})") if same_dataset else iter(())
-            for index, item in enumerate(itertools.chain(store.items(version, selection), unselected)):
-                if index < skip:
-                    continue
-                if copy_sources:
-                    batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, image_sha256=item.image_sha256))
-                for copy_index in range(plan.get(item.name, 0)):
-                    ctx.check()
-                    new = self._augment(augmenter, item, spec, copy_index, version, name, partners)
-                    after.update(object_counts(new.annotations))
-                    batch.append(new)
-                    written += 1
-                if len(batch) >= UPLOAD_BATCH:
-                    ctx.check()
-                    store.upload(target, batch, staging, batches)
-                    batch, batches = [], batches + 1
-                    ctx.save_checkpoint_sync({"items_done": index + 1, "batches": batches, "written": written, "after": {str(k): v for k, v in after.items()}})
-                    ctx.progress_sync(written, total, "augmenting", {"items_written": written})
+            for stream in range(first, len(selections)):
+                for item, position in store.items(version, selections[stream], cursor if stream == first else ""):
+                    read += 1
+                    if skip:
+                        skip -= 1
+                        continue
+                    index += 1
+                    if copy_sources:
+                        batch.append(NewItem(item.name.rsplit("/", 1)[1], item.split, item.attributes, item.annotations, item.lineage, image_sha256=item.image_sha256))
+                    for copy_index in range(plan.get(item.name, 0)):
+                        ctx.check()
+                        new = self._augment(augmenter, item, spec, copy_index, version, name, partners)
+                        after.update(object_counts(new.annotations))
+                        batch.append(new)
+                        written += 1
+                    if len(batch) >= UPLOAD_BATCH:
+                        ctx.check()
+                        store.upload(target, batch, staging, batches)
+                        batch, batches = [], batches + 1
+                        ctx.save_checkpoint_sync({
+                            "items_done": index, "batches": batches, "written": written, "after": {str(k): v for k, v in after.items()},
+                            "stream": stream, "cursor": position,
+                        })
+                        ctx.progress_sync(written, total, "augmenting", {"items_written": written, "items_read": read})
             if batch:
                 ctx.check()
                 store.upload(target, batch, staging, batches)
@@ -175,6 +189,8 @@ class AugmentDatasetHandler:
         return {
             "output_dataset_version": committed,
             "items_written": written,
+            "items_read": read,  # source items this attempt read (and decoded): none twice across attempts
+            "items_resumed": resumed,  # source items done by earlier attempts (0: not resumed)
             "class_counts_before": {str(k): v for k, v in sorted(before.items())},
             "class_counts_after": {str(k): v for k, v in sorted(after.items())},
         }
