@@ -45,7 +45,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,19 +159,40 @@ def free_port() -> int:
 
 
 @contextmanager
-def service_process(name: str, settings: Settings, *, start_timeout: float = 60.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``simulacra serve NAME`` with ``settings`` (a free port, no metrics, 1 s job leases so that a
-    restarted process takes a dead one's jobs over at once); yields (process, address) once it reports
-    SERVING, and SIGKILLs it on exit if it still runs."""
-    port = free_port()
-    env = {**os.environ, **settings.replace(**{f"{name}_port": port, f"{name}_metrics_port": 0}, job_lease_seconds=1.0).to_env()}
-    process = subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def service_process(
+    name: str,
+    settings: Settings,
+    *,
+    start_timeout: float = 60.0,
+    port: int | None = None,
+    lease_seconds: float | None = 1.0,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``simulacra serve NAME`` with ``settings`` (``port``, else a free one; no metrics; job leases of
+    ``lease_seconds``, 1 s by default so that a restarted process takes a dead one's jobs over at once,
+    None: the settings' own); yields (process, address) once it reports SERVING, and SIGKILLs it on
+    exit if it still runs. ``env``: more variables (a service's own, e.g. SIMULACRA_SAMPLING_*);
+    ``log``: a file that receives the process's output (else stderr is kept for a failed start)."""
+    port = port or free_port()
+    changes: dict[str, Any] = {f"{name}_port": port, f"{name}_metrics_port": 0}
+    if lease_seconds is not None:
+        changes["job_lease_seconds"] = lease_seconds
+    environment = {**os.environ, **settings.replace(**changes).to_env(), **(env or {})}
+    command = [sys.executable, "-m", "simulacra_services.cli.main", "serve", name]
+    if log is not None:
+        with log.open("ab") as output:
+            process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    else:
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     address = f"127.0.0.1:{port}"
     channel = open_channel(address)
     try:
         deadline = time.monotonic() + start_timeout
         while True:
-            assert process.poll() is None, f"the service exited: {process.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
+            if process.poll() is not None:
+                said = log.read_bytes() if log is not None else process.stderr.read()  # type: ignore[union-attr]
+                raise AssertionError(f"the service exited: {said.decode(errors='replace')[-3000:]}")
             try:
                 if check_health(channel, timeout=1) == HealthStatus.SERVING:
                     break

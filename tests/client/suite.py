@@ -10,13 +10,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from simulacra_client.channel import check_health, open_channel
+from simulacra_services.core.config import Settings
+from tests.harness import service_process
 
 
 def free_ports(count: int) -> list[int]:
@@ -42,39 +41,29 @@ def suite_environment(data_dir: Path, names: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def wait_serving(address: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open_channel(address) as channel:
-            try:
-                if check_health(channel, timeout=1.0).name == "SERVING":
-                    return
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"{address} did not report SERVING within {timeout}s")
-
-
 @contextmanager
 def running_services(data_dir: Path, names: Sequence[str]) -> Iterator[dict[str, str]]:
-    """Start ``simulacra serve NAME`` for each name; yields {name: address}; SIGTERM at the end."""
+    """Start ``simulacra serve NAME`` for each name (``tests.harness.service_process``, each knowing
+    every other's address, its output in ``data_dir/NAME.log``); yields {name: address}; SIGTERM at the end."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = suite_environment(data_dir, names)
-    processes = []
-    try:
+    settings = Settings.from_env(env)
+    with ExitStack() as stack:
+        processes = []
         for name in names:
-            log = (data_dir / f"{name}.log").open("ab")
-            processes.append(subprocess.Popen([sys.executable, "-m", "simulacra_services.cli.main", "serve", name], env=env, stdout=log, stderr=subprocess.STDOUT))
-        addresses = {name: env[f"SIMULACRA_{name.upper()}_ADDRESS"] for name in names}
-        for address in addresses.values():
-            wait_serving(address)
-        yield addresses
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process, _ = stack.enter_context(
+                service_process(name, settings, start_timeout=90.0, port=settings.port(name), lease_seconds=None, log=data_dir / f"{name}.log")
+            )
+            processes.append(process)
+        stack.callback(_terminate, processes)  # runs first: a graceful stop before service_process's kill
+        yield {name: settings.address(name) for name in names}
+
+
+def _terminate(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass  # service_process kills it

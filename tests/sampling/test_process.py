@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from simulacra_client.api.sampling.v1 import generator_pb2 as gen_pb
 from simulacra_client.api.sampling.v1 import sampling_service_pb2 as api
 from simulacra_client.api.sampling.v1 import sampling_service_pb2_grpc as api_grpc
+from simulacra_services.core.config import Settings
 from simulacra_services.core.registry import ModelRegistry
 from simulacra_services.core.storage import LocalObjectStore
+from tests.harness import free_port, service_process
 from tests.sampling.generators import DIGITS, SCENES, export
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,51 +65,17 @@ def test_the_sampling_process_imports_no_torch(tmp_path: Path) -> None:
     assert "HEAVY []" in result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
-def sampling_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen]:
-    env = {
-        **os.environ,
-        "SIMULACRA_DATA_DIR": str(data_dir),
-        "SIMULACRA_SAMPLING_PORT": str(port),
-        "SIMULACRA_SAMPLING_METRICS_PORT": "0",
-        "SIMULACRA_LOG_LEVEL": "WARNING",
-        "SIMULACRA_SAMPLING_MAX_BATCH_SIZE": "16",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulacra_services.cli.main", "serve", "sampling"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-                assert time.monotonic() < deadline, "sampling process did not start"
-                time.sleep(0.2)
+def sampling_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``simulacra serve sampling`` on ``port`` (the same one across restarts), data in ``data_dir``, dynamic batches of at most 16."""
+    settings = Settings(data_dir=str(data_dir), log_level="WARNING")
+    with service_process("sampling", settings, port=port, lease_seconds=None, env={"SIMULACRA_SAMPLING_MAX_BATCH_SIZE": "16"}) as (process, _):
         yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def test_a_stream_cut_by_a_killed_server_resumes_exactly(tmp_path: Path) -> None:
     registry_at(tmp_path / "objects").register_version("digits", export(DIGITS), DIGITS, model_kind="gan")
-    name, port = "models/digits/versions/latest", _free_port()
+    name, port = "models/digits/versions/latest", free_port()
     total = 6400  # 100 messages of 16 KiB: far more than the transport buffers, so the kill cuts the stream
     request = dict(seed=21, count=total, batch_size=64, format=gen_pb.SAMPLE_FORMAT_FLOAT32, max_in_flight=1)
     with sampling_process(tmp_path, port):

@@ -19,7 +19,8 @@ from simulacra_client.errors import NotFoundError, OutOfRangeError
 from simulacra_client.sampling import generator_name
 from tests.sampling.conftest import Sampling
 from tests.sampling.generators import DIGITS, SCENES, export
-from tests.sampling.test_process import _free_port, registry_at, sampling_process
+from tests.harness import free_port
+from tests.sampling.test_process import registry_at, sampling_process
 
 
 def test_generator_names() -> None:
@@ -88,7 +89,7 @@ async def test_sample_and_stream_as_numpy(sampling: Sampling) -> None:
 
 def test_a_stream_resumes_by_itself_across_a_killed_server(tmp_path: Path) -> None:
     registry_at(tmp_path / "objects").register_version("digits", export(DIGITS), DIGITS, model_kind="gan")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     total = 2000
     options = dict(seed=8, count=total, batch_size=8, format="uint8", max_in_flight=1)
