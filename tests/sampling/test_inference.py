@@ -146,6 +146,21 @@ async def test_inference_statuses_health_and_seeded_attributes(sampling: Samplin
     assert names == ["samples", "labels", "indices", "attributes"] and list(seeded.outputs[0].shape) == [3, 8, 8, 3]
     native = await sampling.sample("models/scenes/versions/1", 3, seed=4, layout=gen_pb.SAMPLE_LAYOUT_NHWC)
     assert seeded.raw_output_contents[0] == native.samples.data and seeded.raw_output_contents[3] == native.attributes.data
+    # The answer carries each sample's lineage: resolved version, seed, indices, labels, attributes (and truncation when used).
+    assert seeded.model_version == "1" and seeded.parameters["seed"].uint64_param == 4 and "truncation" not in seeded.parameters
+    truncated = await stub.ModelInfer(pb.ModelInferRequest(
+        model_name="scenes", parameters={"seed": pb.InferParameter(int64_param=9), "start_index": pb.InferParameter(int64_param=7),
+                                         "count": pb.InferParameter(int64_param=2), "truncation": pb.InferParameter(double_param=0.5)},
+    ))
+    assert truncated.parameters["seed"].uint64_param == 9 and truncated.parameters["truncation"].double_param == 0.5
+    lineage = {o.name: np.frombuffer(raw, dtype=np.uint64 if o.datatype == "UINT64" else np.int64) for o, raw in zip(truncated.outputs, truncated.raw_output_contents) if o.name != "samples"}
+    assert lineage["indices"].tolist() == [7, 8]
+    again = await sampling.sample(  # sample 8 drawn again from its lineage alone
+        f"models/scenes/versions/{truncated.model_version}", 1, seed=truncated.parameters["seed"].uint64_param, start_index=int(lineage["indices"][1]),
+        labels=[int(lineage["labels"][1])], truncation=truncated.parameters["truncation"].double_param,
+        attribute_mix=[gen_pb.AttributeMix(name=a.name, weights={a.values[v]: 1.0}) for a, v in zip(SCENES.attributes, lineage["attributes"].reshape(2, -1)[1])],
+    )
+    assert again.samples.data == truncated.raw_output_contents[0][len(truncated.raw_output_contents[0]) // 2:]
     only = await stub.ModelInfer(
         pb.ModelInferRequest(model_name="digits", parameters={"count": pb.InferParameter(int64_param=2)}, outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="labels")])
     )

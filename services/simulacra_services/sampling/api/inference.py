@@ -10,7 +10,9 @@ empty means ``SamplingConfig.default_alias``. ModelInfer has two modes:
   ``balance_against`` ("datasets/D/versions/N", as ClassMix.balance_against); optional
   input ``labels``. Outputs ``samples`` (or ``images`` BYTES for png), ``labels`` INT64,
   ``indices`` UINT64 and ``attributes`` INT64 when the generator has some: the same samples
-  SamplingService.Sample returns for the same (version, seed, index).
+  SamplingService.Sample returns for the same (version, seed, index). The response names the
+  resolved ``model_version`` and echoes ``seed`` (and ``truncation`` when used) in its
+  parameters: with the outputs, each sample's whole lineage.
 
 Both go through the same dynamic batcher as the native API.
 """
@@ -263,12 +265,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         name = self._name(request.model_name, request.model_version)
         inputs = _decode_inputs(request)
         async with self.pool.lease(name) as generator:
+            spec: SampleSpec | None = None
             try:
                 if "z" in inputs:
                     outputs = await self._raw(generator, inputs)
                     count = len(inputs["z"])
                 else:
-                    batch = await self._seeded(generator, request, inputs)
+                    batch, spec = await self._seeded(generator, request, inputs)
                     outputs = _batch_outputs(batch)
                     count = len(batch.indices)
             except errors.SimulacraError as error:
@@ -281,6 +284,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     "UNKNOWN_OUTPUT", f"unknown output {unknown[0]!r}; this model has {', '.join(outputs)}", {"output": unknown[0][:80]}
                 )
             response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(generator.record.version), id=request.id)
+            if spec is not None:  # the rest of each sample's lineage: the version above, indices/labels/attributes among the outputs
+                response.parameters["seed"].uint64_param = spec.seed
+                if spec.truncation is not None:
+                    response.parameters["truncation"].double_param = spec.truncation
             for key in wanted or list(outputs):
                 datatype, shape, raw = outputs[key]
                 response.outputs.add(name=key, datatype=datatype, shape=shape)
@@ -313,7 +320,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         out = await generator.infer(np.ascontiguousarray(z), np.ascontiguousarray(labels), attributes)
         return {"samples": ("FP32", list(out.shape), np.ascontiguousarray(out, dtype="<f4").tobytes())}
 
-    async def _seeded(self, generator: LoadedGenerator, request: pb.ModelInferRequest, inputs: dict[str, np.ndarray]) -> SampleBatch:
+    async def _seeded(
+        self, generator: LoadedGenerator, request: pb.ModelInferRequest, inputs: dict[str, np.ndarray]
+    ) -> tuple[SampleBatch, SampleSpec]:
         params = request.parameters
         if set(inputs) - {"labels"}:
             raise errors.InvalidArgument(
@@ -339,7 +348,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         checked = check_spec(spec, generator.signature)
         explicit = check_labels(labels.reshape(-1).tolist(), count, generator.signature) if labels is not None else None
         indices = shard_indices(int(_number(params, "start_index", 0)), 0, 1, count)
-        return await produce(generator, checked, indices, explicit, offload=count >= self.config.offload_samples)
+        return await produce(generator, checked, indices, explicit, offload=count >= self.config.offload_samples), spec
 
 
 def _batch_outputs(batch: SampleBatch) -> dict[str, tuple[str, list[int], bytes]]:
