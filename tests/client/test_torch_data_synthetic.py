@@ -208,3 +208,28 @@ def test_a_samples_lineage_draws_it_again_bit_for_bit(suite: dict[str, str]) -> 
             )
             assert again.samples[0].tobytes() == image.numpy().tobytes()
             assert again.attributes[0].tolist() == lineage["attributes"] and again.labels.tolist() == [lineage["label"]]
+
+
+def test_a_sample_stored_in_the_annotation_store_is_drawn_again_from_its_stored_lineage(suite: dict[str, str]) -> None:
+    """SampleBatch.lineage(i) as the item's lineage: read back from a committed version, it draws the
+    same PNG again (labels, attribute values and truncation come from the store, nothing else)."""
+    with SamplingClient(suite["sampling"]) as sampler, AnnotationClient(suite["annotation"]) as store:
+        info = sampler.get_generator("strokes")
+        drawn = sampler.sample("strokes", 6, seed=6, start_index=20, class_mix={4: 1.0, 8: 1.0}, attribute_mix={"slant": {"left": 1.0, "right": 1.0}}, truncation=0.8, format="png")
+        store.create_dataset("drawn", categories=[pb.Category(category_id=c, display_name=n) for c, n in zip(info.category_ids, info.class_names)])
+        store.upload_items("drawn", [
+            pb.Item(image=pb.Image(data=drawn.images[i]), lineage=drawn.lineage(i), annotations=[pb.Annotation(category_id=info.category_ids[int(drawn.labels[i])], class_label=pb.ClassLabel())])
+            for i in range(len(drawn))
+        ])
+        version = store.commit("drawn").version.name
+        stored = [s.item for s in store.stream_items(version)]
+        assert len(stored) == 6
+        for item in stored:
+            source = item.lineage.synthetic
+            fixed = {a.name: {a.values[v]: 1.0} for a, v in zip(info.attributes, source.attributes)}
+            again = sampler.sample(
+                f"{source.generator}/versions/{source.generator_version}", 1, seed=source.seed, start_index=source.sample_index,
+                labels=[source.label], attribute_mix=fixed, truncation=source.truncation if source.HasField("truncation") else None, format="png",
+            )
+            assert again.images[0] == item.image.data
+        assert sorted(s.lineage.synthetic.sample_index for s in stored) == list(range(20, 26))
