@@ -88,8 +88,9 @@ async def test_a_resumed_job_reads_no_item_it_already_staged(tmp_path, monkeypat
         spec = job_convert.spec_from_proto(request, convert.spec_from_proto(spec_message, "pipeline"))
         handler = AugmentDatasetHandler(lambda: AnnotationStoreGateway(annotation.address))
 
-        async def run(job_id: str, deaths: list[int]) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
-            """Run the job until it ends, dying after the given checkpoint of each attempt in turn."""
+        async def run(job_id: str, deaths: list[int], *, older: bool = False) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
+            """Run the job until it ends, dying after the given checkpoint of each attempt in turn
+            (``older``: its checkpoints lose the stream position, as a version before it saved them)."""
             job, checkpoint, reports = SimpleNamespace(job_id=job_id, spec=spec), None, []
             for die_after in [*deaths, None]:
                 attempt = Attempt(checkpoint, die_after)
@@ -97,7 +98,7 @@ async def test_a_resumed_job_reads_no_item_it_already_staged(tmp_path, monkeypat
                     return await handler.run(job, attempt), reports  # type: ignore[arg-type]
                 except Killed:
                     reports.append({"resumed_at": (checkpoint or {}).get("items_done", 0), "saved": attempt.checkpoint})
-                    checkpoint = attempt.checkpoint
+                    checkpoint = {k: v for k, v in attempt.checkpoint.items() if not older or k not in ("stream", "cursor")}
             raise AssertionError("unreachable")
 
         whole, _ = await run("whole", [])
@@ -111,9 +112,15 @@ async def test_a_resumed_job_reads_no_item_it_already_staged(tmp_path, monkeypat
         assert resumed["items_written"] == TRAIN and resumed["class_counts_after"] == whole["class_counts_after"]
         assert resumed["output_dataset_version"] == "datasets/src/versions/3"  # one version per job: 2 (whole), 3 (broken)
 
-        first, second = await asyncio.gather(
-            asyncio.to_thread(_version, services, whole["output_dataset_version"]), asyncio.to_thread(_version, services, resumed["output_dataset_version"])
-        )
+        # A checkpoint without a stream position (saved before there was one) still resumes, by count:
+        # the items before it are read again and skipped.
+        older, _ = await run("older", [3], older=True)
+        assert (older["items_resumed"], older["items_read"], older["items_written"]) == (3, TRAIN + VAL, TRAIN)
+
+        first, second, third = await asyncio.gather(*(
+            asyncio.to_thread(_version, services, result["output_dataset_version"]) for result in (whole, resumed, older)
+        ))
         assert len(first) == 2 * TRAIN + VAL
-        rename = {name: name.replace(".aug-whole", ".aug-broken") for name in first}
-        assert {rename[name]: value[0] for name, value in first.items()} == {name: value[0] for name, value in second.items()}  # the same images
+        images = {name.replace(".aug-whole", ""): value[0] for name, value in first.items()}
+        assert images == {name.replace(".aug-broken", ""): value[0] for name, value in second.items()}  # the same images
+        assert images == {name.replace(".aug-older", ""): value[0] for name, value in third.items()}
