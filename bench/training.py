@@ -195,6 +195,7 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
                         "kl_warmup_steps": max(1, steps // 5)} | dict(extra or {}))
     config = config_for(hp)
     run = TrainingRun(make_trainer(kind, config, hp, torch.device("cpu")), train)
+    run.trainer.use_validation(validation)  # ADA's r_v, as the worker does (the report's test digits stay unseen)
     selector = FrechetSelector(train, validation, 10, seed)
     scored: list[tuple[int, float]] = []
     best: dict = {}

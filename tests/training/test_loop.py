@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from simulacra_services.training.loop.checkpoints import CheckpointInfo, Checkpo
 from simulacra_services.training.loop.diffaugment import cutout, diff_augment, translation
 from simulacra_services.training.loop.hyperparameters import InvalidHyperparameter, resolve
 from simulacra_services.training.loop.schedule import BatchSchedule
-from tests.training.tiny import tiny_run, weights
+from tests.training.tiny import tiny_data, tiny_run, weights
 
 KINDS = ("vae", "gan", "enhanced_gan")
 
@@ -118,6 +120,66 @@ def test_ada_raises_p_when_the_discriminator_overfits_and_lowers_it_otherwise():
     assert restored.p == ada.p and restored.history == ada.history
 
 
+def test_ada_r_v_is_the_share_of_the_margin_the_training_reals_alone_get():
+    def r_v(real, validation, fake):
+        ada = AdaController(heuristic="r_v", interval=1)
+        ada.accumulate(torch.tensor(real), torch.tensor(fake), torch.tensor(validation))
+        return ada.measure()
+
+    assert r_v([1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]) == pytest.approx(1.0)  # held-out reals look fake: memorised
+    assert r_v([1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]) == pytest.approx(0.0)  # held-out reals look real: no overfitting
+    assert r_v([2.0, 0.0], [0.5, 0.5], [-1.0, -1.0]) == pytest.approx(0.25)
+    assert r_v([7.0, 5.0], [5.5, 5.5], [4.0, 4.0]) == pytest.approx(0.25)  # a common shift of every score cancels
+    assert r_v([-1.0], [-2.0], [0.0]) == 0.0  # no real-vs-fake margin: nothing to overfit
+    # r_t on the shifted scores says 1 (every real "sure"), r_v says what is overfitted:
+    shifted = AdaController(heuristic="r_t", interval=1)
+    shifted.accumulate(torch.tensor([7.0, 5.0]), torch.tensor([4.0, 4.0]), torch.tensor([5.5, 5.5]))
+    assert shifted.measure() == 1.0
+
+    ada = AdaController(heuristic="r_v", target=0.3, interval=2, speed_images=100)
+    for step in range(4):
+        ada.accumulate(torch.ones(10), -torch.ones(10), -torch.ones(10))  # r_v = 1 > 0.3: raise p
+        ada.end_step(step, batch_size=10)
+    assert ada.p == pytest.approx(0.4) and ada.history[-1] == (3, pytest.approx(0.4), pytest.approx(1.0))
+    ada.accumulate(torch.ones(10), -torch.ones(10), torch.ones(10))  # r_v = 0 < 0.3: lower p
+    ada.end_step(4, batch_size=10)
+    ada.end_step(5, batch_size=10)
+    assert ada.p == pytest.approx(0.2) and ada.r == pytest.approx(0.0)
+    with pytest.raises(ValueError):  # r_v without validation scores is not silently 0
+        missing = AdaController(heuristic="r_v")
+        missing.accumulate(torch.ones(2), -torch.ones(2))
+        missing.measure()
+
+
+def test_enhanced_gan_drives_p_by_r_v_on_validation_items_and_falls_back_to_r_t_without_them():
+    with_validation = tiny_run("enhanced_gan", ada_interval=1)
+    assert with_validation.trainer.ada.heuristic == "r_v" and with_validation.trainer.ada.target == pytest.approx(0.3)
+    ada = with_validation.trainer.ada
+    seen, accumulate = [], ada.accumulate
+
+    def spy(real, fake=None, validation=None):
+        seen.append((real.shape, fake.shape, None if validation is None else validation.shape))
+        accumulate(real, fake, validation)
+
+    ada.accumulate = spy
+    with_validation.run()
+    assert seen == [(torch.Size([8]),) * 3] * 6  # a batch of validation reals scored at every D step
+    assert ada.heuristic == "r_v" and len(ada.history) == 6
+    assert all(math.isfinite(r) for _, _, r in ada.history)
+
+    for run in (tiny_run("enhanced_gan", validation=False), tiny_run("enhanced_gan", ada_target=0.2, validation=False)):
+        run.run()  # never given held-out reals: r_t (a mean of the signs of 4 steps x 8 scores)
+        assert run.trainer.ada.heuristic == "r_t" and len(run.trainer.ada.history) == 1
+        assert run.trainer.ada.r * 32 == pytest.approx(round(run.trainer.ada.r * 32))
+    assert tiny_run("enhanced_gan", validation=False).trainer.ada.target == pytest.approx(0.3)  # until the first step
+    fallen = tiny_run("enhanced_gan", validation=False)
+    fallen.trainer.use_validation(tiny_data(1))  # 1 item is not a validation set
+    assert fallen.trainer.ada.heuristic == "r_t" and fallen.trainer.ada.target == pytest.approx(0.6)
+    kept = tiny_run("enhanced_gan", ada_target=0.2, validation=False)
+    kept.trainer.use_validation(None)
+    assert kept.trainer.ada.target == pytest.approx(0.2)  # the user's target stays
+
+
 def test_enhanced_gan_logs_ada_p_and_plain_gan_does_not():
     enhanced, plain = tiny_run("enhanced_gan", ada_interval=1, ada_speed_images=80, ada_initial_p=0.5), tiny_run("gan")
     enhanced.run()
@@ -131,11 +193,15 @@ def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("vae", {}).learning_rate == 1e-3
     gan = resolve("enhanced_gan", {"batch_size": 32, "ada_target": 0.0})
     assert gan.diff_augment == ("color", "translation", "cutout") and gan.adaptive_augmentation
-    assert gan.batch_size == 32 and gan.ada_target == 0.0  # an explicit zero stays zero (the default is 0.6)
+    assert gan.batch_size == 32 and gan.ada_target == 0.0  # an explicit zero stays zero (the default is 0.3)
+    assert (resolve("enhanced_gan", {}).ada_heuristic, resolve("enhanced_gan", {}).ada_target) == ("r_v", 0.3)
+    assert resolve("enhanced_gan", {"ada_heuristic": "r_t"}).ada_target == 0.6  # the target follows the heuristic
+    assert (resolve("gan", {}).ada_heuristic, resolve("gan", {}).ada_target) == ("r_t", 0.6)
     for given, field in [
         ({"batch_size": 0}, "batch_size"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"loss": "wasserstein"}, "loss"),
+        ({"ada_heuristic": "r_x"}, "ada_heuristic"),
         ({"diff_augment": ("color", "color")}, "diff_augment"),
         ({"nonsense": 1}, "nonsense"),
         ({"discriminator_learning_rate": 0.0}, "discriminator_learning_rate"),

@@ -31,9 +31,12 @@ def tiny_data(n: int = 24, attribute_sizes: tuple[int, ...] = (), channels: int 
     return TrainingData(images, labels, attributes)
 
 
-def tiny_run(kind: str, attribute_sizes: tuple[int, ...] = (), **overrides) -> TrainingRun:
+def tiny_run(kind: str, attribute_sizes: tuple[int, ...] = (), validation: bool = True, **overrides) -> TrainingRun:
+    """With ``validation``, 12 other items are the held-out reals ADA's r_v scores (as the worker's)."""
     hp = resolve(kind, TINY | overrides)
     trainer = make_trainer(kind, tiny_config(attribute_sizes), hp, torch.device("cpu"))
+    if validation:
+        trainer.use_validation(tiny_data(12, attribute_sizes=attribute_sizes, seed=1))
     return TrainingRun(trainer, tiny_data(attribute_sizes=attribute_sizes))
 
 

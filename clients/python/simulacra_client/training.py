@@ -42,6 +42,7 @@ PREVIEWS = {"samples": rpc.PREVIEW_KIND_SAMPLES, "loss_curve": rpc.PREVIEW_KIND_
 FILES = {"onnx": registry_rpc.MODEL_VERSION_FILE_ONNX, "report_png": registry_rpc.MODEL_VERSION_FILE_REPORT_PNG,
          "report-png": registry_rpc.MODEL_VERSION_FILE_REPORT_PNG}
 LOSSES = {"hinge": pb.GAN_LOSS_HINGE, "nonsaturating": pb.GAN_LOSS_NON_SATURATING, "non_saturating": pb.GAN_LOSS_NON_SATURATING}
+ADA_HEURISTICS = {"r_t": pb.ADA_HEURISTIC_R_T, "r_v": pb.ADA_HEURISTIC_R_V}
 POLICIES = {"color": pb.DIFF_AUGMENT_POLICY_COLOR, "translation": pb.DIFF_AUGMENT_POLICY_TRANSLATION, "cutout": pb.DIFF_AUGMENT_POLICY_CUTOUT}
 TERMINAL_STATES = frozenset({common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED})
 
@@ -64,7 +65,7 @@ def model_version_name(reference: str) -> str:
 
 
 def to_hyperparameters(values: Mapping[str, Any] | pb.Hyperparameters | None) -> pb.Hyperparameters:
-    """A dict with the proto field names; ``loss`` and ``diff_augment`` may be given by name."""
+    """A dict with the proto field names; ``loss``, ``ada_heuristic`` and ``diff_augment`` may be given by name."""
     if values is None:
         return pb.Hyperparameters()
     if isinstance(values, pb.Hyperparameters):
@@ -72,6 +73,8 @@ def to_hyperparameters(values: Mapping[str, Any] | pb.Hyperparameters | None) ->
     fields = dict(values)
     if isinstance(fields.get("loss"), str):
         fields["loss"] = LOSSES[fields["loss"]]
+    if isinstance(fields.get("ada_heuristic"), str):
+        fields["ada_heuristic"] = ADA_HEURISTICS[fields["ada_heuristic"]]
     if "diff_augment" in fields:
         fields["diff_augment"] = [POLICIES[p] if isinstance(p, str) else p for p in fields["diff_augment"]]
     return pb.Hyperparameters(**fields)

@@ -25,6 +25,8 @@ POLICIES = {pb.DIFF_AUGMENT_POLICY_COLOR: "color", pb.DIFF_AUGMENT_POLICY_TRANSL
 POLICY_ENUMS = {name: value for value, name in POLICIES.items()}
 LOSSES = {pb.GAN_LOSS_HINGE: "hinge", pb.GAN_LOSS_NON_SATURATING: "nonsaturating"}
 LOSS_ENUMS = {name: value for value, name in LOSSES.items()}
+ADA_HEURISTICS = {pb.ADA_HEURISTIC_R_T: "r_t", pb.ADA_HEURISTIC_R_V: "r_v"}
+ADA_HEURISTIC_ENUMS = {name: value for value, name in ADA_HEURISTICS.items()}
 STAGES = {name.removeprefix("TRAINING_STAGE_"): value for name, value in pb.TrainingStage.items()}
 # proto field -> domain field, where the names differ.
 HP_RENAMES = {"discriminator_steps_per_generator_step": "d_steps_per_g_step"}
@@ -56,6 +58,11 @@ def hyperparameters_in(message: pb.Hyperparameters) -> dict[str, Any]:
             if value == pb.GAN_LOSS_UNSPECIFIED:
                 continue
             value = LOSSES[value]
+        elif field.name == "ada_heuristic":
+            known_enum(value, pb.AdaHeuristic, "hyperparameters.ada_heuristic")
+            if value == pb.ADA_HEURISTIC_UNSPECIFIED:
+                continue
+            value = ADA_HEURISTICS[value]
         out[HP_RENAMES.get(field.name, field.name)] = value
     if message.diff_augment:
         for value in message.diff_augment:
@@ -99,6 +106,8 @@ def hyperparameters_out(values: dict[str, Any]) -> pb.Hyperparameters:
             out.diff_augment.extend(POLICY_ENUMS[p] for p in value)
         elif field == "loss":
             out.loss = LOSS_ENUMS[value]
+        elif field == "ada_heuristic":
+            out.ada_heuristic = ADA_HEURISTIC_ENUMS[value]
         elif field in out.DESCRIPTOR.fields_by_name:
             setattr(out, field, value)
     return out

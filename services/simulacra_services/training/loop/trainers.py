@@ -16,7 +16,7 @@ from torch import nn
 from simulacra_services.training.loop.ada import AdaController
 from simulacra_services.training.loop.diffaugment import diff_augment
 from simulacra_services.training.loop.ema import ModelEma
-from simulacra_services.training.loop.hyperparameters import Hyperparameters
+from simulacra_services.training.loop.hyperparameters import ADA_DEFAULT_TARGETS, Hyperparameters
 from simulacra_services.training.models import ConditionalGenerator, ConditionalVAE, ModelConfig, ProjectionDiscriminator
 
 
@@ -44,6 +44,9 @@ class Trainer:
 
     def step(self, step: int, images, labels, attributes) -> dict[str, float]:
         raise NotImplementedError
+
+    def use_validation(self, data) -> None:
+        """Held-out reals the trainer may score (never train on); only the enhanced GAN's r_v does."""
 
     def sampler(self) -> nn.Module:
         """The network that maps (z, labels, attributes) to images: exported and evaluated."""
@@ -112,7 +115,32 @@ class GanTrainer(Trainer):
             speed_images=hp.ada_speed_images,
             p=hp.ada_initial_p if hp.diff_augment else 0.0,
             adjust_enabled=hp.adaptive_augmentation and bool(hp.diff_augment),
+            heuristic=hp.ada_heuristic,
         )
+        self.validation: torch.Tensor | None = None
+        self.validation_labels: torch.Tensor | None = None
+        self.validation_attributes: torch.Tensor | None = None
+
+    def use_validation(self, data) -> None:
+        """Held-out reals (a ``TrainingData``, the job's validation items) for ADA's r_v.
+
+        Without at least 2 of them (or when this is never called before the first step) r_v cannot be
+        measured: ADA falls back to r_t, against r_t's default target when the target was r_v's default."""
+        if self.ada.heuristic != "r_v":
+            return
+        if data is None or len(data) < 2:
+            if self.ada.target == ADA_DEFAULT_TARGETS["r_v"]:
+                self.ada.target = ADA_DEFAULT_TARGETS["r_t"]
+            self.ada.heuristic = "r_t"
+            return
+        self.validation = data.images.to(self.device)
+        self.validation_labels = data.labels.to(self.device)
+        self.validation_attributes = None if data.attributes is None else data.attributes.to(self.device)
+
+    def _measures_r_v(self) -> bool:
+        if self.ada.heuristic == "r_v" and self.validation is None:
+            self.use_validation(None)  # never given held-out reals: r_t
+        return self.ada.heuristic == "r_v"
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         if not self.hp.diff_augment:
@@ -129,8 +157,19 @@ class GanTrainer(Trainer):
             real = self.augment(images)
             if hp.r1_gamma > 0:
                 real = real.detach().requires_grad_(True)
+            d_validation = None
             with self.autocast():
-                d_real = self.d(real, labels, attributes).float()
+                if self._measures_r_v():
+                    # Held-out reals, augmented alike, scored in the same forward (no extra
+                    # spectral-norm power iteration, no gradient): ADA's r_v.
+                    val_images, val_labels, val_attributes = self._validation_batch(n)
+                    scores = self.d(
+                        torch.cat([real, self.augment(val_images)]), torch.cat([labels, val_labels]),
+                        None if attributes is None else torch.cat([attributes, val_attributes]),
+                    ).float()
+                    d_real, d_validation = scores[:n], scores[n:].detach()
+                else:
+                    d_real = self.d(real, labels, attributes).float()
                 d_fake = self.d(self.augment(fake), labels, attributes).float()
             if hp.loss == "hinge":
                 d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
@@ -144,7 +183,7 @@ class GanTrainer(Trainer):
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
-            self.ada.accumulate(d_real)
+            self.ada.accumulate(d_real, d_fake, d_validation)
         with self.autocast():
             fake = self.g(self.latents(n), labels, attributes).float()
             d_fake = self.d(self.augment(fake), labels, attributes).float()
@@ -159,7 +198,13 @@ class GanTrainer(Trainer):
             losses["r1"] = r1.item()
         if hp.diff_augment:
             losses["ada_p"] = self.ada.p
+            losses["ada_r"] = self.ada.r  # the latest r_v (or r_t) p was steered by
         return losses
+
+    def _validation_batch(self, n: int):
+        index = torch.randint(0, self.validation.shape[0], (n,), generator=self.noise, device=self.device)
+        attributes = None if self.validation_attributes is None else self.validation_attributes[index]
+        return self.validation[index], self.validation_labels[index], attributes
 
     def sampler(self):
         return self.ema.model.eval()

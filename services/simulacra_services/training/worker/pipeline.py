@@ -111,6 +111,7 @@ class TrainingPipeline:
             run.load_state_dict(state)
             self.best = state.get("best")
         self.validation, self.test, self.disjoint = validation_split(data.holdout, hp.seed)
+        trainer.use_validation(self.validation if len(self.validation) >= 2 and self.disjoint else None)  # ADA's r_v
         selection = self.validation if len(self.validation) >= 2 else data.train
         self.selector = FrechetSelector(data.train, selection, config.num_classes, hp.seed)
         self.emit(protocol.STAGE, stage="TRAINING")

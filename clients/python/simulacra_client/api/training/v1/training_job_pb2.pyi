@@ -119,6 +119,36 @@ DIFF_AUGMENT_POLICY_CUTOUT: DiffAugmentPolicy.ValueType  # 3
 """Random square cutout."""
 Global___DiffAugmentPolicy: _TypeAlias = DiffAugmentPolicy  # noqa: Y015
 
+class _AdaHeuristic:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AdaHeuristicEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdaHeuristic.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADA_HEURISTIC_UNSPECIFIED: _AdaHeuristic.ValueType  # 0
+    """The kind's default (MODEL_KIND_ENHANCED_GAN: ADA_HEURISTIC_R_V)."""
+    ADA_HEURISTIC_R_T: _AdaHeuristic.ValueType  # 1
+    """r_t = E[sign(D(training reals))] (default target 0.6)."""
+    ADA_HEURISTIC_R_V: _AdaHeuristic.ValueType  # 2
+    """r_v = (E[D(train)] - E[D(validation)]) / (E[D(train)] - E[D(fakes)]) on the
+    job's validation items, never the report's (default target 0.3); with fewer
+    than 2 validation items the job falls back to r_t.
+    """
+
+class AdaHeuristic(_AdaHeuristic, metaclass=_AdaHeuristicEnumTypeWrapper):
+    """What tells adaptive discriminator augmentation that the discriminator overfits."""
+
+ADA_HEURISTIC_UNSPECIFIED: AdaHeuristic.ValueType  # 0
+"""The kind's default (MODEL_KIND_ENHANCED_GAN: ADA_HEURISTIC_R_V)."""
+ADA_HEURISTIC_R_T: AdaHeuristic.ValueType  # 1
+"""r_t = E[sign(D(training reals))] (default target 0.6)."""
+ADA_HEURISTIC_R_V: AdaHeuristic.ValueType  # 2
+"""r_v = (E[D(train)] - E[D(validation)]) / (E[D(train)] - E[D(fakes)]) on the
+job's validation items, never the report's (default target 0.3); with fewer
+than 2 validation items the job falls back to r_t.
+"""
+Global___AdaHeuristic: _TypeAlias = AdaHeuristic  # noqa: Y015
+
 class _GanLoss:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -206,6 +236,7 @@ class Hyperparameters(_message.Message):
     BASE_WIDTH_FIELD_NUMBER: _builtins.int
     MIXED_PRECISION_FIELD_NUMBER: _builtins.int
     KL_WARMUP_STEPS_FIELD_NUMBER: _builtins.int
+    ADA_HEURISTIC_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     """Length of the latent vector z."""
     batch_size: _builtins.int
@@ -236,7 +267,7 @@ class Hyperparameters(_message.Message):
     """Weight of the KL term of the VAE loss."""
     adaptive_augmentation: _builtins.bool
     """MODEL_KIND_ENHANCED_GAN: tune the augmentation probability during training from
-    the discriminator's overfitting heuristic (ADA's r_t) towards ada_target.
+    the discriminator's overfitting heuristic (ada_heuristic) towards ada_target.
     """
     ada_target: _builtins.float
     checkpoint_every_steps: _builtins.int
@@ -265,6 +296,8 @@ class Hyperparameters(_message.Message):
     """bfloat16 autocast on a GPU; ignored on the CPU."""
     kl_warmup_steps: _builtins.int
     """VAE: steps over which the KL weight ramps from 0 to kl_weight."""
+    ada_heuristic: Global___AdaHeuristic.ValueType
+    """ADA: the overfitting heuristic p is driven by; ada_target's default follows it."""
     @_builtins.property
     def diff_augment(self) -> _containers.RepeatedScalarFieldContainer[Global___DiffAugmentPolicy.ValueType]:
         """MODEL_KIND_ENHANCED_GAN: augmentations applied to real and generated images;
@@ -303,11 +336,14 @@ class Hyperparameters(_message.Message):
         base_width: _builtins.int | None = ...,
         mixed_precision: _builtins.bool | None = ...,
         kl_warmup_steps: _builtins.int | None = ...,
+        ada_heuristic: Global___AdaHeuristic.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ada_heuristic", b"_ada_heuristic", "_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_heuristic", b"ada_heuristic", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "diff_augment", b"diff_augment", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ada_heuristic", b"_ada_heuristic", "_ada_initial_p", b"_ada_initial_p", "_ada_interval", b"_ada_interval", "_ada_speed_images", b"_ada_speed_images", "_ada_target", b"_ada_target", "_adam_beta1", b"_adam_beta1", "_adam_beta2", b"_adam_beta2", "_adaptive_augmentation", b"_adaptive_augmentation", "_base_width", b"_base_width", "_batch_size", b"_batch_size", "_channels", b"_channels", "_checkpoint_every_steps", b"_checkpoint_every_steps", "_conditional", b"_conditional", "_discriminator_learning_rate", b"_discriminator_learning_rate", "_discriminator_steps_per_generator_step", b"_discriminator_steps_per_generator_step", "_ema_decay", b"_ema_decay", "_epochs", b"_epochs", "_image_height", b"_image_height", "_image_width", b"_image_width", "_kl_warmup_steps", b"_kl_warmup_steps", "_kl_weight", b"_kl_weight", "_latent_dim", b"_latent_dim", "_learning_rate", b"_learning_rate", "_loss", b"_loss", "_max_steps", b"_max_steps", "_mixed_precision", b"_mixed_precision", "_preview_every_steps", b"_preview_every_steps", "_r1_gamma", b"_r1_gamma", "_seed", b"_seed", "ada_heuristic", b"ada_heuristic", "ada_initial_p", b"ada_initial_p", "ada_interval", b"ada_interval", "ada_speed_images", b"ada_speed_images", "ada_target", b"ada_target", "adam_beta1", b"adam_beta1", "adam_beta2", b"adam_beta2", "adaptive_augmentation", b"adaptive_augmentation", "base_width", b"base_width", "batch_size", b"batch_size", "channels", b"channels", "checkpoint_every_steps", b"checkpoint_every_steps", "conditional", b"conditional", "diff_augment", b"diff_augment", "discriminator_learning_rate", b"discriminator_learning_rate", "discriminator_steps_per_generator_step", b"discriminator_steps_per_generator_step", "ema_decay", b"ema_decay", "epochs", b"epochs", "image_height", b"image_height", "image_width", b"image_width", "kl_warmup_steps", b"kl_warmup_steps", "kl_weight", b"kl_weight", "latent_dim", b"latent_dim", "learning_rate", b"learning_rate", "loss", b"loss", "max_steps", b"max_steps", "mixed_precision", b"mixed_precision", "preview_every_steps", b"preview_every_steps", "r1_gamma", b"r1_gamma", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ada_heuristic: _TypeAlias = _typing.Literal["ada_heuristic"]  # noqa: Y015
+    _WhichOneofArgType__ada_heuristic: _TypeAlias = _typing.Literal["_ada_heuristic", b"_ada_heuristic"]  # noqa: Y015
     _WhichOneofReturnType__ada_initial_p: _TypeAlias = _typing.Literal["ada_initial_p"]  # noqa: Y015
     _WhichOneofArgType__ada_initial_p: _TypeAlias = _typing.Literal["_ada_initial_p", b"_ada_initial_p"]  # noqa: Y015
     _WhichOneofReturnType__ada_interval: _TypeAlias = _typing.Literal["ada_interval"]  # noqa: Y015
@@ -364,6 +400,8 @@ class Hyperparameters(_message.Message):
     _WhichOneofArgType__r1_gamma: _TypeAlias = _typing.Literal["_r1_gamma", b"_r1_gamma"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_heuristic) -> _WhichOneofReturnType__ada_heuristic | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ada_initial_p) -> _WhichOneofReturnType__ada_initial_p | None: ...
     @_typing.overload
