@@ -269,14 +269,15 @@ def table(results: Path) -> str:
     return "\n".join(rows)
 
 
-def seeds_table(results: Path) -> str:
-    """Mean ± sample standard deviation (and min..max) per kind and fraction over the ``*-seedN.json`` runs in ``results``.
+def seeds_table(*results: Path) -> str:
+    """Mean ± sample standard deviation (and min..max) per kind and fraction over the ``*-seedN.json`` runs in ``results``
+    (one or more folders; a later folder's run of the same kind, fraction and seed replaces an earlier one's).
 
     A seed draws the held-out digits, the training subset, the initial weights and the batches, so each
     run has its own extractor: Fréchet distances compare between kinds at the same seed (the paired
     column), less well across seeds."""
     runs: dict[tuple[float, str], dict[int, dict]] = {}
-    for path in sorted(results.glob("mnist-*-seed*.json")):
+    for path in [path for folder in results for path in sorted(folder.glob("mnist-*-seed*.json"))]:
         r = json.loads(path.read_text())
         runs.setdefault((r["fraction"], r["kind"]), {})[r["hyperparameters"]["seed"]] = r
 
@@ -295,6 +296,10 @@ def seeds_table(results: Path) -> str:
             f"{mean('frechet_distance_real_baseline'):.0f} | {spread([r['tstr'] for r in rs], 3)} | {mean('trtr'):.3f} | "
             f"{spread([r['label_fidelity'] for r in rs], 2)} | {mean('precision'):.2f} / {mean('recall'):.2f} |"
         )
+    def mean_se(values: list[float], digits: int) -> str:
+        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):+.{digits}f} ± {se:.{digits}f} standard error"
+
     for fraction in sorted({f for f, _ in runs}, reverse=True):
         enhanced, plain = runs.get((fraction, "enhanced_gan"), {}), runs.get((fraction, "gan"), {})
         paired = sorted(set(enhanced) & set(plain))
@@ -304,8 +309,8 @@ def seeds_table(results: Path) -> str:
         tstr = [enhanced[s]["tstr"] - plain[s]["tstr"] for s in paired]
         rows.append(
             f"\n{int(round(fraction * 100))}%, enhanced GAN − cGAN at the same seed ({len(paired)} seeds): "
-            f"Fréchet distance {', '.join(f'{d:+.0f}' for d in fd)} (lower in {sum(d < 0 for d in fd)}), "
-            f"TSTR {', '.join(f'{d:+.3f}' for d in tstr)} (higher in {sum(d > 0 for d in tstr)})"
+            f"Fréchet distance {', '.join(f'{d:+.0f}' for d in fd)} (lower in {sum(d < 0 for d in fd)}; mean {mean_se(fd, 0)}), "
+            f"TSTR {', '.join(f'{d:+.3f}' for d in tstr)} (higher in {sum(d > 0 for d in tstr)}; mean {mean_se(tstr, 3)})"
         )
     return "\n".join(rows)
 
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training")
     sd = sub.add_parser("seeds")
-    sd.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training" / "seeds")
+    sd.add_argument("--results", type=Path, nargs="+", default=[ROOT / "bench" / "results" / "training" / "seeds"])
     q = sub.add_parser("quick")
     q.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SIMULACRA_TRAINING_THREADS", "2")))
@@ -346,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.section == "table":
         print(table(args.results))
     elif args.section == "seeds":
-        print(seeds_table(args.results))
+        print(seeds_table(*args.results))
     elif args.section == "mnist":
         extra = {}
         for item in args.set:

@@ -42,4 +42,10 @@ def test_the_seeds_summary_gives_mean_spread_and_paired_differences(tmp_path: Pa
     summary = bench.seeds_table(tmp_path)
     assert "| 10% | gan | 2 | 400 ± 141 [300, 500] | 40 | 0.450 ± 0.071 [0.400, 0.500] | 0.900 |" in summary
     assert "| 10% | enhanced_gan | 2 | 385 ± 191 [250, 520] |" in summary
-    assert "Fréchet distance -50, +20 (lower in 1), TSTR +0.050, +0.100 (higher in 2)" in summary
+    assert ("Fréchet distance -50, +20 (lower in 1; mean -15 ± 35 standard error), "
+            "TSTR +0.050, +0.100 (higher in 2; mean +0.075 ± 0.025 standard error)") in summary
+    newer = tmp_path / "newer"  # a second folder: its runs replace the first's of the same kind and seed
+    newer.mkdir()
+    run = json.loads((tmp_path / "mnist-enhanced_gan-10pct-seed1.json").read_text()) | {"frechet_distance": 480.0}
+    (newer / "mnist-enhanced_gan-10pct-seed1.json").write_text(json.dumps(run))
+    assert "Fréchet distance -50, -20 (lower in 2;" in bench.seeds_table(tmp_path, newer)
