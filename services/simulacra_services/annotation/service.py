@@ -16,6 +16,7 @@ from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as ap
 from simulacra_services.annotation.api import convert
 from simulacra_services.annotation.api.jobs import JobService
 from simulacra_services.annotation.api.servicer import AnnotationServicer
+from simulacra_services.annotation.persistence.packs import SEGMENT_BYTES
 from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import db
 from simulacra_services.core.budget import PixelBudget
@@ -27,11 +28,14 @@ from simulacra_services.core.storage import open_object_store
 JobServiceFactory = Callable[..., JobService]
 
 
-async def register(server: grpc.aio.Server, settings: Settings, *, job_service: JobServiceFactory = JobService) -> CloseHook:
+async def register(
+    server: grpc.aio.Server, settings: Settings, *, job_service: JobServiceFactory = JobService, pack_segment_bytes: int = SEGMENT_BYTES,
+) -> CloseHook:
     """Open storage and database, migrate, start the job runner, add the servicer.
 
     ``job_service``: builds the ``JobService`` from the store and the runner's
     settings (tests pass one that keeps a reference, or sets small chunks).
+    ``pack_segment_bytes``: the size of stream pack segments (tests make packs of several).
     """
     objects = await asyncio.to_thread(open_object_store, settings)
     engine = db.create_engine(settings.resolved_database_url)
@@ -40,7 +44,8 @@ async def register(server: grpc.aio.Server, settings: Settings, *, job_service: 
         await asyncio.to_thread(db.migrate, engine)
         store = AnnotationStore(
             engine, objects, max_image_pixels=settings.max_image_pixels, decode_budget=PixelBudget(settings.decode_budget_pixels),
-            item_encoding=convert.ITEM_ENCODING,
+            item_encoding=convert.ITEM_ENCODING, stream_packs=settings.stream_packs,
+            stream_pack_max_bytes=settings.stream_pack_max_bytes, pack_segment_bytes=pack_segment_bytes,
         )
         jobs = job_service(store, lease_seconds=settings.job_lease_seconds, owner=settings.job_runner_id)
         await jobs.start()
@@ -50,12 +55,14 @@ async def register(server: grpc.aio.Server, settings: Settings, *, job_service: 
         engine.dispose()
         objects.close()
         raise
-    api_grpc.add_AnnotationServiceServicer_to_server(AnnotationServicer(store, jobs), server)
+    servicer = AnnotationServicer(store, jobs)
+    api_grpc.add_AnnotationServiceServicer_to_server(servicer, server)
     opened = store
 
     async def close() -> None:
         try:
             await jobs.close()
+            await servicer.close()
         finally:
             await asyncio.to_thread(opened.close)
             await asyncio.to_thread(engine.dispose)

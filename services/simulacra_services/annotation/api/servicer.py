@@ -9,30 +9,31 @@ of annotation/api/jobs.py.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import numpy as np
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
 from simulacra_client.api.annotation.v1 import annotation_service_pb2_grpc as api_grpc
-from simulacra_services.annotation.api import convert, wire
+from simulacra_services.annotation.api import convert
+from simulacra_services.annotation.api.stream import (  # noqa: F401 (the stream limits, re-exported)
+    STREAM_DEFAULT_ITEMS,
+    STREAM_MAX_ITEMS,
+    STREAM_RESPONSE_BYTES,
+    ItemStreams,
+    stream_items_per_response,
+)
 from simulacra_services.annotation.domain import names
-from simulacra_services.annotation.domain.model import PixelMap
 from simulacra_services.annotation.domain.prepare import check_request_id
-from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord, ItemSlice
+from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord
 from simulacra_services.annotation.persistence.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
-from simulacra_services.annotation.persistence.row_codec import EncodedItem
 from simulacra_services.annotation.persistence.staging import Stagings, check_staging_id
 from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import errors
 from simulacra_services.core.api import blobs as blob_api
-from simulacra_services.core.api import pagination
 
 if TYPE_CHECKING:
     from simulacra_services.annotation.api.jobs import JobService
@@ -40,12 +41,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MAX_FIND_BLOBS = 10_000
-STREAM_DEFAULT_ITEMS = 64
-STREAM_MAX_ITEMS = 1000
-STREAM_RESPONSE_BYTES = 1024 * 1024
-"""A StreamItems response stops at about this many bytes of encoded items (a larger item travels alone)."""
-_STREAM_READ_ROWS = 256
-_CURSOR_HINT = "start_cursor must be a cursor of an earlier response of a stream with the same parent, filter and shard"
 _UPDATE_PATHS = ("split", "attributes", "file_name", "annotations", "lineage")
 
 
@@ -67,103 +62,16 @@ def _version_arg(state: names.StateName) -> str | None:
     return state.version
 
 
-def stream_items_per_response(requested: int) -> int:
-    """``max_items_per_response`` of a StreamItems request: 0 = default, above the maximum = the maximum."""
-    if requested < 0:
-        raise errors.InvalidArgument(
-            "INVALID_MAX_ITEMS_PER_RESPONSE",
-            f"max_items_per_response must be >= 0 (0: the server default, {STREAM_DEFAULT_ITEMS}), got {requested}",
-            {"field": "max_items_per_response", "value": requested},
-        )
-    return STREAM_DEFAULT_ITEMS if requested == 0 else min(requested, STREAM_MAX_ITEMS)
-
-
-def _payload_bytes(record: EncodedItem | ItemRecord) -> int:
-    """Image and pixel-map bytes the item will carry, known from its metadata before any blob is read."""
-    if isinstance(record, EncodedItem):
-        return record.image_size  # never has pixel maps
-    size = record.image.size_bytes
-    for annotation in record.annotations:
-        geometry = annotation.geometry
-        if isinstance(geometry, PixelMap):
-            size += math.prod(geometry.shape) * np.dtype(geometry.dtype.value).itemsize
-    return size
-
-
-class _StreamReader:
-    """Reads a StreamItems stream one response at a time, each call in a worker thread (never two at once).
-
-    Rows are read from the database a few hundred at a time and kept until sent;
-    a response takes the next rows up to the item and byte limits, then reads
-    only their blobs, so memory stays near two responses whatever the images.
-    Most items come with their stored encoding and are sent from it, joined
-    with their image bytes into the response's wire bytes (annotation/api/wire.py);
-    the others are decoded, converted and serialized. The cursor is encoded once per
-    response, for its last item.
-    """
-
-    def __init__(
-        self, store: AnnotationStore, dataset_id: str, version: int, filter: str, shard_index: int, shard_count: int,
-        full: bool, query: str, items_per_response: int, after: str,
-    ) -> None:
-        self.store, self.dataset_id, self.version, self.filter = store, dataset_id, version, filter
-        self.shard_index, self.shard_count, self.full, self.query = shard_index, shard_count, full, query
-        self.items_per_response = items_per_response
-        self.read_rows = max(items_per_response, _STREAM_READ_ROWS)
-        self.buffered: collections.deque[EncodedItem | ItemRecord] = collections.deque()
-        self.last_read = after  # item_id of the last row read from the database
-        self.exhausted = False
-
-    def _fill(self) -> None:
-        """Top the buffer up to a full response when the database has more rows."""
-        if self.exhausted or len(self.buffered) >= self.items_per_response:
-            return
-        where = ItemSlice(self.filter, self.last_read, self.shard_index, self.shard_count)
-        rows = self.store.stream_page(self.dataset_id, self.version, where, limit=self.read_rows)
-        self.buffered.extend(rows)
-        self.exhausted = len(rows) < self.read_rows
-        if rows:
-            self.last_read = rows[-1].item_id
-
-    def next_response(self) -> bytes | None:
-        """The next response, serialized (see annotation/api/wire.py), or None at the end of the stream."""
-        self._fill()
-        if not self.buffered:
-            return None
-        # Plan by what the metadata tells before reading: the item limit, and the image and
-        # pixel-map bytes, so that only the blobs of this response are read.
-        records = [self.buffered.popleft()]
-        planned = _payload_bytes(records[0]) if self.full else 0
-        while self.buffered and len(records) < self.items_per_response:
-            more = _payload_bytes(self.buffered[0]) if self.full else 0
-            if planned + more > STREAM_RESPONSE_BYTES:
-                break
-            planned += more
-            records.append(self.buffered.popleft())
-        loaded = self.store.read_stream_entries(records) if self.full else [(record, None) for record in records]
-        # Then by the encoded size, which large annotations (polygons, RLE masks) can swell:
-        # items past the limit go back to the buffer for the next response.
-        items: list[wire.Item] = []
-        size = 0
-        for index, (record, image) in enumerate(loaded):
-            if isinstance(record, EncodedItem):
-                item = wire.encoded_item(record.encoded, self.version, image)
-            else:
-                item = wire.message_item(convert.item_to_proto(record, image))
-            size += item[0]
-            if index and size > STREAM_RESPONSE_BYTES:
-                self.buffered.extendleft(reversed(records[index:]))
-                break
-            items.append(item)
-        cursor = pagination.encode_token([records[len(items) - 1].item_id, self.version], self.query)
-        return wire.stream_response(items, cursor)
-
-
 class AnnotationServicer(api_grpc.AnnotationServiceServicer):
     def __init__(self, store: AnnotationStore, jobs: JobService) -> None:
         self.store = store
         self.jobs = jobs
         self.stagings = Stagings(store.item_writes, store.versions)
+        self.streams = ItemStreams(store, store.packs)
+
+    async def close(self) -> None:
+        """Wait for work that outlives its RPC (stream packs being published)."""
+        await self.streams.close()
 
     # ---- datasets ------------------------------------------------------------
     async def CreateDataset(self, request: api.CreateDatasetRequest, context: grpc.aio.ServicerContext) -> api.CreateDatasetResponse:
@@ -332,47 +240,10 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
         await _run(self.store.delete_item, _working_state(name.state, "name"), name.item_id)
         return api.DeleteItemResponse()
 
-    async def StreamItems(
-        self, request: api.StreamItemsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """Responses go out as wire bytes made by ``_StreamReader`` (the interceptor passes bytes through)."""
-        state = names.parse_version(request.parent, "parent")
-        shard_index, shard_count = request.shard_index, request.shard_count
-        if shard_count < 0 or not (0 <= shard_index < max(shard_count, 1)):
-            raise errors.InvalidArgument(
-                "INVALID_SHARD",
-                f"shard_index must lie in [0, shard_count) (shard_count 0 or 1: no sharding), got {shard_index} of {shard_count}",
-                {"field": "shard_index", "shard_index": shard_index, "shard_count": shard_count},
-            )
-        items_per_response = stream_items_per_response(request.max_items_per_response)
-        full = convert.full_view(request.view, pb.ITEM_VIEW_FULL)
-        dataset = await _run(self.store.get_dataset, state.dataset_id)
-        query = pagination.fingerprint(
-            rpc="StreamItems", dataset=state.dataset_id, created=dataset.create_time, filter=request.filter,
-            shard=[shard_index, shard_count if shard_count > 1 else 0],
-        )
-        after = ""
-        if request.start_cursor:
-            # A cursor is [item_id, version]: the last item sent and the version the stream reads.
-            after, version = pagination.decode_token(
-                request.start_cursor, query, validate=pagination.values_of(pagination.is_str, pagination.is_int),
-                field="start_cursor", reason="INVALID_CURSOR", hint=_CURSOR_HINT,
-            )
-            if state.version != "latest" and int(state.version or 0) != version:
-                raise pagination.invalid_token("start_cursor", "made for a different version", reason="INVALID_CURSOR", hint=_CURSOR_HINT)
-        else:
-            version = (await _run(self.store.resolve_version, state.dataset_id, state.version or "latest")).version
-        reader = _StreamReader(
-            self.store, state.dataset_id, version, request.filter, shard_index, shard_count, full, query, items_per_response, after
-        )
-        pending = asyncio.ensure_future(_run(reader.next_response))
-        try:
-            while (response := await pending) is not None:
-                pending = asyncio.ensure_future(_run(reader.next_response))  # read the next one while this one is sent
-                yield response
-        finally:
-            if not pending.done():
-                pending.cancel()
+    async def StreamItems(self, request: api.StreamItemsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Responses go out as wire bytes, from the version's rows or its pack (annotation/api/stream.py)."""
+        async for response in self.streams.stream(request):
+            yield response
 
     # ---- versions ------------------------------------------------------------
     async def CommitVersion(self, request: api.CommitVersionRequest, context: grpc.aio.ServicerContext) -> api.CommitVersionResponse:

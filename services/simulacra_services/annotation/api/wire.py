@@ -88,12 +88,29 @@ def message_item(message: pb.Item) -> Item:
 
 
 def stream_response(items: Sequence[Item], cursor: str) -> bytes:
-    """A serialized ``StreamItemsResponse`` of ``items`` and ``cursor``."""
+    """A serialized ``StreamItemsResponse`` of ``items`` and ``cursor``: each item's *piece*
+    (``piece_length`` bytes: its ``items`` field), in order, then ``cursor_field(cursor)``."""
     parts: list[bytes] = []
     for size, item in items:
         parts.append(_RESPONSE_ITEMS + varint(size))
         parts += item
-    if cursor:
-        text = cursor.encode()
-        parts += [_RESPONSE_CURSOR + varint(len(text)), text]
+    parts.append(cursor_field(cursor))
     return b"".join(parts)
+
+
+def piece_length(size: int) -> int:
+    """Bytes of an ``items`` field in a response holding an item of ``size`` bytes."""
+    return len(_RESPONSE_ITEMS) + len(varint(size)) + size
+
+
+def cursor_field(cursor: str) -> bytes:
+    """The ``cursor`` field that ends a response (nothing for an empty cursor)."""
+    if not cursor:
+        return b""
+    text = cursor.encode()
+    return _RESPONSE_CURSOR + varint(len(text)) + text
+
+
+FORMAT = f"stream-items-1/item-{_RESPONSE_ITEMS.hex()}{_ITEM_VERSION.hex()}{_ITEM_IMAGE.hex()}{_IMAGE_DATA.hex()}"
+"""Names the layout of an item's piece (with the stored encoding's format, in ``stream.PACK_WIRE``):
+a stream pack made under another layout is not used."""

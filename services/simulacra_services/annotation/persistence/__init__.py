@@ -12,6 +12,7 @@
 - ``staging``: ``Stagings``, items uploaded invisibly, then committed as a version or discarded
 - ``tables``, ``row_codec``, ``queries``: the tables, rows to records and back, SQL building blocks
 - ``blobs``: ``BlobStore``, content-addressed blobs and image checks
+- ``packs``: ``PackStore``, committed versions' streams stored whole (stream packs) for StreamItems
 - ``store``: ``AnnotationStore``, the facade composing the repositories for the API layer
 
 The stored item encoding is the API's (``row_codec.ItemEncoding``, given to the store).

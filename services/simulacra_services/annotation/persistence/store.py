@@ -34,6 +34,7 @@ from simulacra_services.annotation.persistence.datasets import (  # noqa: F401 (
 from simulacra_services.annotation.persistence.imports import DatasetJobRepository
 from simulacra_services.annotation.persistence.item_reads import ITEM_ORDER_COLUMNS, ItemReader  # noqa: F401
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
+from simulacra_services.annotation.persistence.packs import DEFAULT_MAX_PACK_BYTES, SEGMENT_BYTES, PackStore
 from simulacra_services.annotation.persistence.row_codec import NO_ENCODING, ItemEncoding
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, MAX_DISPLAY_NAME  # noqa: F401
 from simulacra_services.annotation.persistence.statistics import StatisticsRepository
@@ -71,6 +72,9 @@ class AnnotationStore:
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         decode_budget: PixelBudget | None = None,
         item_encoding: ItemEncoding = NO_ENCODING,
+        stream_packs: bool = False,
+        stream_pack_max_bytes: int = DEFAULT_MAX_PACK_BYTES,
+        pack_segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
         self.engine = engine
         self.blobs = BlobStore(objects)
@@ -84,6 +88,7 @@ class AnnotationStore:
         self.versions = VersionRepository(engine)
         self.stats = StatisticsRepository(engine)
         self.dataset_jobs = DatasetJobRepository(engine, self.item_writes, self.categories)
+        self.packs = PackStore(objects, enabled=stream_packs, max_bytes=stream_pack_max_bytes, segment_bytes=pack_segment_bytes)
 
     @property
     def max_image_pixels(self) -> int:
@@ -103,7 +108,11 @@ class AnnotationStore:
     create_dataset = _forward("datasets", DatasetRepository.create)
     get_dataset = _forward("datasets", DatasetRepository.get)
     list_datasets = _forward("datasets", DatasetRepository.list)
-    delete_dataset = _forward("datasets", DatasetRepository.delete)
+
+    def delete_dataset(self, dataset_id: str, *, force: bool = False) -> None:
+        """``DatasetRepository.delete``, then the dataset's stream packs (``packs.PackStore``)."""
+        self.datasets.delete(dataset_id, force=force)
+        self.packs.delete_dataset(dataset_id)
 
     # categories ----------------------------------------------------------
     list_categories = _forward("categories", CategoryRepository.list)
