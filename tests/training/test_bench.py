@@ -49,3 +49,18 @@ def test_the_seeds_summary_gives_mean_spread_and_paired_differences(tmp_path: Pa
     run = json.loads((tmp_path / "mnist-enhanced_gan-10pct-seed1.json").read_text()) | {"frechet_distance": 480.0}
     (newer / "mnist-enhanced_gan-10pct-seed1.json").write_text(json.dumps(run))
     assert "Fréchet distance -50, -20 (lower in 2;" in bench.seeds_table(tmp_path, newer)
+
+
+def test_the_discriminator_scores_probe_gives_r_t_and_r_v(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "training.py"), "--threads", "1", "dscores", "--kind", "enhanced_gan",
+         "--steps", "4", "--every", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "dscores-enhanced_gan-seed0.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [2, 4]
+    for row in rows:
+        assert -1.0 <= row["r_t"] <= 1.0
+        margin = row["train"] - row["fake"]
+        assert row["r_v"] == (row["train"] - row["validation"]) / margin if margin > 0 else row["r_v"] == 0.0
