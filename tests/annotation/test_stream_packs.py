@@ -255,3 +255,24 @@ async def test_no_pack_past_the_limit_and_delete_removes_packs(service: Callable
         await stub.CommitVersion(api.CommitVersionRequest(parent=dataset.name))
         (response,) = [api.StreamItemsResponse.FromString(r) for r in await raw(running.channel, version)]
         assert [item.name for item in response.items] == [f"{dataset.name}/items/only"]
+
+
+async def test_a_build_that_fails_leaves_no_pack_and_the_stream_is_whole(service: Callable[..., Any], objects: ObjectStore, settings: Settings) -> None:
+    if settings.storage_backend != "local":
+        pytest.skip("the failure is made on local files: a file where the packs' directory must go")
+    blocker = settings.resolved_storage_dir / "packs"
+    async with service(stream_packs=False) as running:
+        parent = await _dataset(api_grpc.AnnotationServiceStub(running.channel))
+        request = api.StreamItemsRequest(parent=f"{parent}/versions/1", max_items_per_response=9)
+        expected = await raw(running.channel, request)
+    async with service() as running:
+        blocker.write_bytes(b"not a directory")  # every put under packs/ fails now
+        assert await raw(running.channel, request) == expected  # the stream does not depend on its build
+        await asyncio.sleep(0.5)  # the build ran after the stream and failed
+        blocker.unlink()
+        assert pack_keys(objects) == []
+        # Nothing was left that a stream uses: the next one reads the rows (and builds the pack).
+        assert await raw(running.channel, request) == expected
+        await until(lambda: manifests(objects), "the pack's manifest")
+        delete_blobs(objects)
+        assert await raw(running.channel, request) == expected
