@@ -17,6 +17,7 @@ lock on SQLite).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -42,6 +43,8 @@ from simulacra_services.annotation.persistence.versions import VersionRepository
 from simulacra_services.core.budget import PixelBudget
 from simulacra_services.core.storage import ObjectStore
 
+
+_log = logging.getLogger("simulacra.annotation.packs")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,9 +113,16 @@ class AnnotationStore:
     list_datasets = _forward("datasets", DatasetRepository.list)
 
     def delete_dataset(self, dataset_id: str, *, force: bool = False) -> None:
-        """``DatasetRepository.delete``, then the dataset's stream packs (``packs.PackStore``)."""
+        """``DatasetRepository.delete``, then the dataset's stream packs (``packs.PackStore``).
+
+        The dataset is gone once its rows are: packs left by a storage error here are logged, not
+        raised (their keys hold the old dataset's create time, so no later dataset uses them).
+        """
         self.datasets.delete(dataset_id, force=force)
-        self.packs.delete_dataset(dataset_id)
+        try:
+            self.packs.delete_dataset(dataset_id)
+        except Exception:
+            _log.warning("stream packs of deleted dataset %r not all removed", dataset_id, exc_info=True)
 
     # categories ----------------------------------------------------------
     list_categories = _forward("categories", CategoryRepository.list)
