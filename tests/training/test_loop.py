@@ -38,6 +38,8 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, kind):
     extra = {"r1_gamma": 0.5, "loss": "nonsaturating"} if kind == "gan" else {}
+    if kind == "enhanced_gan":
+        extra = {"ada_heuristic": "r_v", "ada_interval": 1, "ada_speed_images": 80}  # validation draws, p moving
     straight = tiny_run(kind, attribute_sizes=(2, 3), **extra)
     straight.run()
 
@@ -151,8 +153,8 @@ def test_ada_r_v_is_the_share_of_the_margin_the_training_reals_alone_get():
         missing.measure()
 
 
-def test_enhanced_gan_drives_p_by_r_v_on_validation_items_and_falls_back_to_r_t_without_them():
-    with_validation = tiny_run("enhanced_gan", ada_interval=1)
+def test_ada_on_r_v_scores_validation_items_and_falls_back_to_r_t_without_them():
+    with_validation = tiny_run("enhanced_gan", ada_heuristic="r_v", ada_interval=1)
     assert with_validation.trainer.ada.heuristic == "r_v" and with_validation.trainer.ada.target == pytest.approx(0.3)
     ada = with_validation.trainer.ada
     seen, accumulate = [], ada.accumulate
@@ -167,15 +169,16 @@ def test_enhanced_gan_drives_p_by_r_v_on_validation_items_and_falls_back_to_r_t_
     assert ada.heuristic == "r_v" and len(ada.history) == 6
     assert all(math.isfinite(r) for _, _, r in ada.history)
 
-    for run in (tiny_run("enhanced_gan", validation=False), tiny_run("enhanced_gan", ada_target=0.2, validation=False)):
+    r_v = {"ada_heuristic": "r_v", "validation": False}
+    for run in (tiny_run("enhanced_gan", **r_v), tiny_run("enhanced_gan", ada_target=0.2, **r_v)):
         run.run()  # never given held-out reals: r_t (a mean of the signs of 4 steps x 8 scores)
         assert run.trainer.ada.heuristic == "r_t" and len(run.trainer.ada.history) == 1
         assert run.trainer.ada.r * 32 == pytest.approx(round(run.trainer.ada.r * 32))
-    assert tiny_run("enhanced_gan", validation=False).trainer.ada.target == pytest.approx(0.3)  # until the first step
-    fallen = tiny_run("enhanced_gan", validation=False)
+    assert tiny_run("enhanced_gan", **r_v).trainer.ada.target == pytest.approx(0.3)  # until the first step
+    fallen = tiny_run("enhanced_gan", **r_v)
     fallen.trainer.use_validation(tiny_data(1))  # 1 item is not a validation set
     assert fallen.trainer.ada.heuristic == "r_t" and fallen.trainer.ada.target == pytest.approx(0.6)
-    kept = tiny_run("enhanced_gan", ada_target=0.2, validation=False)
+    kept = tiny_run("enhanced_gan", ada_target=0.2, **r_v)
     kept.trainer.use_validation(None)
     assert kept.trainer.ada.target == pytest.approx(0.2)  # the user's target stays
 
@@ -193,9 +196,10 @@ def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("vae", {}).learning_rate == 1e-3
     gan = resolve("enhanced_gan", {"batch_size": 32, "ada_target": 0.0})
     assert gan.diff_augment == ("color", "translation", "cutout") and gan.adaptive_augmentation
-    assert gan.batch_size == 32 and gan.ada_target == 0.0  # an explicit zero stays zero (the default is 0.3)
-    assert (resolve("enhanced_gan", {}).ada_heuristic, resolve("enhanced_gan", {}).ada_target) == ("r_v", 0.3)
-    assert resolve("enhanced_gan", {"ada_heuristic": "r_t"}).ada_target == 0.6  # the target follows the heuristic
+    assert gan.batch_size == 32 and gan.ada_target == 0.0  # an explicit zero stays zero (the default is 0.6)
+    assert (resolve("enhanced_gan", {}).ada_heuristic, resolve("enhanced_gan", {}).ada_target) == ("r_t", 0.6)
+    assert resolve("enhanced_gan", {"ada_heuristic": "r_v"}).ada_target == 0.3  # the target follows the heuristic
+    assert resolve("enhanced_gan", {"ada_heuristic": "r_v", "ada_target": 0.5}).ada_target == 0.5
     assert (resolve("gan", {}).ada_heuristic, resolve("gan", {}).ada_target) == ("r_t", 0.6)
     for given, field in [
         ({"batch_size": 0}, "batch_size"),

@@ -42,12 +42,13 @@ async def error_of(call) -> object:
 async def test_a_job_trains_checkpoints_exports_reports_and_registers(training):
     version = await asyncio.to_thread(training.store.import_digits, "digits")
     stub = rpc_grpc.TrainingServiceStub(training.channel)
-    created = (await stub.CreateTrainingJob(job_request(version, kind=pb.MODEL_KIND_ENHANCED_GAN))).training_job
+    request = job_request(version, kind=pb.MODEL_KIND_ENHANCED_GAN, ada_heuristic=pb.ADA_HEURISTIC_R_V)  # the worker's r_v path
+    created = (await stub.CreateTrainingJob(request)).training_job
     assert created.state == common_pb2.JOB_STATE_QUEUED and created.name.startswith("trainingJobs/")
     assert created.hyperparameters.batch_size == 8 and created.hyperparameters.ema_decay == pytest.approx(0.999)
     assert list(created.hyperparameters.diff_augment) == [1, 2, 3]  # the kind's default written back
     assert created.hyperparameters.ada_heuristic == pb.ADA_HEURISTIC_R_V
-    assert created.hyperparameters.ada_target == pytest.approx(0.3)  # r_v's default target
+    assert created.hyperparameters.ada_target == pytest.approx(0.3)  # r_v's default target, written back
 
     job = await wait_end(stub, created.name)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error

@@ -126,7 +126,7 @@ class _AdaHeuristic:
 class _AdaHeuristicEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdaHeuristic.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ADA_HEURISTIC_UNSPECIFIED: _AdaHeuristic.ValueType  # 0
-    """The kind's default (MODEL_KIND_ENHANCED_GAN: ADA_HEURISTIC_R_V)."""
+    """The default: ADA_HEURISTIC_R_T."""
     ADA_HEURISTIC_R_T: _AdaHeuristic.ValueType  # 1
     """r_t = E[sign(D(training reals))] (default target 0.6)."""
     ADA_HEURISTIC_R_V: _AdaHeuristic.ValueType  # 2
@@ -139,7 +139,7 @@ class AdaHeuristic(_AdaHeuristic, metaclass=_AdaHeuristicEnumTypeWrapper):
     """What tells adaptive discriminator augmentation that the discriminator overfits."""
 
 ADA_HEURISTIC_UNSPECIFIED: AdaHeuristic.ValueType  # 0
-"""The kind's default (MODEL_KIND_ENHANCED_GAN: ADA_HEURISTIC_R_V)."""
+"""The default: ADA_HEURISTIC_R_T."""
 ADA_HEURISTIC_R_T: AdaHeuristic.ValueType  # 1
 """r_t = E[sign(D(training reals))] (default target 0.6)."""
 ADA_HEURISTIC_R_V: AdaHeuristic.ValueType  # 2
