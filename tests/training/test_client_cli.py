@@ -10,6 +10,7 @@ import onnxruntime
 import pytest
 
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.api.training.v1 import training_job_pb2 as pb
 from simulacra_client.errors import SimulacraRpcError
 from simulacra_client.training import TrainingClient, model_version_name
 from simulacra_services.cli.main import main as cli
@@ -24,13 +25,17 @@ def test_model_version_names():
     assert model_version_name("models/m/versions/2") == "models/m/versions/2"
 
 
+HP = TINY | {"loss": "nonsaturating", "r1_gamma": 1.0, "ada_heuristic": "r_v"}  # names, as the CLI's --set gives them
+
+
 def _client_flow(address: str, version: str) -> None:
     with TrainingClient(address) as client:
-        job = client.create_job(version, "enhanced_gan", model="digits", hyperparameters=TINY | {"loss": "nonsaturating", "r1_gamma": 1.0},
+        job = client.create_job(version, "enhanced_gan", model="digits", hyperparameters=HP,
                                 device="cpu", evaluation_sample_count=30, holdout_fraction=0.25, request_id="once")
-        again = client.create_job(version, "enhanced_gan", model="digits", hyperparameters=TINY | {"loss": "nonsaturating", "r1_gamma": 1.0},
+        again = client.create_job(version, "enhanced_gan", model="digits", hyperparameters=HP,
                                   device="cpu", evaluation_sample_count=30, holdout_fraction=0.25, request_id="once")
         assert again.name == job.name  # the request id made the retry idempotent
+        assert job.hyperparameters.ada_heuristic == pb.ADA_HEURISTIC_R_V and job.hyperparameters.loss == pb.GAN_LOSS_NON_SATURATING
         seen = []
         done = client.wait_job(job.name, progress=seen.append)
         assert done.state == common_pb2.JOB_STATE_SUCCEEDED and seen[-1].state == done.state
