@@ -257,9 +257,9 @@ async def test_no_pack_past_the_limit_and_delete_removes_packs(service: Callable
         assert [item.name for item in response.items] == [f"{dataset.name}/items/only"]
 
 
+@pytest.mark.parametrize("settings", ["local"], indirect=True)  # the failure is made on local files: a file where the packs' directory must go
 async def test_a_build_that_fails_leaves_no_pack_and_the_stream_is_whole(service: Callable[..., Any], objects: ObjectStore, settings: Settings) -> None:
-    if settings.storage_backend != "local":
-        pytest.skip("the failure is made on local files: a file where the packs' directory must go")
+    assert settings.storage_backend == "local"
     blocker = settings.resolved_storage_dir / "packs"
     async with service(stream_packs=False) as running:
         parent = await _dataset(api_grpc.AnnotationServiceStub(running.channel))
