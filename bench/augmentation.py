@@ -211,8 +211,32 @@ asyncio.run(main())
 """
 
 
-def bench_stream(images, boxes, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    """(stream items/s through a real server in its own process, in-process items/s), one worker thread each."""
+NOTHING = {"ops": [{"horizontal_flip": {}, "probability": 0.0}]}  # a pipeline that does nothing: the transport's own cost
+
+
+def cpu_and_faults(pid: int | str = "self") -> tuple[float, int]:
+    """(CPU seconds, user + system, of every thread of process ``pid`` so far; its minor page faults)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+
+def measured(run: Callable[[], int], server: int | None) -> dict[str, float]:
+    """One run: wall seconds, this process's CPU seconds and minor faults, and those of the server process."""
+    client0, server0 = cpu_and_faults(), cpu_and_faults(server) if server else (0.0, 0)
+    cpu0, start = time.process_time(), time.perf_counter()
+    items = run()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0  # process_time: ns resolution, every thread
+    client1, server1 = cpu_and_faults(), cpu_and_faults(server) if server else (0.0, 0)
+    return {"items": items, "wall": wall, "client_cpu": cpu, "client_faults": client1[1] - client0[1],
+            "server_cpu": server1[0] - server0[0], "server_faults": server1[1] - server0[1]}
+
+
+def bench_stream(images, boxes, repeats: int, batch: int = 16) -> dict[str, Any]:  # noqa: ANN001
+    """The gRPC stream through a real server in its own process against the engine in process (one
+    worker thread each), interleaved round by round, with the CPU time each side spent per batch: the
+    server process's (all its threads, from /proc) and this process's (the SDK client, all threads).
+
+    Rates are the best round's; CPU and page faults per batch the median over rounds."""
     env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-c", "import cv2; cv2.setNumThreads(1)\n" + _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
@@ -223,14 +247,41 @@ def bench_stream(images, boxes, repeats: int) -> tuple[float, float]:  # noqa: A
         ]
         with AugmentationClient(address) as client:
 
-            def run_stream() -> int:
-                return sum(1 for _ in client.stream(inputs, OURS, seed=1, batch_size=16))
+            def streamer(pipeline: dict) -> Callable[[], int]:
+                return lambda: sum(1 for _ in client.stream(inputs, pipeline, seed=1, batch_size=batch))
 
-            found = interleaved({"stream": run_stream, "in_process": engine_run(images, boxes)}, repeats)
+            runs = {"stream": (streamer(OURS), server.pid), "in_process": (engine_run(images, boxes), None), "transport": (streamer(NOTHING), server.pid)}
+            for run, _ in runs.values():
+                run()
+            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+            for _ in range(repeats):
+                for name, (run, pid) in runs.items():
+                    rounds[name].append(measured(run, pid))
     finally:
         server.stdin.close()
         server.wait(30)
-    return found["stream"], found["in_process"]
+    batches = -(-len(images) // batch)
+    out: dict[str, Any] = {}
+    for name, found in rounds.items():
+        out[name] = {"images_per_s": max(r["items"] / r["wall"] for r in found)}
+        for key in ("wall", "client_cpu", "server_cpu"):
+            out[name][f"{key}_ms_per_batch"] = float(np.median([r[key] for r in found])) * 1000 / batches
+        for key in ("client_faults", "server_faults"):
+            out[name][f"{key}_per_batch"] = float(np.median([r[key] for r in found])) / batches
+    stream, engine = out["stream"], out["in_process"]
+    cores = os.cpu_count() or 1
+    engine_ms, client_ms, server_ms = engine["client_cpu_ms_per_batch"], stream["client_cpu_ms_per_batch"], stream["server_cpu_ms_per_batch"]
+    out["batch_size"] = batch
+    out["cores"] = cores
+    out["grpc_stream_images_per_s"] = stream["images_per_s"]
+    out["in_process_images_per_s"] = engine["images_per_s"]
+    out["ratio_stream_to_in_process"] = stream["images_per_s"] / engine["images_per_s"]
+    # The stream cannot beat the CPU it needs spread over the cores there are (two processes: at most
+    # two cores busy unless the server's worker runs beside its event loop), nor the busiest process
+    # on a core of its own if that process runs serially (one GIL).
+    out["ceiling_on_these_cores"] = engine_ms / ((client_ms + server_ms) / min(cores, 2))
+    out["ceiling_one_core_per_process"] = engine_ms / max(client_ms, server_ms)
+    return out
 
 
 JOB_PIPELINE = {"ops": OURS["ops"][1:]}  # the same without the crop: the stored items keep their size
@@ -298,15 +349,36 @@ def bench_job(count: int) -> dict[str, float]:
     return {"items": count, "items_written": done.items_written, "seconds": elapsed, "items_per_s": done.items_written / elapsed}
 
 
+def print_stream(st: dict[str, Any]) -> None:
+    s, e, n = st["stream"], st["in_process"], st["transport"]
+    print(f"  gRPC stream (SDK, 1 worker) {st['grpc_stream_images_per_s']:8.0f} images/s vs in process {st['in_process_images_per_s']:.0f}: ratio {st['ratio_stream_to_in_process']:.2f}")
+    print(f"    CPU ms per batch of {st['batch_size']} (median over rounds; minor page faults in brackets):")
+    print(f"      in process (engine)           {e['client_cpu_ms_per_batch']:6.2f}   wall {e['wall_ms_per_batch']:6.2f}")
+    print(f"      stream: server {s['server_cpu_ms_per_batch']:6.2f} [{s['server_faults_per_batch']:5.0f}]  client {s['client_cpu_ms_per_batch']:6.2f} [{s['client_faults_per_batch']:5.0f}]  wall {s['wall_ms_per_batch']:6.2f}")
+    print(f"      do-nothing pipeline: server {n['server_cpu_ms_per_batch']:6.2f} [{n['server_faults_per_batch']:5.0f}]  client {n['client_cpu_ms_per_batch']:6.2f} [{n['client_faults_per_batch']:5.0f}]  wall {n['wall_ms_per_batch']:6.2f} ({n['images_per_s']:.0f} images/s)")
+    print(f"    ceiling from CPU: {st['ceiling_on_these_cores']:.2f} of in process on {min(st['cores'], 2)} cores (engine / ((server + client) / cores)), "
+          f"{st['ceiling_one_core_per_process']:.2f} with a core per process (engine / busiest process); measured {st['ratio_stream_to_in_process']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--stream-only", action="store_true", help="only the gRPC stream against in process, with its CPU accounting")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     count, repeats = (48, 3) if args.quick else (480, 5)
     images, boxes = photographs(count)
-    figures: dict = {"quick": args.quick, "images": count, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+    figures: dict = {"quick": args.quick, "images": count, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                     "load_at_start": os.getloadavg()[0]}
+    if args.stream_only:
+        figures["stream"] = bench_stream(images, boxes, repeats)
+        figures["load_at_end"] = os.getloadavg()[0]
+        print(f"Augmentation stream benchmark: {count} photographs 256x256, 5 boxes each (load {figures['load_at_start']:.2f} -> {figures['load_at_end']:.2f})")
+        print_stream(figures["stream"])
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
 
     album, a_version = albumentations_run(images, boxes)
     korn, k_version = kornia_run(images, boxes)
@@ -324,19 +396,19 @@ def main() -> None:
         "ratio_fused_to_op_by_op": ours / op_by_op,
     }
     figures["sharpness"] = {"fused_psnr_db": sharpness_psnr(True), "op_by_op_psnr_db": sharpness_psnr(False)}
-    streamed, in_process = bench_stream(images, boxes, repeats)
-    figures["stream"] = {"grpc_stream_images_per_s": streamed, "in_process_images_per_s": in_process, "ratio_stream_to_in_process": streamed / in_process}
+    figures["stream"] = bench_stream(images, boxes, repeats)
 
     figures["job"] = bench_job(200 if args.quick else 5000)
+    figures["load_at_end"] = os.getloadavg()[0]
     t, s, st = figures["one_thread"], figures["sharpness"], figures["stream"]
-    print(f"Augmentation benchmark: {count} scikit-image photographs 256x256, 5 boxes each, one thread ({figures['machine']})")
+    print(f"Augmentation benchmark: {count} scikit-image photographs 256x256, 5 boxes each, one thread ({figures['machine']}; load {figures['load_at_start']:.2f} -> {figures['load_at_end']:.2f})")
     print("  pipeline: RandomResizedCrop(224) + HorizontalFlip + Affine + ColorJitter")
     print(f"  ours (fused)            {t['ours_images_per_s']:8.0f} images/s")
     print(f"  ours (op by op)         {t['ours_op_by_op_images_per_s']:8.0f} images/s   fused/op-by-op ratio {t['ratio_fused_to_op_by_op']:.2f}")
     print(f"  Albumentations {a_version:8s} {t['albumentations_images_per_s']:8.0f} images/s   ours/albumentations ratio {t['ratio_to_albumentations']:.2f}")
     print(f"  Kornia {k_version:16s} {t['kornia_images_per_s']:8.0f} images/s   ours/kornia ratio {t['ratio_to_kornia']:.2f}")
     print(f"  sharpness (PSNR against one Lanczos resampling): fused {s['fused_psnr_db']:.1f} dB, op by op {s['op_by_op_psnr_db']:.1f} dB")
-    print(f"  gRPC stream (SDK, 1 worker) {st['grpc_stream_images_per_s']:8.0f} images/s vs in process {st['in_process_images_per_s']:.0f}: ratio {st['ratio_stream_to_in_process']:.2f}")
+    print_stream(st)
     j = figures["job"]
     print(f"  dataset job: {j['items']} items of 64x64 (2 boxes each) augmented and committed in {j['seconds']:.1f} s: {j['items_per_s']:.0f} items/s")
     print("Summary: " + ", ".join(f"{k}={v:.2f}" for k, v in (("ours/albumentations", t["ratio_to_albumentations"]), ("ours/kornia", t["ratio_to_kornia"]), ("stream/in-process", st["ratio_stream_to_in_process"]))))

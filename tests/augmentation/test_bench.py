@@ -28,6 +28,13 @@ def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
     assert figures["one_thread"]["kornia_version"].startswith("0.9")
     # One resampling is closer to the ideal than one per op.
     assert figures["sharpness"]["fused_psnr_db"] > figures["sharpness"]["op_by_op_psnr_db"]
-    assert figures["stream"]["ratio_stream_to_in_process"] > 0
+    stream = figures["stream"]
+    assert stream["ratio_stream_to_in_process"] > 0
+    # The CPU accounting: both sides of the stream and of the do-nothing stream, the engine, the ceilings.
+    for part in ("stream", "transport"):
+        assert stream[part]["server_cpu_ms_per_batch"] > 0 and stream[part]["client_cpu_ms_per_batch"] > 0, part
+    assert stream["in_process"]["client_cpu_ms_per_batch"] > 0
+    assert 0 < stream["ceiling_one_core_per_process"] <= stream["ceiling_on_these_cores"] * 2
+    assert "ceiling from CPU" in result.stdout
     assert figures["job"]["items_written"] == figures["job"]["items"] == 200 and figures["job"]["items_per_s"] > 0
     assert "Summary" in result.stdout and "ratio" in result.stdout
