@@ -13,6 +13,7 @@ from simulacra_services.training.loop.checkpoints import CheckpointInfo, Checkpo
 from simulacra_services.training.loop.diffaugment import cutout, diff_augment, translation
 from simulacra_services.training.loop.hyperparameters import InvalidHyperparameter, resolve
 from simulacra_services.training.loop.schedule import BatchSchedule
+from simulacra_services.training.loop.trainers import LECAM_DECAY, LecamAnchors, lecam_penalty
 from tests.training.tiny import tiny_data, tiny_run, weights
 
 KINDS = ("vae", "gan", "enhanced_gan")
@@ -39,7 +40,8 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not(kind):
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, kind):
     extra = {"r1_gamma": 0.5, "loss": "nonsaturating"} if kind == "gan" else {}
     if kind == "enhanced_gan":
-        extra = {"ada_heuristic": "r_v", "ada_interval": 1, "ada_speed_images": 80}  # validation draws, p moving
+        # Validation draws, p moving, LeCam's anchors carried over.
+        extra = {"ada_heuristic": "r_v", "ada_interval": 1, "ada_speed_images": 80, "lecam_weight": 0.3}
     straight = tiny_run(kind, attribute_sizes=(2, 3), **extra)
     straight.run()
 
@@ -192,6 +194,44 @@ def test_enhanced_gan_logs_ada_p_and_plain_gan_does_not():
     assert enhanced.history[0]["ada_p"] != pytest.approx(0.5)  # it moved from its initial p
 
 
+def test_lecam_penalty_is_the_papers_formula_with_moving_anchors():
+    d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([-2.0, 0.0])
+    # mean((D(x) - a_F)^2) + mean((D(G(z)) - a_R)^2) with a_R = 0.5, a_F = -1:
+    expected = ((2.0**2 + 4.0**2) / 2) + ((2.5**2 + 0.5**2) / 2)
+    assert lecam_penalty(d_real, d_fake, torch.tensor(0.5), torch.tensor(-1.0)).item() == pytest.approx(expected)
+    real = d_real.clone().requires_grad_(True)
+    lecam_penalty(real, d_fake, torch.tensor(0.5), torch.tensor(-1.0)).backward()
+    assert torch.allclose(real.grad, torch.tensor([2.0, 4.0]))  # d/dD(x) of mean((D(x) + 1)^2), anchors constant
+
+    anchors = LecamAnchors(torch.device("cpu"))
+    anchors.update(d_real, d_fake)  # the first update sets them: means 2 and -1
+    assert (anchors.real.item(), anchors.fake.item()) == (2.0, -1.0)
+    anchors.update(torch.tensor([4.0]), torch.tensor([1.0]))
+    assert anchors.real.item() == pytest.approx(LECAM_DECAY * 2 + (1 - LECAM_DECAY) * 4)
+    assert anchors.fake.item() == pytest.approx(LECAM_DECAY * -1 + (1 - LECAM_DECAY) * 1)
+    restored = LecamAnchors(torch.device("cpu"))
+    restored.load_state_dict(anchors.state_dict())
+    assert torch.equal(restored.values, anchors.values) and restored.started
+
+
+def test_lecam_weight_zero_changes_nothing_and_a_weight_changes_the_discriminator():
+    off, default, on = tiny_run("gan", lecam_weight=0.0), tiny_run("gan"), tiny_run("gan", lecam_weight=0.5)
+    for run in (off, default, on):
+        run.run()
+    _assert_same_weights(off, default)
+    assert off.history == default.history and "lecam" not in off.history[-1]
+    assert not off.trainer.lecam.started  # no anchor is measured when it is off
+    assert on.history[-1]["lecam"] > 0 and on.trainer.lecam.started
+    key = "discriminator.score.parametrizations.weight.original"
+    assert not torch.equal(weights(on)[key], weights(off)[key])
+    # A checkpoint written before LeCam existed still loads (with fresh anchors).
+    state = off.trainer.state_dict()
+    del state["lecam"]
+    old = tiny_run("gan")
+    old.trainer.load_state_dict(state)
+    assert not old.trainer.lecam.started
+
+
 def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("vae", {}).learning_rate == 1e-3
     gan = resolve("enhanced_gan", {"batch_size": 32, "ada_target": 0.0})
@@ -201,6 +241,7 @@ def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("enhanced_gan", {"ada_heuristic": "r_v"}).ada_target == 0.3  # the target follows the heuristic
     assert resolve("enhanced_gan", {"ada_heuristic": "r_v", "ada_target": 0.5}).ada_target == 0.5
     assert (resolve("gan", {}).ada_heuristic, resolve("gan", {}).ada_target) == ("r_t", 0.6)
+    assert resolve("gan", {}).lecam_weight == 0.0 and resolve("enhanced_gan", {"lecam_weight": 0.3}).lecam_weight == 0.3
     for given, field in [
         ({"batch_size": 0}, "batch_size"),
         ({"learning_rate": -1.0}, "learning_rate"),
@@ -209,6 +250,7 @@ def test_hyperparameters_defaults_per_kind_and_precise_errors():
         ({"diff_augment": ("color", "color")}, "diff_augment"),
         ({"nonsense": 1}, "nonsense"),
         ({"discriminator_learning_rate": 0.0}, "discriminator_learning_rate"),
+        ({"lecam_weight": -0.1}, "lecam_weight"),
     ]:
         with pytest.raises(InvalidHyperparameter) as caught:
             resolve("gan", given)

@@ -42,13 +42,15 @@ async def error_of(call) -> object:
 async def test_a_job_trains_checkpoints_exports_reports_and_registers(training):
     version = await asyncio.to_thread(training.store.import_digits, "digits")
     stub = rpc_grpc.TrainingServiceStub(training.channel)
-    request = job_request(version, kind=pb.MODEL_KIND_ENHANCED_GAN, ada_heuristic=pb.ADA_HEURISTIC_R_V)  # the worker's r_v path
+    # The worker's r_v path, and LeCam's anchors through its checkpoints.
+    request = job_request(version, kind=pb.MODEL_KIND_ENHANCED_GAN, ada_heuristic=pb.ADA_HEURISTIC_R_V, lecam_weight=0.25)
     created = (await stub.CreateTrainingJob(request)).training_job
     assert created.state == common_pb2.JOB_STATE_QUEUED and created.name.startswith("trainingJobs/")
     assert created.hyperparameters.batch_size == 8 and created.hyperparameters.ema_decay == pytest.approx(0.999)
     assert list(created.hyperparameters.diff_augment) == [1, 2, 3]  # the kind's default written back
     assert created.hyperparameters.ada_heuristic == pb.ADA_HEURISTIC_R_V
     assert created.hyperparameters.ada_target == pytest.approx(0.3)  # r_v's default target, written back
+    assert created.hyperparameters.HasField("lecam_weight") and created.hyperparameters.lecam_weight == pytest.approx(0.25)
 
     job = await wait_end(stub, created.name)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
@@ -98,6 +100,9 @@ async def test_bad_requests_get_precise_statuses(training):
     for request, code, reason in cases:
         error = await error_of(stub.CreateTrainingJob(request))
         assert (error.code, error.reason) == (code, reason), (request.training_job.dataset_version, error)
+    error = await error_of(stub.CreateTrainingJob(job_request(version, kind=pb.MODEL_KIND_ENHANCED_GAN, lecam_weight=-0.1)))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_HYPERPARAMETER")
+    assert error.metadata["field"] == "hyperparameters.lecam_weight" and "-0.1" in error.message
     error = await error_of(stub.GetTrainingJob(rpc.GetTrainingJobRequest(name="trainingJobs/missing")))
     assert error.code == grpc.StatusCode.NOT_FOUND
     error = await error_of(stub.GetTrainingJob(rpc.GetTrainingJobRequest(name="jobs/x")))

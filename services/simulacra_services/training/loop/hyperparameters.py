@@ -46,6 +46,7 @@ class Hyperparameters:
     ada_initial_p: float = 0.0
     loss: str = "hinge"
     r1_gamma: float = 0.0
+    lecam_weight: float = 0.0
     d_steps_per_g_step: int = 1
     ema_decay: float = 0.999
     base_width: int = 32
@@ -92,6 +93,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ada_speed_images": (1, 100_000_000),
     "ada_initial_p": (0.0, 1.0),
     "r1_gamma": (0.0, 1000.0),
+    "lecam_weight": (0.0, 1000.0),
     "d_steps_per_g_step": (1, 16),
     "ema_decay": (0.0, 0.999999),
     "base_width": (4, 512),

@@ -95,8 +95,52 @@ class VaeTrainer(Trainer):
         return {"vae": self.vae, "optimizer": self.optimizer}
 
 
+LECAM_DECAY = 0.99
+"""Decay of LeCam's anchors (the running means of D's scores), the paper's value."""
+
+
+def lecam_penalty(d_real: torch.Tensor, d_fake: torch.Tensor, anchor_real: torch.Tensor, anchor_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam regularisation (Tseng et al., CVPR 2021, eq. 3): scores on reals are pulled towards the
+    running mean of the scores on fakes and vice versa, ``mean((D(x) - a_F)^2) + mean((D(G(z)) - a_R)^2)``.
+    The anchors are constants here (no gradient flows into them)."""
+    return (d_real - anchor_fake.detach()).pow(2).mean() + (d_fake - anchor_real.detach()).pow(2).mean()
+
+
+class LecamAnchors:
+    """The exponential moving averages of D's mean score on reals and on fakes that LeCam anchors to.
+
+    The first update sets them to that step's means (no bias towards 0), later ones decay at
+    ``LECAM_DECAY``. Part of the trainer's state, so a resumed run continues them exactly."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.values = torch.zeros(2, device=device)  # [real, fake]
+        self.started = False
+
+    def update(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> None:
+        means = torch.stack([d_real.detach().mean(), d_fake.detach().mean()]).to(self.values.dtype)
+        self.values = means if not self.started else LECAM_DECAY * self.values + (1 - LECAM_DECAY) * means
+        self.started = True
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.values[0]
+
+    @property
+    def fake(self) -> torch.Tensor:
+        return self.values[1]
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.clone(), "started": self.started}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = state["values"].to(self.values.device, self.values.dtype).clone()
+        self.started = bool(state["started"])
+
+
 class GanTrainer(Trainer):
-    """Conditional GAN; with ``diff_augment`` / ``adaptive_augmentation`` it is the enhanced GAN."""
+    """Conditional GAN; with ``diff_augment`` / ``adaptive_augmentation`` it is the enhanced GAN.
+
+    ``lecam_weight > 0`` adds LeCam regularisation to the discriminator's loss (``lecam_penalty``)."""
 
     kind = "gan"
 
@@ -117,6 +161,7 @@ class GanTrainer(Trainer):
             adjust_enabled=hp.adaptive_augmentation and bool(hp.diff_augment),
             heuristic=hp.ada_heuristic,
         )
+        self.lecam = LecamAnchors(device)
         self.validation: torch.Tensor | None = None
         self.validation_labels: torch.Tensor | None = None
         self.validation_attributes: torch.Tensor | None = None
@@ -180,6 +225,10 @@ class GanTrainer(Trainer):
                 (gradient,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
                 r1 = gradient.pow(2).sum(dim=(1, 2, 3)).mean()
                 d_loss = d_loss + 0.5 * hp.r1_gamma * r1
+            if hp.lecam_weight > 0:
+                self.lecam.update(d_real, d_fake)
+                lecam = lecam_penalty(d_real, d_fake, self.lecam.real, self.lecam.fake)
+                d_loss = d_loss + hp.lecam_weight * lecam
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
@@ -196,10 +245,17 @@ class GanTrainer(Trainer):
         losses = {"generator": g_loss.item(), "discriminator": d_loss.item(), "d_real": d_real.mean().item()}
         if hp.r1_gamma > 0:
             losses["r1"] = r1.item()
+        if hp.lecam_weight > 0:
+            losses["lecam"] = lecam.item()
         if hp.diff_augment:
             losses["ada_p"] = self.ada.p
             losses["ada_r"] = self.ada.r  # the latest r_v (or r_t) p was steered by
         return losses
+
+    def load_state_dict(self, state: dict) -> None:
+        if "lecam" not in state:  # a checkpoint from before LeCam existed: it trained without it
+            state = state | {"lecam": LecamAnchors(self.device).state_dict()}
+        super().load_state_dict(state)
 
     def _validation_batch(self, n: int):
         index = torch.randint(0, self.validation.shape[0], (n,), generator=self.noise, device=self.device)
@@ -217,6 +273,7 @@ class GanTrainer(Trainer):
             "g_optimizer": self.g_optimizer,
             "d_optimizer": self.d_optimizer,
             "ada": self.ada,
+            "lecam": self.lecam,
         }
 
 
