@@ -35,9 +35,10 @@ from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as rpc
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as rpc_grpc
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client import augmentation_wire as wire
 from simulacra_client.albumentations_import import from_albumentations
 from simulacra_client.annotation import JobCancelledError, JobFailedError, dataset_name, version_name
-from simulacra_client.raw import RawClient, ServiceClient
+from simulacra_client.raw import RawClient, ServiceClient, _responses
 
 __all__ = ["AugmentationClient", "AugmentedImage", "Pipeline", "from_albumentations", "load_pipeline"]
 
@@ -139,16 +140,9 @@ _DTYPES = {common_pb2.DATA_TYPE_UINT8: np.dtype("uint8"), common_pb2.DATA_TYPE_F
 
 
 def _tensor(image: np.ndarray) -> common_pb2.Tensor:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.dtype == np.uint8:
-        dtype = common_pb2.DATA_TYPE_UINT8
-    elif image.dtype == np.float32:
-        dtype = common_pb2.DATA_TYPE_FLOAT32
-    else:
-        raise ValueError(f"images are uint8 or float32, got {image.dtype}")
-    return common_pb2.Tensor(dtype=dtype, shape=list(image.shape), data=np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<")).tobytes())
+    pixels = wire.image_pixels(image)
+    dtype = common_pb2.DATA_TYPE_UINT8 if pixels.dtype == np.uint8 else common_pb2.DATA_TYPE_FLOAT32
+    return common_pb2.Tensor(dtype=dtype, shape=list(pixels.shape), data=pixels.tobytes())
 
 
 def _image(tensor: common_pb2.Tensor) -> np.ndarray:
@@ -190,6 +184,21 @@ class ItemInput:
         if self.seed is not None:
             message.seed = self.seed
         return message
+
+    def encoded(self) -> wire.Encoded:
+        """``to_proto()`` serialized, the pixels not copied (``augmentation_wire``)."""
+        rest = rpc.AugmentItem(annotations=list(self.annotations))
+        if self.seed is not None:
+            rest.seed = self.seed
+        return wire.item(self.key, self.image, rest)
+
+
+_STREAM_METHOD = "/{}/AugmentStream".format(rpc.DESCRIPTOR.services_by_name["AugmentationService"].full_name)
+
+
+def _serialize(request: rpc.AugmentStreamRequest | bytes) -> bytes:
+    """Requests already serialized (``bytes``) go out as they are."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 class AugmentationClient(ServiceClient):
@@ -262,19 +271,22 @@ class AugmentationClient(ServiceClient):
         ``device``: "" for the server's numpy path, "cpu" or "cuda" for its batched torch path.
         """
 
-        def requests() -> Iterator[rpc.AugmentStreamRequest]:
+        def requests() -> Iterator[rpc.AugmentStreamRequest | bytes]:
             config = rpc.AugmentStreamConfig(pipeline=self._source(pipeline), seed=seed, categories=list(categories), start_position=start_position, device=device)
             yield rpc.AugmentStreamRequest(config=config)
-            batch: list[rpc.AugmentItem] = []
+            batch: list[wire.Encoded] = []
             for item in items:
-                batch.append((item if isinstance(item, ItemInput) else ItemInput(image=item)).to_proto())
+                batch.append((item if isinstance(item, ItemInput) else ItemInput(image=item)).encoded())
                 if len(batch) == batch_size:
-                    yield rpc.AugmentStreamRequest(items=batch)
+                    yield wire.message(wire.STREAM_REQUEST_ITEMS, batch)
                     batch = []
             if batch:
-                yield rpc.AugmentStreamRequest(items=batch)
+                yield wire.message(wire.STREAM_REQUEST_ITEMS, batch)
 
-        for response in self._raw.exchange("AugmentStream", requests()):
+        # The requests with items are serialized here (pixels copied once), so the call is made
+        # with a serializer that lets bytes through rather than through the generated stub.
+        call = self._raw.channel.stream_stream(_STREAM_METHOD, request_serializer=_serialize, response_deserializer=rpc.AugmentStreamResponse.FromString)
+        for response in _responses(call(requests())):
             for message in response.items:
                 yield _augmented(message)
 

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client import augmentation_wire as wire
 from simulacra_services.annotation.api.convert import annotation_from_proto, annotation_to_proto, category_from_proto, timestamp
 from simulacra_services.annotation.domain.model import Category
 from simulacra_services.augmentation.engine import Augmented, Item, PipelineSpec, canonical, parse_spec
@@ -65,9 +66,10 @@ def image_from_proto(tensor: common_pb2.Tensor, field: str, max_pixels: int) -> 
             "IMAGE_TOO_LARGE", f"{field}: {shape[1]}x{shape[0]} pixels, at most {max_pixels}", {"field": field, "limit": max_pixels}
         )
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
-        raise _invalid("INVALID_IMAGE", f"{field}.data", f"{len(tensor.data)} bytes for shape {list(shape)} ({expected} expected)", size=len(tensor.data))
-    image = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    data = tensor.data  # each read of a bytes field copies it out of the message: read once
+    if len(data) != expected:
+        raise _invalid("INVALID_IMAGE", f"{field}.data", f"{len(data)} bytes for shape {list(shape)} ({expected} expected)", size=len(data))
+    image = np.frombuffer(data, dtype=dtype).reshape(shape)
     if dtype.kind == "f":
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
@@ -103,6 +105,18 @@ def item_from_proto(message: pb.AugmentItem, field: str, max_pixels: int, *, nes
 def augmented_to_proto(result: Augmented, message: pb.AugmentedItem) -> None:
     message.key = result.key
     image_to_proto(result.image, message.image)
+    _augmented_rest(result, message)
+
+
+def augmented_item(result: Augmented) -> wire.Encoded:
+    """The serialized ``AugmentedItem`` of ``result`` (``augmented_to_proto``'s message), its pixels not copied."""
+    rest = pb.AugmentedItem()
+    _augmented_rest(result, rest)
+    return wire.item(result.key, result.image, rest)
+
+
+def _augmented_rest(result: Augmented, message: pb.AugmentedItem) -> None:
+    """Every field of the item but ``key`` and ``image``."""
     for annotation in result.annotations:
         annotation_to_proto(annotation, message.annotations.add())
     message.seed = result.seed
@@ -110,3 +124,13 @@ def augmented_to_proto(result: Augmented, message: pb.AugmentedItem) -> None:
     message.applied_op_paths[:] = list(result.applied_paths)
     message.dropped_annotations = result.dropped_annotations
     message.partner_keys[:] = list(result.partner_keys)
+
+
+def batch_response(results: list[Augmented], digest: str) -> bytes:
+    """A serialized ``AugmentBatchResponse`` (the interceptor sends bytes as they are)."""
+    return wire.message(wire.BATCH_RESPONSE_ITEMS, [augmented_item(r) for r in results], pb.AugmentBatchResponse(pipeline_digest=digest))
+
+
+def stream_response(results: list[Augmented], digest: str, position: int) -> bytes:
+    """A serialized ``AugmentStreamResponse``."""
+    return wire.message(wire.STREAM_RESPONSE_ITEMS, [augmented_item(r) for r in results], pb.AugmentStreamResponse(pipeline_digest=digest, position=position))
