@@ -32,7 +32,14 @@ files. For each generator, every figure comes with its baseline from the same ru
       each stage of our handler timed in process; ``--breakdown-only`` runs (b) and (e) alone.
 
 The load generator is Python on the same 2 cores as the server: the figures measure the whole
-path (client included), as a training job would see it.
+path (client included), as a training job would see it. For every 32-client load of (c) and (d)
+the bench also counts CPU from /proc (user + system of all threads, over the load window): of the
+load generator, of the server (our service; MLServer's process and all under it), and of the
+in-process batch-64 limit's own process during its run (ONNX Runtime's threads included). From
+these it prints the throughput those CPU costs allow on all the cores (cores / (client + server CPU
+per sample)) and with as many busy cores as the limit had (limit CPU per sample / load CPU per
+sample), each as a share of the limit, next to the measured share, with the cores the load kept
+busy and the busiest thread of the service.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ from simulacra_services.core.storage import LocalObjectStore  # noqa: E402
 from simulacra_services.sampling.runtime import encode, noise  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from sampling_breakdown import breakdown, print_breakdown, process_cpu_seconds  # noqa: E402
+from sampling_breakdown import breakdown, print_breakdown, process_cpu_seconds, thread_cpu_seconds, tree_cpu_seconds  # noqa: E402
 
 SERVICE_PIDS: dict[str, int] = {}
 """address -> pid of the service process serving it (for its CPU time)."""
@@ -172,16 +179,18 @@ def ort_session(onnx: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def in_process_rate(session: ort.InferenceSession, sig: GeneratorSignature, batch: int, seconds: float) -> float:
+def in_process_rate(session: ort.InferenceSession, sig: GeneratorSignature, batch: int, seconds: float) -> tuple[float, float]:
+    """Samples/s of ``session.run`` + uint8 at ``batch`` in a loop, and this process's CPU seconds
+    per sample meanwhile (all threads: ONNX Runtime's intra-op threads included)."""
     z = noise.latents(1, np.arange(batch), sig.latent_dim)
     labels = noise.labels(1, np.arange(batch), {}, sig.num_classes)
     session.run(["samples"], {"z": z, "labels": labels})
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), process_cpu_seconds(os.getpid())
     while time.perf_counter() - started < seconds:
         (out,) = session.run(["samples"], {"z": z, "labels": labels})
         encode.to_uint8_inplace(out)
         done += batch
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), (process_cpu_seconds(os.getpid()) - cpu) / done
 
 
 def in_process_latency(session: ort.InferenceSession, sig: GeneratorSignature, calls: int) -> list[float]:
@@ -244,10 +253,20 @@ async def _concurrent(address: str, model: str, clients: int, seconds: float) ->
                 done += 1
             return done
 
-        started = time.perf_counter()
+        server = SERVICE_PIDS[address]
+        started, client_cpu, server_cpu = time.perf_counter(), process_cpu_seconds(os.getpid()), tree_cpu_seconds(server)
+        threads = thread_cpu_seconds(server)
         total = sum(await asyncio.gather(*(one(k) for k in range(clients))))
         elapsed = time.perf_counter() - started
-    return {"samples_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3}
+        client_cpu, server_cpu = process_cpu_seconds(os.getpid()) - client_cpu, tree_cpu_seconds(server) - server_cpu
+        threads = {k: v - threads.get(k, 0.0) for k, v in thread_cpu_seconds(server).items()}
+    busiest = max(threads, key=threads.__getitem__)
+    return {
+        "samples_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3,
+        "client_cpu_per_sample_us": client_cpu / total * 1e6, "server_cpu_per_sample_us": server_cpu / total * 1e6,
+        "cores_busy": (client_cpu + server_cpu) / elapsed, "client_busy_share": client_cpu / elapsed,
+        "server_busiest_thread": busiest.rpartition("/")[0], "server_busiest_thread_busy_share": threads[busiest] / elapsed,
+    }
 
 
 def concurrent(address: str, model: str, clients: int, seconds: float) -> dict[str, float]:
@@ -298,14 +317,61 @@ def with_inference_share(load: dict[str, float], before: tuple[int, int, float],
     return {**load, "inference_busy_share": seconds / elapsed, "mean_batch": rows / runs if runs else 0.0}
 
 
-def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature, clients: int, seconds: float) -> dict[str, float]:
+def cpu_accounting(f: dict[str, Any], cores: int, aim: float = 0.8) -> None:
+    """Add to each 32-client load of ``f`` the throughput its measured CPU per sample allows on
+    ``cores`` (client and server on the same cores: cores / (client + server CPU per sample)), as
+    samples/s and as a share of the in-process batch-64 limit; the share it allows with as many
+    busy cores as the limit run had (limit CPU per sample / load CPU per sample: this one does not
+    depend on how many cores other work left to either run); and the CPU per sample left to the
+    client and the per-request path at ``aim`` of the limit once batch-64 inference has had its own."""
+    limit = f["in_process_batch64_samples_per_s"]
+    for key in ("concurrent_batching", "concurrent_no_batching", "kserve_tritonclient", "mlserver_tritonclient"):
+        load = f.get(key)
+        if load is None or "server_cpu_per_sample_us" not in load:
+            continue
+        per_sample = (load["client_cpu_per_sample_us"] + load["server_cpu_per_sample_us"]) / 1e6
+        load["cpu_ceiling_samples_per_s"] = cores / per_sample
+        load["cpu_ceiling_share_of_limit"] = cores / per_sample / limit
+        # Independent of how many cores either run got: with as many cores busy as the limit had,
+        # the load reaches at most the ratio of the CPU each spends on a sample.
+        load["cpu_share_of_limit_on_equal_cores"] = f["in_process_batch64_cpu_per_sample_us"] / 1e6 / per_sample
+    f["cpu_per_sample_budget_at_aim_us"] = cores / (aim * limit) * 1e6
+    f["cpu_per_sample_left_beside_inference_at_aim_us"] = f["cpu_per_sample_budget_at_aim_us"] - f["in_process_batch64_cpu_per_sample_us"]
+
+
+def print_cpu_accounting(f: dict[str, Any], cores: int) -> None:
+    print(f"    CPU per sample (µs, /proc user+system over the load window), {cores} cores shared by client and server:")
+    print(f"      in-process b64 limit: {f['in_process_batch64_cpu_per_sample_us']:.0f} (its own process, ONNX Runtime threads included; "
+          f"{f['in_process_batch64_cpu_per_sample_us'] * f['in_process_batch64_samples_per_s'] / 1e6:.2f} cores busy at the limit)")
+    for key, title in (("concurrent_batching", "(c) SDK aio clients, batching"), ("concurrent_no_batching", "(c) SDK aio clients, no batching"),
+                       ("kserve_tritonclient", "(d) tritonclient -> ours (KServe)"), ("mlserver_tritonclient", "(d) tritonclient -> MLServer")):
+        load = f.get(key)
+        if load is None or "cpu_ceiling_samples_per_s" not in load:
+            continue
+        print(f"      {title:36s} client {load['client_cpu_per_sample_us']:6.0f} + server {load['server_cpu_per_sample_us']:6.0f}"
+              f"   cores busy {load['cores_busy']:.2f}   ceiling {load['cpu_ceiling_samples_per_s']:6.0f}/s = {load['cpu_ceiling_share_of_limit']:.2f} of the limit"
+              f"   (measured {load['samples_per_s'] / f['in_process_batch64_samples_per_s']:.2f}; "
+              f"on as many busy cores as the limit had: {load['cpu_share_of_limit_on_equal_cores']:.2f})")
+        if "server_busiest_thread" in load:
+            print(f"        client process busy {load['client_busy_share']:.2f} of the wall time; the service's busiest thread "
+                  f"({load['server_busiest_thread']}) {load['server_busiest_thread_busy_share']:.2f}")
+    print(f"      0.8 of the limit on {cores} cores allows {f['cpu_per_sample_budget_at_aim_us']:.0f} µs of CPU per sample in all; batch-64 inference takes "
+          f"{f['in_process_batch64_cpu_per_sample_us']:.0f}, leaving {f['cpu_per_sample_left_beside_inference_at_aim_us']:.0f} for the client and the per-request path")
+
+
+def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature, clients: int, seconds: float, server_pid: int) -> dict[str, float]:
+    """The tritonclient load; it reads its own CPU and that of ``server_pid``'s process tree over its window."""
     script = ROOT / "bench" / "sampling_kserve" / "triton_load.py"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
-        [str(python), str(script), address, model, str(clients), str(seconds), str(sig.latent_dim)],
+        [str(python), str(script), address, model, str(clients), str(seconds), str(sig.latent_dim), str(server_pid)],
         capture_output=True, text=True, check=True, env=env, timeout=600,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+MLSERVER_PIDS: dict[str, int] = {}
+"""address -> pid of the ``mlserver start`` process serving it (its CPU: that process and all under it)."""
 
 
 @contextlib.contextmanager
@@ -335,6 +401,7 @@ def mlserver(python: Path, work: Path, onnx: dict[str, bytes], batch_time: float
     log = open(work / "mlserver.log", "w")
     process = subprocess.Popen([str(python.parent / "mlserver"), "start", str(work)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{ports[1]}"
+    MLSERVER_PIDS[address] = process.pid
     try:
         with grpc.insecure_channel(address) as channel:
             stub = kserve_grpc.GRPCInferenceServiceStub(channel)
@@ -410,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         with service(data) as address:
             for model, sig in models.items():
                 session = ort_session(onnx[model])
-                limit = in_process_rate(session, sig, 64, plan["baseline_seconds"])
+                limit, limit_cpu = in_process_rate(session, sig, 64, plan["baseline_seconds"])
                 local = in_process_latency(session, sig, plan["unary_calls"])
                 del session
                 rate = stream_rate(address, model, plan["stream_samples"])
@@ -418,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures[model] = {
                     "shape": list(sig.sample_shape),
                     "in_process_batch64_samples_per_s": limit,
+                    "in_process_batch64_cpu_per_sample_us": limit_cpu * 1e6,
                     "stream_samples_per_s": rate,
                     "ratio_stream_to_in_process": rate / limit,
                     "unary_p50_us": pct(remote, 0.5) * 1e6,
@@ -433,14 +501,14 @@ def main(argv: list[str] | None = None) -> int:
                 python = kserve_python()
                 for model, sig in models.items():
                     before = kserve_counters(address, model)
-                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"], SERVICE_PIDS[address])
                     figures[model]["kserve_tritonclient"] = with_inference_share(load, before, kserve_counters(address, model))
         if args.mlserver:
             with mlserver(python, data / "mlserver", onnx, args.mlserver_batch_time) as address:
                 for model, sig in models.items():
                     f = figures[model]
                     before = mlserver_counters(data / "mlserver", model)
-                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"])
+                    load = triton_load(python, address, model, sig, plan["concurrent_clients"], plan["concurrent_seconds"], MLSERVER_PIDS[address])
                     time.sleep(0.3)  # the runtime writes its counters at most every 0.2 s
                     f["mlserver_tritonclient"] = with_inference_share(load, before, mlserver_counters(data / "mlserver", model))
                     limit = f["in_process_batch64_samples_per_s"]
@@ -458,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:
                 f["ratio_batching_to_limit"] = f["concurrent_batching"]["samples_per_s"] / f["in_process_batch64_samples_per_s"]
         for model in models:
             f = figures[model]
+            cpu_accounting(f, os.cpu_count() or 1)
             f["breakdown"] = breakdown(data, model, {"p50_us": f["unary_p50_us"], "server_cpu_us": f["unary_server_cpu_per_call_us"]}, plan["unary_calls"])
-    print("\nSummary (samples/s; latencies of one-sample calls)")
+    figures["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    print(f"\nSummary (samples/s; latencies of one-sample calls); load average {figures['machine']['load_average_at_start']:.1f} at start, "
+          f"{figures['machine']['load_average_at_end']:.1f} at end")
     for model in ("digits", "scenes"):
         f = figures[model]
         print(f"  {model} {f['shape']}:")
@@ -472,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    tritonclient, 32 clients: ours (KServe) {k['samples_per_s']:8.0f}/s (p99 {k['p99_ms']:.1f} ms)   MLServer 1.7 {m['samples_per_s']:8.0f}/s (p99 {m['p99_ms']:.1f} ms)   throughput x{f['ratio_kserve_to_mlserver_throughput']:.2f}   p99 x{f['ratio_kserve_to_mlserver_p99']:.2f}")
             print(f"      of the in-process b64 limit: ours {f['kserve_share_of_limit']:.2f}, MLServer {f['mlserver_share_of_limit']:.2f} (so at most x{f['largest_possible_ratio_to_mlserver']:.2f} is possible)   "
                   f"inference busy: ours {k['inference_busy_share']:.2f} (mean batch {k['mean_batch']:.1f}), MLServer {m['inference_busy_share']:.2f} (mean batch {m['mean_batch']:.1f})")
+        print_cpu_accounting(f, os.cpu_count() or 1)
     print("\nWhere one unary call goes (e)")
     for model in models:
         print_breakdown(model, figures[model]["breakdown"])

@@ -5,12 +5,16 @@
 
 Three kinds of figure, all p50 over many calls, in the same run:
 
-- the floor: a bare ``grpc.aio`` server in its own process that answers an RPC with canned bytes
-  of exactly the size of a real ``SampleResponse``, asked with the bytes of a real
-  ``SampleRequest`` by the same synchronous client as part (b). Python gRPC's own round trip
-  (client stub, C core, loopback, server dispatch), with no protobuf and none of our code;
-- the same echo server with core's ``ServerInterceptor`` (auth off, error mapping, request log,
-  RPC metrics): the cost every Simulacra service pays per RPC;
+- the floor: bare echo servers, each in its own process, that answer an RPC with canned bytes of
+  exactly the size of a real ``SampleResponse``, asked with the bytes of a real ``SampleRequest``
+  by the same synchronous client as part (b): Python gRPC's own round trip (client stub, C core,
+  loopback, server dispatch), with no protobuf and none of our code. Two servers: ``grpc.aio``
+  (what Simulacra runs) and the synchronous ``grpc.server`` with a thread pool, so that the floor
+  is stated for Python gRPC servers, not only for aio. The servers run side by side and are called
+  in turn, so that every figure sees the same machine;
+- the aio echo with a pass-through interceptor (grpc.aio's interceptor machinery alone) and with
+  core's ``ServerInterceptor`` (auth off, error mapping, request log, RPC metrics): the cost every
+  Simulacra service pays per RPC;
 - each stage of our handler, timed in this process on the real classes (the pool, the batcher
   with its worker thread, the ONNX Runtime session, the encoder, the protobuf conversion), in the
   order ``SamplingServicer.Sample`` runs them, and the whole handler called directly.
@@ -22,6 +26,7 @@ which of it is ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -48,24 +53,56 @@ ORT_STAGE = "ONNX Runtime run, batch 1"
 # ---- the echo server (its own process) ----------------------------------------------------------
 
 
-async def _serve_echo(port: int, response_bytes: int, interceptor: bool) -> None:
-    interceptors = []
-    if interceptor:
+ECHO_SERVERS = {
+    "aio": "bare grpc.aio echo",
+    "sync": "bare synchronous grpc.server (thread pool) echo",
+    "aio+passthrough": "grpc.aio echo with a pass-through interceptor",
+    "aio+core": "grpc.aio echo with core's ServerInterceptor",
+}
+"""The echo servers of part (e), by the name ``echo`` takes on its command line."""
+
+
+def _echo_handlers(answer: bytes, echo: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+
+
+def _serve_sync_echo(port: int, response_bytes: int) -> None:
+    """A synchronous ``grpc.server`` with a thread pool, the other way Python gRPC serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    answer = bytes(response_bytes)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((_echo_handlers(answer, lambda request, context: answer),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+class _PassThrough(grpc.aio.ServerInterceptor):
+    """An interceptor that does nothing: the price of grpc.aio's interceptor machinery alone."""
+
+    async def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
+        return await continuation(handler_call_details)
+
+
+async def _serve_echo(port: int, response_bytes: int, mode: str) -> None:
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if mode == "aio+core":
         from simulacra_services.core.interceptors import ErrorMapper, RequestLog, ServerInterceptor
         from simulacra_services.core.metrics import RpcMetrics
 
         interceptors.append(
             ServerInterceptor(errors=ErrorMapper("bench.simulacra.dev", "echo"), request_log=RequestLog("echo"), metrics=RpcMetrics())
         )
+    elif mode == "aio+passthrough":
+        interceptors.append(_PassThrough())
     answer = bytes(response_bytes)
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return answer
 
     server = grpc.aio.server(interceptors=interceptors)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),)
-    )
+    server.add_generic_rpc_handlers((_echo_handlers(answer, echo),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -83,28 +120,75 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def echo_round_trips(request: bytes, response_bytes: int, calls: int, *, interceptor: bool) -> tuple[list[float], float]:
-    """Seconds of each synchronous call to an echo server in its own process, and its CPU seconds per call."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "services"), str(ROOT / "clients" / "python")])}
-    argv = [sys.executable, __file__, "echo", str(port), str(response_bytes)] + (["interceptor"] if interceptor else [])
-    process = subprocess.Popen(argv, env=env)
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process, keyed "name/tid" (Linux /proc)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rpartition(")")[2].split()
+            out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` now, children of all its threads, recursively (Linux /proc)."""
+    out: list[int] = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            call = channel.unary_unary(ECHO_METHOD)
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of the processes under it that are alive now (a child that exits
+    inside a measured window takes its CPU with it: count only over windows where none exits)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += process_cpu_seconds(p)
+    return total
+
+
+def echo_round_trips(request: bytes, response_bytes: int, calls: int) -> dict[str, tuple[list[float], float]]:
+    """For each echo server of ``ECHO_SERVERS``, each in its own process: the seconds of each
+    synchronous call, and the server's CPU seconds per call. The servers run side by side and are
+    called in turn, so that all see the same machine."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "services"), str(ROOT / "clients" / "python")])}
+    ports = {mode: _free_port() for mode in ECHO_SERVERS}
+    processes = {mode: subprocess.Popen([sys.executable, __file__, "echo", str(port), str(response_bytes), mode], env=env) for mode, port in ports.items()}
+    try:
+        with contextlib.ExitStack() as stack:
+            stubs = {}
+            for mode, port in ports.items():
+                channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+                grpc.channel_ready_future(channel).result(timeout=60)
+                stubs[mode] = channel.unary_unary(ECHO_METHOD)
             for _ in range(50):
-                call(request)
-            out = []
-            cpu = process_cpu_seconds(process.pid)
+                for call in stubs.values():
+                    call(request)
+            walls: dict[str, list[float]] = {mode: [] for mode in stubs}
+            cpu = {mode: process_cpu_seconds(processes[mode].pid) for mode in stubs}
             for _ in range(calls):
-                started = time.perf_counter()
-                call(request)
-                out.append(time.perf_counter() - started)
-            return out, (process_cpu_seconds(process.pid) - cpu) / calls
+                for mode, call in stubs.items():
+                    started = time.perf_counter()
+                    call(request)
+                    walls[mode].append(time.perf_counter() - started)
+            return {mode: (walls[mode], (process_cpu_seconds(processes[mode].pid) - cpu[mode]) / calls) for mode in stubs}
     finally:
-        process.terminate()
-        process.wait(20)
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(20)
 
 
 # ---- our stages, in process ----------------------------------------------------------------------
@@ -224,18 +308,22 @@ def breakdown(data_dir: Path, model: str, unary: dict[str, float] | None, calls:
         generator=f"models/{model}/versions/1", count=1, seed=1, format=gen_pb.SAMPLE_FORMAT_UINT8
     ).SerializeToString()
     request = request + bytes(max(0, request_size - len(request)))
-    bare, bare_cpu = echo_round_trips(request, response_size, calls, interceptor=False)
-    intercepted, intercepted_cpu = echo_round_trips(request, response_size, calls, interceptor=True)
-    floor = _p50_us(bare)
+    echoes = echo_round_trips(request, response_size, calls)
+    floor = _p50_us(echoes["aio"][0])
     inference = stages[ORT_STAGE]
     ours = sum(v for k, v in stages.items() if not k.startswith("(") and k != ORT_STAGE)
     out: dict[str, Any] = {
         "request_bytes": request_size,
         "response_bytes": response_size,
+        "echo_p50_us": {mode: _p50_us(wall) for mode, (wall, _) in echoes.items()},
+        "echo_server_cpu_per_call_us": {mode: cpu * 1e6 for mode, (_, cpu) in echoes.items()},
         "grpc_echo_floor_p50_us": floor,
-        "grpc_echo_server_cpu_per_call_us": bare_cpu * 1e6,
-        "core_interceptor_p50_us": _p50_us(intercepted) - floor,
-        "core_interceptor_server_cpu_per_call_us": (intercepted_cpu - bare_cpu) * 1e6,
+        "grpc_echo_server_cpu_per_call_us": echoes["aio"][1] * 1e6,
+        "sync_echo_floor_p50_us": _p50_us(echoes["sync"][0]),
+        "sync_echo_server_cpu_per_call_us": echoes["sync"][1] * 1e6,
+        "aio_interceptor_machinery_p50_us": _p50_us(echoes["aio+passthrough"][0]) - floor,
+        "core_interceptor_p50_us": _p50_us(echoes["aio+core"][0]) - floor,
+        "core_interceptor_server_cpu_per_call_us": (echoes["aio+core"][1] - echoes["aio"][1]) * 1e6,
         "stages_p50_us": stages,
         "ours_p50_us": ours,
     }
@@ -243,18 +331,20 @@ def breakdown(data_dir: Path, model: str, unary: dict[str, float] | None, calls:
         out["unary_p50_us"] = unary["p50_us"]
         out["overhead_p50_us"] = unary["p50_us"] - inference
         out["overhead_above_floor_p50_us"] = unary["p50_us"] - inference - floor
-        out["unexplained_p50_us"] = unary["p50_us"] - inference - _p50_us(intercepted) - ours
+        out["unexplained_p50_us"] = unary["p50_us"] - inference - _p50_us(echoes["aio+core"][0]) - ours
         out["unary_server_cpu_per_call_us"] = unary["server_cpu_us"]
-        out["unary_server_cpu_above_echo_us"] = unary["server_cpu_us"] - bare_cpu * 1e6
+        out["unary_server_cpu_above_echo_us"] = unary["server_cpu_us"] - echoes["aio"][1] * 1e6
     return out
 
 
 def print_breakdown(model: str, b: dict[str, Any]) -> None:
     line = "    {:66s} {:8.0f}"
     print(f"  {model}: one uint8 sample, request {b['request_bytes']} B, response {b['response_bytes']} B (p50, µs)")
-    print(line.format("Python gRPC floor: bare grpc.aio echo round trip, same bytes", b["grpc_echo_floor_p50_us"])
-          + f"   (echo server CPU/call {b['grpc_echo_server_cpu_per_call_us']:.0f})")
-    print(line.format("core ServerInterceptor (echo with it minus without)", b["core_interceptor_p50_us"])
+    for mode, title in ECHO_SERVERS.items():
+        print(line.format(f"{title} round trip, same bytes", b["echo_p50_us"][mode])
+              + f"   (server CPU/call {b['echo_server_cpu_per_call_us'][mode]:.0f})")
+    print(line.format("  grpc.aio's interceptor machinery (pass-through minus bare)", b["aio_interceptor_machinery_p50_us"]))
+    print(line.format("  core ServerInterceptor (echo with it minus bare)", b["core_interceptor_p50_us"])
           + f"   (server CPU/call {b['core_interceptor_server_cpu_per_call_us']:.0f})")
     for stage, us in b["stages_p50_us"].items():
         print(line.format(stage, us))
@@ -267,5 +357,8 @@ def print_breakdown(model: str, b: dict[str, Any]) -> None:
         print(line.format("  left unexplained by floor + interceptor + ours", b["unexplained_p50_us"]))
 
 
-if __name__ == "__main__" and len(sys.argv) >= 4 and sys.argv[1] == "echo":
-    asyncio.run(_serve_echo(int(sys.argv[2]), int(sys.argv[3]), "interceptor" in sys.argv[4:]))
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "echo":
+    if sys.argv[4] == "sync":
+        _serve_sync_echo(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        asyncio.run(_serve_echo(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))

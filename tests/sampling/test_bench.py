@@ -30,10 +30,16 @@ def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
         assert "unary_overhead_p50_us" in f
         for load in ("concurrent_batching", "concurrent_no_batching"):
             assert f[load]["samples_per_s"] > 0 and f[load]["p99_ms"] > 0
+            # CPU accounting: client and service CPU per sample from /proc, and the ceiling they allow on these cores
+            assert f[load]["client_cpu_per_sample_us"] > 0 and f[load]["server_cpu_per_sample_us"] > 0
+            assert f[load]["cpu_ceiling_share_of_limit"] > 0 and f[load]["cpu_share_of_limit_on_equal_cores"] > 0
+        assert f["in_process_batch64_cpu_per_sample_us"] > 0 and "cpu_per_sample_left_beside_inference_at_aim_us" in f
         b = f["breakdown"]  # (e): the floor, the interceptor, each stage of ours, and what they leave unexplained
         assert b["grpc_echo_floor_p50_us"] > 0 and b["ours_p50_us"] > 0 and b["request_bytes"] > 0
+        assert b["sync_echo_floor_p50_us"] > 0 and b["sync_echo_server_cpu_per_call_us"] >= 0  # the floor of a synchronous server too
         assert b["response_bytes"] > shape[0] * shape[1] * shape[2]  # the uint8 sample travels in the measured response
         assert b["stages_p50_us"]["ONNX Runtime run, batch 1"] > 0
         for key in ("core_interceptor_p50_us", "overhead_p50_us", "overhead_above_floor_p50_us", "unexplained_p50_us", "unary_server_cpu_per_call_us"):
             assert key in b, key
     assert "Summary" in result.stdout and "32 clients" in result.stdout and "Where one unary call goes" in result.stdout
+    assert "ceiling" in result.stdout and "synchronous grpc.server" in result.stdout
