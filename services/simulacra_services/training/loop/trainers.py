@@ -102,7 +102,8 @@ LECAM_DECAY = 0.99
 def lecam_penalty(d_real: torch.Tensor, d_fake: torch.Tensor, anchor_real: torch.Tensor, anchor_fake: torch.Tensor) -> torch.Tensor:
     """LeCam regularisation (Tseng et al., CVPR 2021, eq. 3): scores on reals are pulled towards the
     running mean of the scores on fakes and vice versa, ``mean((D(x) - a_F)^2) + mean((D(G(z)) - a_R)^2)``.
-    The anchors are constants here (no gradient flows into them)."""
+    The anchors are constants here (no gradient flows into them). This is the paper's equation; the
+    authors' code squares only the one-sided excess (``relu(D(x) - a_F)``, ``relu(a_R - D(G(z)))``)."""
     return (d_real - anchor_fake.detach()).pow(2).mean() + (d_fake - anchor_real.detach()).pow(2).mean()
 
 
