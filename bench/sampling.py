@@ -262,7 +262,7 @@ async def _concurrent(address: str, model: str, clients: int, seconds: float) ->
         threads = {k: v - threads.get(k, 0.0) for k, v in thread_cpu_seconds(server).items()}
     busiest = max(threads, key=threads.__getitem__)
     return {
-        "samples_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3,
+        "samples_per_s": total / elapsed, "seconds": elapsed, "p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3,
         "client_cpu_per_sample_us": client_cpu / total * 1e6, "server_cpu_per_sample_us": server_cpu / total * 1e6,
         "cores_busy": (client_cpu + server_cpu) / elapsed, "client_busy_share": client_cpu / elapsed,
         "server_busiest_thread": busiest.rpartition("/")[0], "server_busiest_thread_busy_share": threads[busiest] / elapsed,
@@ -313,7 +313,7 @@ def mlserver_counters(work: Path, model: str) -> tuple[int, int, float]:
 def with_inference_share(load: dict[str, float], before: tuple[int, int, float], after: tuple[int, int, float]) -> dict[str, float]:
     """``load`` plus the share of its wall time the server spent inferring, and its mean batch."""
     runs, rows, seconds = (a - b for a, b in zip(after, before))
-    elapsed = load["requests"] / load["samples_per_s"]
+    elapsed = load.get("seconds") or load["requests"] / load["samples_per_s"]
     return {**load, "inference_busy_share": seconds / elapsed, "mean_batch": rows / runs if runs else 0.0}
 
 
@@ -352,6 +352,10 @@ def print_cpu_accounting(f: dict[str, Any], cores: int) -> None:
               f"   cores busy {load['cores_busy']:.2f}   ceiling {load['cpu_ceiling_samples_per_s']:6.0f}/s = {load['cpu_ceiling_share_of_limit']:.2f} of the limit"
               f"   (measured {load['samples_per_s'] / f['in_process_batch64_samples_per_s']:.2f}; "
               f"on as many busy cores as the limit had: {load['cpu_share_of_limit_on_equal_cores']:.2f})")
+        if "in_process_cpu_per_sample_at_mean_batch_us" in load:
+            inference = load["in_process_cpu_per_sample_at_mean_batch_us"]
+            print(f"        of the server's: inference at its mean batch {load['mean_batch']:.1f} ~{inference:.0f} (in process, same batch), "
+                  f"the rest (gRPC and the per-request path) ~{load['server_cpu_per_sample_us'] - inference:.0f}")
         if "server_busiest_thread" in load:
             print(f"        client process busy {load['client_busy_share']:.2f} of the wall time; the service's busiest thread "
                   f"({load['server_busiest_thread']}) {load['server_busiest_thread_busy_share']:.2f}")
@@ -474,12 +478,12 @@ def main(argv: list[str] | None = None) -> int:
             registry.register_version(model, onnx[model], sig, model_kind="gan")
         if args.breakdown_only:
             return breakdown_only(data, models, onnx, plan["unary_calls"])
+        sessions: dict[str, ort.InferenceSession] = {}
         with service(data) as address:
             for model, sig in models.items():
-                session = ort_session(onnx[model])
+                session = sessions[model] = ort_session(onnx[model])
                 limit, limit_cpu = in_process_rate(session, sig, 64, plan["baseline_seconds"])
                 local = in_process_latency(session, sig, plan["unary_calls"])
-                del session
                 rate = stream_rate(address, model, plan["stream_samples"])
                 remote, remote_cpu = unary_latency(address, model, plan["unary_calls"])
                 figures[model] = {
@@ -495,8 +499,10 @@ def main(argv: list[str] | None = None) -> int:
                     "in_process_batch1_samples_per_s": len(local) / sum(local),
                     "unary_overhead_p50_us": (pct(remote, 0.5) - pct(local, 0.5)) * 1e6,
                     "unary_server_cpu_per_call_us": remote_cpu * 1e6,
-                    "concurrent_batching": concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"]),
                 }
+                before = kserve_counters(address, model)
+                load = concurrent(address, model, plan["concurrent_clients"], plan["concurrent_seconds"])
+                figures[model]["concurrent_batching"] = with_inference_share(load, before, kserve_counters(address, model))
             if args.mlserver:
                 python = kserve_python()
                 for model, sig in models.items():
@@ -526,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
                 f["ratio_batching_to_limit"] = f["concurrent_batching"]["samples_per_s"] / f["in_process_batch64_samples_per_s"]
         for model in models:
             f = figures[model]
+            for key in ("concurrent_batching", "kserve_tritonclient", "mlserver_tritonclient"):
+                load = f.get(key)
+                if load and load.get("mean_batch"):
+                    batch = max(1, round(load["mean_batch"]))
+                    load["in_process_cpu_per_sample_at_mean_batch_us"] = in_process_rate(sessions[model], models[model], batch, plan["baseline_seconds"])[1] * 1e6
             cpu_accounting(f, os.cpu_count() or 1)
             f["breakdown"] = breakdown(data, model, {"p50_us": f["unary_p50_us"], "server_cpu_us": f["unary_server_cpu_per_call_us"]}, plan["unary_calls"])
     figures["machine"]["load_average_at_end"] = os.getloadavg()[0]
@@ -537,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    stream uint8 b64 {f['stream_samples_per_s']:10.0f}/s   in-process b64 {f['in_process_batch64_samples_per_s']:10.0f}/s   ratio {f['ratio_stream_to_in_process']:.2f}   (in-process b1, one call after another: {f['in_process_batch1_samples_per_s']:.0f}/s)")
         print(f"    unary b1 p50 {f['unary_p50_us']:8.0f} us  p99 {f['unary_p99_us']:8.0f} us   in-process p50 {f['in_process_batch1_p50_us']:6.0f} us   overhead p50 {f['unary_overhead_p50_us']:6.0f} us")
         b, nb = f["concurrent_batching"], f["concurrent_no_batching"]
-        print(f"    32 clients: batching {b['samples_per_s']:8.0f}/s (p99 {b['p99_ms']:.1f} ms)   no batching {nb['samples_per_s']:8.0f}/s (p99 {nb['p99_ms']:.1f} ms)   ratio {f['ratio_batching_to_no_batching']:.2f}   of the limit {f['ratio_batching_to_limit']:.2f}")
+        print(f"    32 clients: batching {b['samples_per_s']:8.0f}/s (p99 {b['p99_ms']:.1f} ms)   no batching {nb['samples_per_s']:8.0f}/s (p99 {nb['p99_ms']:.1f} ms)   ratio {f['ratio_batching_to_no_batching']:.2f}   of the limit {f['ratio_batching_to_limit']:.2f}"
+              f"   (batching: inference busy {b['inference_busy_share']:.2f}, mean batch {b['mean_batch']:.1f})")
         if "mlserver_tritonclient" in f:
             k, m = f["kserve_tritonclient"], f["mlserver_tritonclient"]
             print(f"    tritonclient, 32 clients: ours (KServe) {k['samples_per_s']:8.0f}/s (p99 {k['p99_ms']:.1f} ms)   MLServer 1.7 {m['samples_per_s']:8.0f}/s (p99 {m['p99_ms']:.1f} ms)   throughput x{f['ratio_kserve_to_mlserver_throughput']:.2f}   p99 x{f['ratio_kserve_to_mlserver_p99']:.2f}")
