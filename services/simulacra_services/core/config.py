@@ -63,6 +63,7 @@ class Settings:
     tls_ca: str = _setting("SIMULACRA_TLS_CA", "", "PEM root certificate that clients trust; setting it makes clients use TLS.")
     max_message_bytes: int = _setting("SIMULACRA_MAX_MESSAGE_BYTES", 64 * 1024 * 1024, "Largest gRPC message accepted or sent, on servers and clients.")
     max_image_pixels: int = _setting("SIMULACRA_MAX_IMAGE_PIXELS", 64 * 1024 * 1024, "Largest image (width x height) the annotation-store accepts; larger ones are refused before decoding (IMAGE_TOO_MANY_PIXELS).")
+    augmentation_engine_processes: int = _setting("SIMULACRA_AUGMENTATION_ENGINE_PROCESSES", 0, "Child processes that run AugmentStream's engine off the augmentation server's GIL (0: its worker threads do; docs/augmentation.md, section 10).")
     decode_budget_pixels: int = _setting("SIMULACRA_DECODE_BUDGET_PIXELS", 128 * 1024 * 1024, "Pixels the annotation-store decodes at once across all uploads and imports; a decode waits while the budget is spent (an image larger than it runs alone).")
     stream_packs: bool = _setting("SIMULACRA_STREAM_PACKS", True, "Whether the annotation-store keeps a read-optimised copy (a stream pack) of each committed version that was streamed whole in the FULL view, and answers later unfiltered FULL streams of it from that copy (docs/annotation-store.md, StreamItems).")
     stream_pack_max_bytes: int = _setting("SIMULACRA_STREAM_PACK_MAX_BYTES", 2 * 1024 * 1024 * 1024, "Largest stream pack the annotation-store builds (the version's FULL stream in bytes, about its image bytes); a larger version is always streamed item by item.")
@@ -156,6 +157,8 @@ class Settings:
             raise ValueError("SIMULACRA_MAX_IMAGE_PIXELS must be at least 1")
         if self.decode_budget_pixels < 1:
             raise ValueError("SIMULACRA_DECODE_BUDGET_PIXELS must be at least 1")
+        if self.augmentation_engine_processes < 0:
+            raise ValueError("SIMULACRA_AUGMENTATION_ENGINE_PROCESSES must be at least 0")
         for service in SERVICES:
             for port in (self.port(service), self.metrics_port(service)):
                 if not 0 <= port <= 65535:

@@ -7,11 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2_grpc as pb_grpc
 from simulacra_client.api.common.v1 import common_pb2
-from simulacra_services.augmentation.api import convert
+from simulacra_services.augmentation.api import convert, engine_processes
 from simulacra_services.augmentation.api import jobs as job_convert
 from simulacra_services.augmentation.domain.batches import BatchRunner
 from simulacra_services.augmentation.engine import Augmenter, Item
@@ -57,12 +58,21 @@ def torch_augmenter(augmenter: Augmenter, device: str) -> object:
 
 class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
     def __init__(
-        self, pipelines: PipelineRepository, runner: BatchRunner, jobs: JobRunner | None = None, *, max_image_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        pipelines: PipelineRepository,
+        runner: BatchRunner,
+        jobs: JobRunner | None = None,
+        *,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        processes: engine_processes.EngineProcesses | None = None,
     ) -> None:
+        """``processes``: AugmentStream's engine in child processes; its requests must then be
+        registered to arrive as bytes (``service.register``)."""
         self._pipelines = pipelines
         self._runner = runner
         self._jobs = jobs
         self._max_pixels = max_image_pixels
+        self._processes = processes
 
     # -- pipelines ------------------------------------------------------------
 
@@ -115,35 +125,45 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
             first = await requests.__anext__()
         except StopAsyncIteration:
             return
+        first_raw, first = first, await self._stream_message(first)
         if not first.HasField("config"):
             raise _invalid("MISSING_CONFIG", "config", "the first request of a stream carries the config (pipeline and seed)")
         config = first.config
         augmenter = await self._augmenter(config.pipeline, config.categories, "config.pipeline")
         batched = await asyncio.to_thread(torch_augmenter, augmenter, config.device) if config.device else None
+        # With engine processes (and the numpy path), requests arrive as their wire bytes and go to
+        # a child process as they are; otherwise they are augmented on the worker threads.
+        processes = self._processes if batched is None else None
+        pipeline = processes.pipeline(augmenter) if processes is not None else None
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         ordered: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
         position = config.start_position
 
-        async def augment(request: pb.AugmentStreamRequest, start: int) -> bytes:
+        async def augment(request: pb.AugmentStreamRequest | bytes, start: int, is_first: bool) -> bytes:
+            if processes is not None and isinstance(request, bytes):
+                return await processes.stream_request(pipeline, request, config.seed, start, first=is_first)  # type: ignore[arg-type]
+            message = await self._stream_message(request)
+            if message.HasField("config") and not is_first:
+                raise engine_processes.config_again()
             return await self._runner.run(  # type: ignore[no-any-return]
-                augmenter, lambda: self._items(request.items, "items"), config.seed, start_position=start, batched=batched,
+                augmenter, lambda: self._items(message.items, "items"), config.seed, start_position=start, batched=batched,
                 finish=lambda results: convert.stream_response(results, augmenter.digest, start),
             )
 
-        def submit(request: pb.AugmentStreamRequest) -> None:
+        def submit(request: pb.AugmentStreamRequest | bytes, is_first: bool = False) -> None:
             nonlocal position
             start = position
-            position += len(request.items)
-            ordered.put_nowait(asyncio.ensure_future(augment(request, start)))
+            position += len(request.items) if not isinstance(request, bytes) else max(0, engine_processes.stream_items(request))
+            ordered.put_nowait(asyncio.ensure_future(augment(request, start, is_first)))
 
         async def read() -> None:
             try:
                 if first.items:
                     await slots.acquire()
-                    submit(first)
+                    submit(first_raw if processes is not None else first, is_first=True)
                 async for request in requests:
-                    if request.HasField("config"):
-                        raise _invalid("CONFIG_ALREADY_SENT", "config", "only the first request of a stream carries a config")
+                    if not isinstance(request, bytes) and request.HasField("config"):
+                        raise engine_processes.config_again()
                     await slots.acquire()
                     submit(request)
             except BaseException as error:  # handed to the writer, which raises it in order
@@ -172,6 +192,16 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
                 pending = ordered.get_nowait()
                 if pending is not None:
                     pending.cancel()
+
+    @staticmethod
+    async def _stream_message(request: pb.AugmentStreamRequest | bytes) -> pb.AugmentStreamRequest:
+        """The message of a stream request (with engine processes they arrive as bytes)."""
+        if not isinstance(request, bytes):
+            return request
+        try:
+            return await asyncio.to_thread(pb.AugmentStreamRequest.FromString, request)
+        except DecodeError:
+            raise engine_processes.undecodable() from None
 
     async def PreviewAugmentations(self, request: pb.PreviewAugmentationsRequest, context: grpc.aio.ServicerContext) -> pb.PreviewAugmentationsResponse:
         count = request.count or 8

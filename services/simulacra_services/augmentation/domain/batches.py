@@ -66,7 +66,15 @@ def _check_annotations(item: Item, categories: Mapping[int, Category], path: str
     return validate_annotations(item.annotations, size, known, policy=BoxBoundsPolicy.CLIP, path=path)
 
 
-def _run_chunk(augmenter: Augmenter, jobs: Sequence[tuple[Item, int, str]]) -> list[Augmented]:
+def planned(augmenter: Augmenter, items: Sequence[Item], request_seed: int, *, start_position: int = 0, copy_index: int = 0, path: str = "items") -> list[tuple[Item, int, str]]:
+    """The checked items with their item seeds and paths: what ``run_planned`` takes."""
+    return [
+        (item, item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + index, copy_index), f"{path}[{index}]")
+        for index, item in enumerate(check_items(augmenter, items, path))
+    ]
+
+
+def run_planned(augmenter: Augmenter, jobs: Sequence[tuple[Item, int, str]]) -> list[Augmented]:
     return [augmenter.run(item, seed, path) for item, seed, path in jobs]
 
 
@@ -108,11 +116,7 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
 
         def prepare() -> list[tuple[Item, int, str]]:
-            checked = check_items(augmenter, items() if callable(items) else items, path)
-            return [
-                (item, item.seed if item.seed is not None else augmenter.item_seed(request_seed, item.key, start_position + index, copy_index), f"{path}[{index}]")
-                for index, item in enumerate(checked)
-            ]
+            return planned(augmenter, items() if callable(items) else items, request_seed, start_position=start_position, copy_index=copy_index, path=path)
 
         def done(results: list[Augmented]) -> Any:
             return finish(results) if finish is not None else results
@@ -121,16 +125,16 @@ class BatchRunner:
             jobs = prepare()
             if batched is not None:
                 return done(batched.run_batch([j[0] for j in jobs], [j[1] for j in jobs], [j[2] for j in jobs]))
-            return done(_run_chunk(augmenter, jobs))
+            return done(run_planned(augmenter, jobs))
 
         if self.workers == 1 or batched is not None:
             return await loop.run_in_executor(self._pool, whole)
         jobs = await loop.run_in_executor(self._pool, prepare)
         if len(jobs) <= 1:
-            return await loop.run_in_executor(self._pool, lambda: done(_run_chunk(augmenter, jobs)))
+            return await loop.run_in_executor(self._pool, lambda: done(run_planned(augmenter, jobs)))
         size = -(-len(jobs) // self.workers)
         chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
-        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, _run_chunk, augmenter, chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, run_planned, augmenter, chunk) for chunk in chunks))
         results = [result for chunk in parts for result in chunk]
         return results if finish is None else await loop.run_in_executor(self._pool, finish, results)
 
