@@ -19,7 +19,9 @@ Figures, all measured in the same run:
       speed, and sharpness as the PSNR of rotate + scale + rotate + translate against the ideal
       (one Lanczos resampling of the original through the composed matrix);
   (c) the gRPC stream (SDK, a real server in its own process on 127.0.0.1, one worker thread, batches of 16)
-      against the engine in process, one thread;
+      against the engine in process, one thread, with the CPU each side spends per batch, the same for a
+      pipeline that does nothing (the transport's cost), the ceiling that CPU allows; and the same
+      through a server whose stream engine runs in one child process (engine_processes=1);
   (d) a dataset job over a 5000-item version (200 with --quick) of 64x64 photographs with 2 boxes each:
       `simulacra serve annotation` and `simulacra serve augmentation` in their own processes, items/s
       from CreateAugmentDatasetJob to SUCCEEDED (reading, augmenting, PNG encoding, uploading, committing).
@@ -220,55 +222,94 @@ def cpu_and_faults(pid: int | str = "self") -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def measured(run: Callable[[], int], server: int | None) -> dict[str, float]:
-    """One run: wall seconds, this process's CPU seconds and minor faults, and those of the server process."""
-    client0, server0 = cpu_and_faults(), cpu_and_faults(server) if server else (0.0, 0)
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (the engine processes a server spawned), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _tree(pids: list[int]) -> tuple[float, int]:
+    both = [cpu_and_faults(pid) for pid in pids]
+    return sum(b[0] for b in both), sum(b[1] for b in both)
+
+
+def measured(run: Callable[[], int], server: int | None, children: list[int]) -> dict[str, float]:
+    """One run: wall seconds, this process's CPU seconds and minor faults, and those of the server
+    process and of its engine processes (``children``)."""
+    servers = [server] if server else []
+    client0, server0, child0 = cpu_and_faults(), _tree(servers), _tree(children)
     cpu0, start = time.process_time(), time.perf_counter()
     items = run()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0  # process_time: ns resolution, every thread
-    client1, server1 = cpu_and_faults(), cpu_and_faults(server) if server else (0.0, 0)
+    client1, server1, child1 = cpu_and_faults(), _tree(servers), _tree(children)
     return {"items": items, "wall": wall, "client_cpu": cpu, "client_faults": client1[1] - client0[1],
-            "server_cpu": server1[0] - server0[0], "server_faults": server1[1] - server0[1]}
+            "server_cpu": server1[0] - server0[0], "server_faults": server1[1] - server0[1],
+            "engine_process_cpu": child1[0] - child0[0], "engine_process_faults": child1[1] - child0[1]}
+
+
+@contextlib.contextmanager
+def stream_server(engine_processes: int) -> Iterator[tuple[str, int]]:
+    """The bench's augmentation server in its own process: (address, pid)."""
+    env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "OMP_NUM_THREADS": "1"}
+    script = "import cv2; cv2.setNumThreads(1)\n" + _SERVER.replace("workers=1", f"workers=1, engine_processes={engine_processes}")
+    server = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        yield server.stdout.readline().strip(), server.pid
+    finally:
+        server.stdin.close()
+        server.wait(30)
 
 
 def bench_stream(images, boxes, repeats: int, batch: int = 16) -> dict[str, Any]:  # noqa: ANN001
     """The gRPC stream through a real server in its own process against the engine in process (one
     worker thread each), interleaved round by round, with the CPU time each side spent per batch: the
     server process's (all its threads, from /proc) and this process's (the SDK client, all threads).
+    The same through a server whose stream engine runs in one child process (``engine_processes=1``;
+    the child's CPU counted apart).
 
     Rates are the best round's; CPU and page faults per batch the median over rounds."""
-    env = {**os.environ, "OPENCV_FOR_THREADS_NUM": "1", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-c", "import cv2; cv2.setNumThreads(1)\n" + _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        address = server.stdout.readline().strip()
-        inputs = [
-            ItemInput(image, f"photo/{n}", [annotation_pb2.Annotation(id=str(i), category_id=1, box=annotation_pb2.Box(x=b[0], y=b[1], w=b[2] - b[0], h=b[3] - b[1])) for i, b in enumerate(bs)])
-            for n, (image, bs) in enumerate(zip(images, boxes))
-        ]
-        with AugmentationClient(address) as client:
+    inputs = [
+        ItemInput(image, f"photo/{n}", [annotation_pb2.Annotation(id=str(i), category_id=1, box=annotation_pb2.Box(x=b[0], y=b[1], w=b[2] - b[0], h=b[3] - b[1])) for i, b in enumerate(bs)])
+        for n, (image, bs) in enumerate(zip(images, boxes))
+    ]
+    with contextlib.ExitStack() as stack:
+        (address, pid), (address_p, pid_p) = stack.enter_context(stream_server(0)), stack.enter_context(stream_server(1))
+        client, client_p = stack.enter_context(AugmentationClient(address)), stack.enter_context(AugmentationClient(address_p))
 
-            def streamer(pipeline: dict) -> Callable[[], int]:
-                return lambda: sum(1 for _ in client.stream(inputs, pipeline, seed=1, batch_size=batch))
+        def streamer(client: AugmentationClient, pipeline: dict) -> Callable[[], int]:
+            return lambda: sum(1 for _ in client.stream(inputs, pipeline, seed=1, batch_size=batch))
 
-            runs = {"stream": (streamer(OURS), server.pid), "in_process": (engine_run(images, boxes), None), "transport": (streamer(NOTHING), server.pid)}
-            for run, _ in runs.values():
-                run()
-            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-            for _ in range(repeats):
-                for name, (run, pid) in runs.items():
-                    rounds[name].append(measured(run, pid))
-    finally:
-        server.stdin.close()
-        server.wait(30)
+        runs: dict[str, list[Any]] = {
+            "stream": [streamer(client, OURS), pid, []],
+            "in_process": [engine_run(images, boxes), None, []],
+            "transport": [streamer(client, NOTHING), pid, []],
+            "stream_engine_process": [streamer(client_p, OURS), pid_p, []],
+            "transport_engine_process": [streamer(client_p, NOTHING), pid_p, []],
+        }
+        for entry in runs.values():
+            entry[0]()
+        runs["stream_engine_process"][2] = runs["transport_engine_process"][2] = descendants(pid_p)
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, (run, server, children) in runs.items():
+                rounds[name].append(measured(run, server, children))
     batches = -(-len(images) // batch)
     out: dict[str, Any] = {}
     for name, found in rounds.items():
         out[name] = {"images_per_s": max(r["items"] / r["wall"] for r in found)}
-        for key in ("wall", "client_cpu", "server_cpu"):
+        for key in ("wall", "client_cpu", "server_cpu", "engine_process_cpu"):
             out[name][f"{key}_ms_per_batch"] = float(np.median([r[key] for r in found])) * 1000 / batches
-        for key in ("client_faults", "server_faults"):
+        for key in ("client_faults", "server_faults", "engine_process_faults"):
             out[name][f"{key}_per_batch"] = float(np.median([r[key] for r in found])) / batches
-    stream, engine = out["stream"], out["in_process"]
+    stream, engine, split = out["stream"], out["in_process"], out["stream_engine_process"]
     cores = os.cpu_count() or 1
     engine_ms, client_ms, server_ms = engine["client_cpu_ms_per_batch"], stream["client_cpu_ms_per_batch"], stream["server_cpu_ms_per_batch"]
     out["batch_size"] = batch
@@ -281,6 +322,11 @@ def bench_stream(images, boxes, repeats: int, batch: int = 16) -> dict[str, Any]
     # on a core of its own if that process runs serially (one GIL).
     out["ceiling_on_these_cores"] = engine_ms / ((client_ms + server_ms) / min(cores, 2))
     out["ceiling_one_core_per_process"] = engine_ms / max(client_ms, server_ms)
+    # With the engine in a child process: three processes.
+    parts = (split["client_cpu_ms_per_batch"], split["server_cpu_ms_per_batch"], split["engine_process_cpu_ms_per_batch"])
+    out["ratio_engine_process_to_in_process"] = split["images_per_s"] / engine["images_per_s"]
+    out["engine_process_ceiling_on_these_cores"] = engine_ms / (sum(parts) / min(cores, 3))
+    out["engine_process_ceiling_one_core_per_process"] = engine_ms / max(parts)
     return out
 
 
@@ -351,6 +397,7 @@ def bench_job(count: int) -> dict[str, float]:
 
 def print_stream(st: dict[str, Any]) -> None:
     s, e, n = st["stream"], st["in_process"], st["transport"]
+    sp, nothing = st["stream_engine_process"], st["transport_engine_process"]
     print(f"  gRPC stream (SDK, 1 worker) {st['grpc_stream_images_per_s']:8.0f} images/s vs in process {st['in_process_images_per_s']:.0f}: ratio {st['ratio_stream_to_in_process']:.2f}")
     print(f"    CPU ms per batch of {st['batch_size']} (median over rounds; minor page faults in brackets):")
     print(f"      in process (engine)           {e['client_cpu_ms_per_batch']:6.2f}   wall {e['wall_ms_per_batch']:6.2f}")
@@ -358,6 +405,11 @@ def print_stream(st: dict[str, Any]) -> None:
     print(f"      do-nothing pipeline: server {n['server_cpu_ms_per_batch']:6.2f} [{n['server_faults_per_batch']:5.0f}]  client {n['client_cpu_ms_per_batch']:6.2f} [{n['client_faults_per_batch']:5.0f}]  wall {n['wall_ms_per_batch']:6.2f} ({n['images_per_s']:.0f} images/s)")
     print(f"    ceiling from CPU: {st['ceiling_on_these_cores']:.2f} of in process on {min(st['cores'], 2)} cores (engine / ((server + client) / cores)), "
           f"{st['ceiling_one_core_per_process']:.2f} with a core per process (engine / busiest process); measured {st['ratio_stream_to_in_process']:.2f}")
+    print(f"  gRPC stream, engine in a child process (engine_processes=1) {sp['images_per_s']:6.0f} images/s: ratio {st['ratio_engine_process_to_in_process']:.2f}")
+    print(f"      stream: server {sp['server_cpu_ms_per_batch']:6.2f}  engine process {sp['engine_process_cpu_ms_per_batch']:6.2f}  client {sp['client_cpu_ms_per_batch']:6.2f}  wall {sp['wall_ms_per_batch']:6.2f}")
+    print(f"      do-nothing pipeline: server {nothing['server_cpu_ms_per_batch']:6.2f}  engine process {nothing['engine_process_cpu_ms_per_batch']:6.2f}  client {nothing['client_cpu_ms_per_batch']:6.2f}  wall {nothing['wall_ms_per_batch']:6.2f}")
+    print(f"    ceiling from CPU: {st['engine_process_ceiling_on_these_cores']:.2f} on {min(st['cores'], 3)} cores (engine / ((server + engine process + client) / cores)), "
+          f"{st['engine_process_ceiling_one_core_per_process']:.2f} with a core per process; measured {st['ratio_engine_process_to_in_process']:.2f}")
 
 
 def main() -> None:

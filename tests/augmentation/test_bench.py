@@ -35,6 +35,10 @@ def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
         assert stream[part]["server_cpu_ms_per_batch"] > 0 and stream[part]["client_cpu_ms_per_batch"] > 0, part
     assert stream["in_process"]["client_cpu_ms_per_batch"] > 0
     assert 0 < stream["ceiling_one_core_per_process"] <= stream["ceiling_on_these_cores"] * 2
+    # The stream through a server whose engine runs in a child process: the child did the engine's work.
+    split = stream["stream_engine_process"]
+    assert split["engine_process_cpu_ms_per_batch"] > 0 and split["server_cpu_ms_per_batch"] > 0 and stream["ratio_engine_process_to_in_process"] > 0
+    assert stream["engine_process_ceiling_one_core_per_process"] > 0
     assert "ceiling from CPU" in result.stdout
     assert figures["job"]["items_written"] == figures["job"]["items"] == 200 and figures["job"]["items_per_s"] > 0
     assert "Summary" in result.stdout and "ratio" in result.stdout
