@@ -40,7 +40,7 @@ async def register(
     count = settings.augmentation_engine_processes if engine_processes is None else engine_processes
     try:
         if count:
-            processes = await asyncio.to_thread(EngineProcesses, count, settings.max_image_pixels)
+            processes = await asyncio.to_thread(EngineProcesses, count, settings.max_image_pixels, settings.max_message_bytes)
         await asyncio.to_thread(db.migrate, engine)
         store = JobStore(engine, AUGMENTATION_JOBS, job_name=lambda kind, parent, job_id: job_name(job_id))
         annotation_address = settings.address("annotation")

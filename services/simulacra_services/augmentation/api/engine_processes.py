@@ -40,6 +40,7 @@ from simulacra_services.augmentation.api import convert
 from simulacra_services.augmentation.domain.batches import planned, run_planned
 from simulacra_services.augmentation.engine import Augmenter
 from simulacra_services.core import errors
+from simulacra_services.core.heap import keep_large_blocks
 
 _ITEMS_NUMBER = pb.AugmentStreamRequest.DESCRIPTOR.fields_by_name["items"].number
 
@@ -113,8 +114,9 @@ def _augment(augmenters: dict[str, Augmenter], header: tuple, data: bytes, max_p
     return convert.stream_response(results, augmenter.digest, start)
 
 
-def _serve(connection: Any, max_pixels: int) -> None:
+def _serve(connection: Any, max_pixels: int, max_message_bytes: int) -> None:
     """A child's loop: a header, the request's bytes; the response's bytes (or an error) back."""
+    keep_large_blocks(max_message_bytes)  # each request and response is a fresh block of megabytes: no page faults
     augmenters: dict[str, Augmenter] = {}
     while True:
         try:
@@ -139,9 +141,9 @@ def _serve(connection: Any, max_pixels: int) -> None:
 
 
 class _Child:
-    def __init__(self, context: Any, max_pixels: int) -> None:
+    def __init__(self, context: Any, max_pixels: int, max_message_bytes: int) -> None:
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, max_pixels), name="augmentation-engine", daemon=True)
+        self.process = context.Process(target=_serve, args=(theirs, max_pixels, max_message_bytes), name="augmentation-engine", daemon=True)
         self.process.start()
         theirs.close()
         self.pipelines: set[str] = set()  # keys the child has cached
@@ -174,13 +176,13 @@ class _Child:
 class EngineProcesses:
     """``processes`` child processes that augment stream requests, one request each at a time."""
 
-    def __init__(self, processes: int, max_pixels: int) -> None:
+    def __init__(self, processes: int, max_pixels: int, max_message_bytes: int) -> None:
         if processes < 1:
             raise ValueError(f"engine processes must be at least 1, got {processes}")
         self._context = multiprocessing.get_context("spawn")
-        self._max_pixels = max_pixels
+        self._limits = (max_pixels, max_message_bytes)
         self._lock = threading.Lock()
-        self._children = [_Child(self._context, max_pixels) for _ in range(processes)]
+        self._children = [_Child(self._context, *self._limits) for _ in range(processes)]
         self._free: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         for child in self._children:
             self._free.put(child)
@@ -210,7 +212,7 @@ class EngineProcesses:
 
     def _replace(self, dead: _Child) -> _Child:
         dead.stop(1.0)
-        child = _Child(self._context, self._max_pixels)
+        child = _Child(self._context, *self._limits)
         with self._lock:
             self._children[self._children.index(dead)] = child
         return child
