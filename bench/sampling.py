@@ -343,7 +343,7 @@ def print_cpu_accounting(f: dict[str, Any], cores: int) -> None:
     print(f"    CPU per sample (µs, /proc user+system over the load window), {cores} cores shared by client and server:")
     print(f"      in-process b64 limit: {f['in_process_batch64_cpu_per_sample_us']:.0f} (its own process, ONNX Runtime threads included; "
           f"{f['in_process_batch64_cpu_per_sample_us'] * f['in_process_batch64_samples_per_s'] / 1e6:.2f} cores busy at the limit)")
-    for key, title in (("concurrent_batching", "(c) SDK aio clients, batching"), ("concurrent_no_batching", "(c) SDK aio clients, no batching"),
+    for key, title in (("concurrent_batching", "(c) grpc.aio stub clients, batching"), ("concurrent_no_batching", "(c) grpc.aio stub clients, no batching"),
                        ("kserve_tritonclient", "(d) tritonclient -> ours (KServe)"), ("mlserver_tritonclient", "(d) tritonclient -> MLServer")):
         load = f.get(key)
         if load is None or "cpu_ceiling_samples_per_s" not in load:

@@ -6,7 +6,7 @@
 
 Two sampling services run side by side on the same registry: one from ``git archive REV services``
 (unpacked in a temporary folder), one from the working tree. Round after round, each gets (c) the
-32 SDK aio clients and (d) the tritonclient load on its KServe endpoint, in turn, so that both see
+32 grpc.aio stub clients and (d) the tritonclient load on its KServe endpoint, in turn, so that both see
 the same machine. Per load: samples/s, and CPU per sample of the service process and of the load
 generator (/proc, over the load window), with the cores they kept busy; medians over the rounds.
 """
