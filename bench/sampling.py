@@ -337,6 +337,10 @@ def cpu_accounting(f: dict[str, Any], cores: int, aim: float = 0.8) -> None:
         load["cpu_share_of_limit_on_equal_cores"] = f["in_process_batch64_cpu_per_sample_us"] / 1e6 / per_sample
     f["cpu_per_sample_budget_at_aim_us"] = cores / (aim * limit) * 1e6
     f["cpu_per_sample_left_beside_inference_at_aim_us"] = f["cpu_per_sample_budget_at_aim_us"] - f["in_process_batch64_cpu_per_sample_us"]
+    c = f.get("concurrent_batching", {})
+    if "cpu_ceiling_share_of_limit" in c:
+        f["aim_reachable_by_cpu_on_all_cores"] = c["cpu_ceiling_share_of_limit"] >= aim
+        f["aim_reachable_by_cpu_on_equal_cores"] = c["cpu_share_of_limit_on_equal_cores"] >= aim
 
 
 def print_cpu_accounting(f: dict[str, Any], cores: int) -> None:
@@ -361,6 +365,13 @@ def print_cpu_accounting(f: dict[str, Any], cores: int) -> None:
                   f"({load['server_busiest_thread']}) {load['server_busiest_thread_busy_share']:.2f}")
     print(f"      0.8 of the limit on {cores} cores allows {f['cpu_per_sample_budget_at_aim_us']:.0f} µs of CPU per sample in all; batch-64 inference takes "
           f"{f['in_process_batch64_cpu_per_sample_us']:.0f}, leaving {f['cpu_per_sample_left_beside_inference_at_aim_us']:.0f} for the client and the per-request path")
+    if "aim_reachable_by_cpu_on_all_cores" in f:
+        c = f["concurrent_batching"]
+        yes = {True: "reachable", False: "NOT reachable"}
+        print(f"      (c) with batching, 0.8 of the limit by CPU: {yes[f['aim_reachable_by_cpu_on_all_cores']]} with all {cores} cores kept busy "
+              f"(client + server {c['client_cpu_per_sample_us'] + c['server_cpu_per_sample_us']:.0f} µs a sample against {f['cpu_per_sample_budget_at_aim_us']:.0f}; "
+              f"the limit itself kept {f['in_process_batch64_cpu_per_sample_us'] * f['in_process_batch64_samples_per_s'] / 1e6:.2f} cores busy), "
+              f"{yes[f['aim_reachable_by_cpu_on_equal_cores']]} on as many busy cores as the limit had")
 
 
 def triton_load(python: Path, address: str, model: str, sig: GeneratorSignature, clients: int, seconds: float, server_pid: int) -> dict[str, float]:
