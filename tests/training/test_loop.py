@@ -241,7 +241,8 @@ def test_hyperparameters_defaults_per_kind_and_precise_errors():
     assert resolve("enhanced_gan", {"ada_heuristic": "r_v"}).ada_target == 0.3  # the target follows the heuristic
     assert resolve("enhanced_gan", {"ada_heuristic": "r_v", "ada_target": 0.5}).ada_target == 0.5
     assert (resolve("gan", {}).ada_heuristic, resolve("gan", {}).ada_target) == ("r_t", 0.6)
-    assert resolve("gan", {}).lecam_weight == 0.0 and resolve("enhanced_gan", {"lecam_weight": 0.3}).lecam_weight == 0.3
+    assert resolve("gan", {}).lecam_weight == 0.0 and resolve("enhanced_gan", {}).lecam_weight == 0.1
+    assert resolve("enhanced_gan", {"lecam_weight": 0.0}).lecam_weight == 0.0  # an explicit 0 turns it off
     for given, field in [
         ({"batch_size": 0}, "batch_size"),
         ({"learning_rate": -1.0}, "learning_rate"),

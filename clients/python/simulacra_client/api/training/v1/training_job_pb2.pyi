@@ -303,7 +303,8 @@ class Hyperparameters(_message.Message):
     """GAN kinds: weight of the LeCam regularisation of the discriminator (Tseng et
     al. 2021): its scores on reals are pulled towards the running mean of its
     scores on fakes and vice versa (anchors: moving averages, decay 0.99).
-    0 (the default): none. Must be >= 0.
+    0: none (MODEL_KIND_GAN's default); MODEL_KIND_ENHANCED_GAN's default is 0.1.
+    Must be >= 0.
     """
     @_builtins.property
     def diff_augment(self) -> _containers.RepeatedScalarFieldContainer[Global___DiffAugmentPolicy.ValueType]:
