@@ -119,3 +119,18 @@ def test_stream_items_counts_the_items_of_a_request() -> None:
             assert stream_items(message.SerializeToString()) == len(message.items)
     assert stream_items(b"\x12\xff\xff\xff\x0f") == -1
     assert stream_items(b"\x12\x05ab") == -1
+
+
+async def test_a_stream_on_the_torch_path_stays_on_the_worker_threads(request, tmp_path) -> None:
+    """device="cpu" asks for the batched torch path, which the engine processes do not run: such a
+    stream's requests (bytes here) are parsed and augmented on the worker threads as usual."""
+    config = pb.AugmentStreamConfig(pipeline=pb.PipelineSource(pipeline_spec=spec()), seed=5, device="cpu")
+    messages = [pb.AugmentStreamRequest(config=config), pb.AugmentStreamRequest(items=[item(i) for i in range(3)]), pb.AugmentStreamRequest(items=[item(3)])]
+    async with running_service(DEFINITION, backend_settings(request, tmp_path / "threads", "local"), workers=1) as threads:
+        expected = await streamed(threads, messages)
+    async with running_service(DEFINITION, backend_settings(request, tmp_path / "processes", "local"), workers=1, engine_processes=1) as processes:
+        assert await streamed(processes, messages) == expected
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await streamed(processes, messages[:2] + [pb.AugmentStreamRequest(config=config)])
+        assert rpc_error(raised.value).reason == "CONFIG_ALREADY_SENT"
+    assert expected[1] == [0, 3]
