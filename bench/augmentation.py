@@ -417,6 +417,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--stream-only", action="store_true", help="only the gRPC stream against in process, with its CPU accounting")
+    parser.add_argument("--stream-batch", type=int, default=16, help="items per stream request (default 16)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     count, repeats = (48, 3) if args.quick else (480, 5)
@@ -424,7 +425,7 @@ def main() -> None:
     figures: dict = {"quick": args.quick, "images": count, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                      "load_at_start": os.getloadavg()[0]}
     if args.stream_only:
-        figures["stream"] = bench_stream(images, boxes, repeats)
+        figures["stream"] = bench_stream(images, boxes, repeats, args.stream_batch)
         figures["load_at_end"] = os.getloadavg()[0]
         print(f"Augmentation stream benchmark: {count} photographs 256x256, 5 boxes each (load {figures['load_at_start']:.2f} -> {figures['load_at_end']:.2f})")
         print_stream(figures["stream"])
@@ -448,7 +449,7 @@ def main() -> None:
         "ratio_fused_to_op_by_op": ours / op_by_op,
     }
     figures["sharpness"] = {"fused_psnr_db": sharpness_psnr(True), "op_by_op_psnr_db": sharpness_psnr(False)}
-    figures["stream"] = bench_stream(images, boxes, repeats)
+    figures["stream"] = bench_stream(images, boxes, repeats, args.stream_batch)
 
     figures["job"] = bench_job(200 if args.quick else 5000)
     figures["load_at_end"] = os.getloadavg()[0]
