@@ -282,6 +282,12 @@ def test_import_all_tables_finds_the_core_tables() -> None:
     modules = db.import_all_tables()
     assert all(name.startswith("simulacra_services.") and name.endswith(".tables") for name in modules)
     assert "idempotency_keys" in db.metadata.tables
+    # every service's tables, wherever its layers keep them (the annotation-store: persistence/)
+    assert {
+        "simulacra_services.annotation.persistence.tables",
+        "simulacra_services.augmentation.tables",
+        "simulacra_services.training.tables",
+    } <= set(modules)
 
 
 # ---- idempotency keys -----------------------------------------------------------

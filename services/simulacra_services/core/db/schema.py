@@ -31,7 +31,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 """Tables of every service. Add a table here only through a migration (see ``revision``)."""
 
 _SERVICES_PACKAGE = "simulacra_services"
-_TABLES_MODULE = "tables"
+_TABLES_MODULES = ("tables", "persistence.tables")
+"""Where a service package keeps its tables: at its root, or in its persistence layer."""
 
 
 def utcnow() -> dt.datetime:
@@ -67,8 +68,16 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.timezone.utc)
 
 
+def _module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported (False when one of its parent packages is missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def import_all_tables() -> list[str]:
-    """Import every ``simulacra_services.<package>.tables`` module that exists.
+    """Import every ``simulacra_services.<package>.tables`` or ``<package>.persistence.tables`` module.
 
     Returns the names of the modules imported, sorted. Importing a module
     registers its tables on :data:`metadata`.
@@ -78,10 +87,11 @@ def import_all_tables() -> list[str]:
     for info in pkgutil.iter_modules(root.__path__):
         if not info.ispkg:
             continue
-        name = f"{_SERVICES_PACKAGE}.{info.name}.{_TABLES_MODULE}"
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
-            imported.append(name)
+        for module in _TABLES_MODULES:
+            name = f"{_SERVICES_PACKAGE}.{info.name}.{module}"
+            if _module_exists(name):
+                importlib.import_module(name)
+                imported.append(name)
     # The core's own tables live in this package, not in core.tables.
     importlib.import_module(f"{__package__}.idempotency")
     return sorted(imported)
