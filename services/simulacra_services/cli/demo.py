@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,11 @@ class Journal:
     out: TextIO
     stages: list[Stage] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    interrupt: Interrupt | None = None
 
     def say(self, message: str) -> None:
+        if self.interrupt is not None:
+            self.interrupt.check()
         print(f"[{time.monotonic() - self.started:6.1f}s] {message}", file=self.out, flush=True)
 
     def begin(self, name: str) -> Stage:
@@ -112,6 +116,56 @@ class Journal:
         stage.status, stage.detail = status, detail
         stage.seconds = time.monotonic() - stage.seconds
         self.say(f"   {name_status(stage)}")
+
+
+class Interrupt:
+    """Ctrl-C for the demo: a KeyboardInterrupt now, and a guarantee that the demo does stop.
+
+    The first SIGINT raises KeyboardInterrupt as Python's own handler does. Should a library
+    lose it (one raised inside a blocking gRPC or torch call can be swallowed there; seen under
+    heavy load, not traced to its source), the next progress line raises it again; and a watchdog
+    stops the suite and ends the process with 130 if the demo is still running ``grace`` seconds
+    after the signal (or at a second Ctrl-C), so Ctrl-C never leaves a demo or a suite running.
+    """
+
+    def __init__(self, out: TextIO, grace: float) -> None:
+        self.out = out
+        self.grace = grace
+        self.requested = False
+        self.handled = False
+        self._forced = threading.Event()
+        self._suite: Suite | None = None
+
+    def install(self, suite: Suite) -> object:
+        self._suite = suite
+        return signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.requested:
+            self._force("a second Ctrl-C")
+            return
+        self.requested = True
+        threading.Thread(target=self._watchdog, name="demo-interrupt-watchdog", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise the interrupt again if it was requested, is not on its way up now, and nobody handled it."""
+        if self.requested and not self.handled and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            raise KeyboardInterrupt
+
+    def _watchdog(self) -> None:
+        if not self._forced.wait(self.grace):
+            self._force(f"still running {self.grace:.0f} s after Ctrl-C")
+
+    def _force(self, why: str) -> None:
+        self._forced.set()
+        self.handled = True
+        print(f"\ninterrupted: {why}; stopping the suite and exiting", file=self.out, flush=True)
+        if self._suite is not None:
+            self._suite.stop()
+        self.out.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def name_status(stage: Stage) -> str:
@@ -191,6 +245,8 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
         return 2
     journal = Journal(out)
     suite = Suite(settings, journal)
+    interrupt = journal.interrupt = Interrupt(out, grace=settings.shutdown_grace_seconds + 60)
+    previous = interrupt.install(suite) if threading.current_thread() is threading.main_thread() else None
     try:
         stage = journal.begin("suite")
         if args.no_start:
@@ -205,6 +261,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
         print(f"\nReport written to {report}", file=out, flush=True)
         return 0
     except KeyboardInterrupt:
+        interrupt.handled = True
         print("\ninterrupted: stopping cleanly", file=out, flush=True)
         return 130
     except Exception as error:  # noqa: BLE001 - a demo reports and exits, with the stage that failed
@@ -214,4 +271,7 @@ def run(args: argparse.Namespace, settings: Settings, *, out: TextIO | None = No
         print(f"error: {failed.name} failed: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
+        interrupt.handled = True
         suite.stop()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
