@@ -59,3 +59,60 @@ async def test_each_rpc_runs_the_handler_grpc_found_for_it_even_when_it_changes(
     )
     assert value == 4
     assert interceptor.in_flight == 0
+
+
+STREAM_SERVER = '''
+import asyncio, logging, socket, sys
+import grpc
+from simulacra_services.core.interceptors import ErrorMapper, RequestLog, ServerInterceptor
+from simulacra_services.core.metrics import RpcMetrics
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s peer=%(fields)s")  # the request log on, as deployed
+
+
+async def count(request, context):
+    for i in range(int(request)):
+        yield b"%d" % i
+
+
+async def ping(request, context):
+    return b"pong"
+
+
+async def main():
+    interceptor = ServerInterceptor(errors=ErrorMapper("test.simulacra.dev", "test"), request_log=RequestLog("test"), metrics=RpcMetrics())
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Stream", {"Count": grpc.unary_stream_rpc_method_handler(count), "Ping": grpc.unary_unary_rpc_method_handler(ping)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+'''
+
+
+def test_streaming_rpcs_that_end_or_are_cancelled_with_the_request_log_on_leave_the_server_running(tmp_path) -> None:
+    """The request log reads the client's address; read after a stream has ended, grpc.aio crashed
+    the process (SIGSEGV): every streaming RPC must leave a server that logs at INFO alive."""
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-c", STREAM_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            count = channel.unary_stream("/test.Stream/Count")
+            for i in range(30):
+                assert [int(m) for m in count(b"3", timeout=20)] == [0, 1, 2]  # streams that end
+                stream = count(b"1000", timeout=20)
+                next(stream)
+                stream.cancel()  # and streams the client leaves
+            assert channel.unary_unary("/test.Stream/Ping")(b"", timeout=20) == b"pong"
+        assert server.poll() is None, server.stderr.read()[-3000:]
+    finally:
+        server.kill()
+        _, err = server.communicate(timeout=20)
+    assert "Count OK" in err and "Count CANCELLED" in err  # the log did record them, with the peer
+    assert "'peer': 'ipv4:127.0.0.1:" in err

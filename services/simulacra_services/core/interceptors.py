@@ -75,7 +75,10 @@ class RpcCall:
     def __init__(self, site: _Site, context: grpc.aio.ServicerContext) -> None:
         self.site = site
         self._context = context
-        self._peer: str | None = None
+        # The client's address is read now, while the call is alive: read after a stream has
+        # ended, grpc.aio's context.peer() crashes the process (SIGSEGV). Only when the request
+        # log can write a record at all (its lowest level for failures is ERROR).
+        self._peer = (context.peer() or "") if _log.isEnabledFor(logging.ERROR) else ""
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.reason = ""  # ErrorInfo reason, when the server sent one
@@ -99,9 +102,7 @@ class RpcCall:
 
     @property
     def peer(self) -> str:
-        """The client's address, asked of grpc only when something (the log) needs it."""
-        if self._peer is None:
-            self._peer = self._context.peer() or ""
+        """The client's address, as read when the RPC began ("" when the request log is off)."""
         return self._peer
 
     def settle(self, exc: BaseException | None, context: grpc.aio.ServicerContext) -> None:
