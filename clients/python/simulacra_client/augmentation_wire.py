@@ -32,23 +32,12 @@ from google.protobuf.message import Message
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as rpc
 from simulacra_client.api.common.v1 import common_pb2
+from simulacra_client.wire_format import varint
 
 Encoded = tuple[int, list[Any]]
 """A serialized message as its length and the pieces (``bytes`` or buffers) that joined make it."""
 
 _DTYPES = {np.dtype("uint8"): common_pb2.DATA_TYPE_UINT8, np.dtype("float32"): common_pb2.DATA_TYPE_FLOAT32}
-
-
-def varint(value: int) -> bytes:
-    """The base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _len_tag(message: type[Message], name: str) -> bytes:

@@ -70,11 +70,10 @@ class _Site:
 class RpcCall:
     """One RPC as the interceptor sees it, filled in as it runs."""
 
-    __slots__ = ("_context", "_peer", "code", "error_id", "reason", "site", "started")
+    __slots__ = ("_peer", "code", "error_id", "reason", "site", "started")
 
     def __init__(self, site: _Site, context: grpc.aio.ServicerContext) -> None:
         self.site = site
-        self._context = context
         # The client's address is read now, while the call is alive: read after a stream has
         # ended, grpc.aio's context.peer() crashes the process (SIGSEGV). Only when the request
         # log can write a record at all (its lowest level for failures is ERROR).

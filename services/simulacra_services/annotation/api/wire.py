@@ -28,24 +28,13 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 from simulacra_client.api.annotation.v1 import annotation_service_pb2 as api
+from simulacra_client.wire_format import varint
 
 _VARINT_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT64})
 _LEN_TYPES = frozenset({FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_STRING})
 
 Item = tuple[int, list[bytes]]
 """A serialized ``Item`` as its length and the pieces that joined make it (joined once, in the response)."""
-
-
-def varint(value: int) -> bytes:
-    """The base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _tag(message: type, name: str) -> bytes:
