@@ -220,6 +220,25 @@ async def test_a_cancelled_request_leaves_the_batch_and_disabled_batching_runs_a
     assert alone.sizes == [1] * 5
 
 
+@pytest.mark.parametrize("turns", range(6))
+async def test_close_returns_when_a_request_arrives_as_the_worker_is_cancelled(turns: int) -> None:
+    # The CI hang: the worker waits (with a deadline) for more requests to join a batch; one
+    # arrives and close() cancels the worker in the same few loop turns. Python 3.11's wait_for
+    # dropped that cancel, the worker ran on, and close() (so the server's shutdown) waited forever.
+    run = CountingRun()
+    batcher = DynamicBatcher(run, BatchingPolicy(max_batch_size=64, max_queue_delay_us=30_000_000))
+    first = asyncio.ensure_future(batcher.infer(np.zeros((1, 2), np.float32), np.zeros(1, np.int64)))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the worker holds `first` and waits for company
+    second = asyncio.ensure_future(batcher.infer(np.zeros((1, 2), np.float32), np.zeros(1, np.int64)))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.close(), 10)
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in outcomes:  # each request is either answered or failed as unloaded; none hangs
+        assert isinstance(outcome, np.ndarray) or "unloaded" in str(outcome), outcome
+
+
 class FailingRun(CountingRun):
     """A CountingRun whose calls of the sizes in ``fail`` raise."""
 

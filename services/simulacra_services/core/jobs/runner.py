@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from simulacra_services.core import errors
+from simulacra_services.core.aio import wait_set
 from simulacra_services.core.jobs.model import (
     CANCELLED,
     CANCELLING,
@@ -330,10 +331,7 @@ class JobRunner:
                 yield record
             if record.terminal:
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), self.watch_poll_seconds)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(changed, self.watch_poll_seconds)
 
     def _check_kind(self, kind: str) -> Any:
         handler = self.handlers.get(kind)
@@ -348,13 +346,10 @@ class JobRunner:
 
     # ---- the loop ------------------------------------------------------------------------
     async def _forever(self) -> None:
-        # The flag, not only the task's cancellation, ends the loop: Python 3.11's wait_for can
-        # swallow a cancel that arrives as its timeout fires.
+        # The flag, not only the task's cancellation, ends the loop (belt and braces: wait_set
+        # never swallows a cancel, which Python 3.11's wait_for can).
         while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.tick_seconds)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(self._wake, self.tick_seconds)
             if self._closing:
                 return
             self._wake.clear()

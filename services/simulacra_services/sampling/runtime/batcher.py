@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulacra_services.core.aio import wait_set
+
 RunFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 BatchObserver = Callable[[int, list[float], float], None]
 """Called after each inference with (batch size, queue seconds of each request, inference seconds)."""
@@ -166,21 +168,26 @@ class DynamicBatcher:
         return await future
 
     async def _work(self) -> None:
-        while True:
-            await self._next_waiting(None)  # idle workers hold no instance (the direct path may take it)
+        while not self._closed:  # the flag ends the loop too, should a cancel ever be lost
+            if not await self._next_waiting(None):  # idle workers hold no instance (the direct path may take it)
+                return
             await self._slots.acquire()
             try:
                 batch = await self._collect()
             except BaseException:
                 self._slots.release()
                 raise
+            if not batch:
+                self._slots.release()
+                return
             task = asyncio.ensure_future(self._dispatch(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
     async def _next_waiting(self, timeout: float | None) -> bool:
-        """Whether a live request is at the head of the queue, waiting up to ``timeout`` (None: forever)."""
-        while True:
+        """Whether a live request is at the head of the queue, waiting up to ``timeout`` (None: until
+        one comes or the batcher closes)."""
+        while not self._closed:
             while self._queue and self._queue[0].future.done():  # cancelled while queued
                 self._queue.popleft()
             if self._queue:
@@ -188,29 +195,33 @@ class DynamicBatcher:
             self._arrived.clear()
             if timeout is not None and timeout <= 0:
                 return False
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except asyncio.TimeoutError:
+            if not await wait_set(self._arrived, timeout):
                 return False
+        return False
 
     async def _collect(self) -> list[_Request]:
         policy = self.policy
-        await self._next_waiting(None)
+        if not await self._next_waiting(None):
+            return []  # closed
         first = self._queue.popleft()
         batch, size = [first], first.size
         deadline = first.enqueued + policy.max_queue_delay_us / 1e6
-        while size < policy.max_batch_size:
-            if await self._next_waiting(0):
-                if size + self._queue[0].size > policy.max_batch_size:
+        try:
+            while size < policy.max_batch_size:
+                if await self._next_waiting(0):
+                    if size + self._queue[0].size > policy.max_batch_size:
+                        break
+                    request = self._queue.popleft()
+                    batch.append(request)
+                    size += request.size
+                    continue
+                if size in policy.preferred_batch_sizes:
                     break
-                request = self._queue.popleft()
-                batch.append(request)
-                size += request.size
-                continue
-            if size in policy.preferred_batch_sizes:
-                break
-            if not await self._next_waiting(deadline - time.perf_counter()):
-                break
+                if not await self._next_waiting(deadline - time.perf_counter()):
+                    break
+        except BaseException:  # cancelled (close): back to the head of the queue, which close() fails
+            self._queue.extendleft(reversed(batch))
+            raise
         return batch
 
     async def _dispatch(self, batch: list[_Request]) -> None:
@@ -246,6 +257,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Finish the inferences running, fail the queued requests, stop the threads."""
         self._closed = True
+        self._arrived.set()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
