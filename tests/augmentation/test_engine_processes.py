@@ -119,6 +119,7 @@ def test_stream_items_counts_the_items_of_a_request() -> None:
             assert stream_items(message.SerializeToString()) == len(message.items)
     assert stream_items(b"\x12\xff\xff\xff\x0f") == -1
     assert stream_items(b"\x12\x05ab") == -1
+    assert stream_items(b"\x12" + b"\xff" * 64 + b"\x01") == -1  # a length varint past 10 bytes
 
 
 async def test_a_stream_on_the_torch_path_stays_on_the_worker_threads(request, tmp_path) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
+from simulacra_client.wire_format import read_varint
 from simulacra_services.augmentation.api import convert
 from simulacra_services.augmentation.domain.batches import planned, run_planned
 from simulacra_services.augmentation.engine import Augmenter
@@ -50,32 +51,21 @@ def stream_items(data: bytes) -> int:
     count, index, end = 0, 0, len(data)
     try:
         while index < end:
-            key, index = _varint(data, index)
+            key, index = read_varint(data, index)
             wire_type = key & 7
             if wire_type == 2:
-                length, index = _varint(data, index)
+                length, index = read_varint(data, index)
                 index += length
                 count += key >> 3 == _ITEMS_NUMBER
             elif wire_type == 0:
-                index = _varint(data, index)[1]
+                index = read_varint(data, index)[1]
             elif wire_type in (1, 5):
                 index += 8 if wire_type == 1 else 4
             else:
                 return -1
-    except IndexError:
+    except (IndexError, ValueError):
         return -1
     return count if index == end else -1
-
-
-def _varint(data: bytes, index: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[index]
-        index += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index
-        shift += 7
 
 
 def undecodable() -> errors.SimulacraError:
