@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,9 @@ async def test_no_pack_past_the_limit_and_delete_removes_packs(service: Callable
 
 
 @pytest.mark.parametrize("settings", ["local"], indirect=True)  # the failure is made on local files: a file where the packs' directory must go
-async def test_a_build_that_fails_leaves_no_pack_and_the_stream_is_whole(service: Callable[..., Any], objects: ObjectStore, settings: Settings) -> None:
+async def test_a_build_that_fails_leaves_no_pack_and_the_stream_is_whole(
+    service: Callable[..., Any], objects: ObjectStore, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     assert settings.storage_backend == "local"
     blocker = settings.resolved_storage_dir / "packs"
     async with service(stream_packs=False) as running:
@@ -267,8 +270,10 @@ async def test_a_build_that_fails_leaves_no_pack_and_the_stream_is_whole(service
         expected = await raw(running.channel, request)
     async with service() as running:
         blocker.write_bytes(b"not a directory")  # every put under packs/ fails now
-        assert await raw(running.channel, request) == expected  # the stream does not depend on its build
-        await asyncio.sleep(0.5)  # the build ran after the stream and failed
+        with caplog.at_level(logging.WARNING, logger="simulacra.annotation.packs"):
+            assert await raw(running.channel, request) == expected  # the stream does not depend on its build
+            # The build runs after the stream, in a thread: wait for its failure, not for a fixed time.
+            await until(lambda: [r for r in caplog.records if "not published" in r.getMessage()], "the failed build's warning")
         blocker.unlink()
         assert pack_keys(objects) == []
         # Nothing was left that a stream uses: the next one reads the rows (and builds the pack).
