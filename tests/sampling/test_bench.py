@@ -1,4 +1,4 @@
-"""bench/sampling.py keeps working: it runs in quick mode and reports every figure docs/sampling.md cites.
+"""bench/sampling.py and bench/sampling_threads.py keep working: each runs in quick mode and reports every figure docs/sampling.md cites.
 
 No timing is judged here (speed is the benchmark's business, not the tests')."""
 
@@ -43,3 +43,22 @@ def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
             assert key in b, key
     assert "Summary" in result.stdout and "32 clients" in result.stdout and "Where one unary call goes" in result.stdout
     assert "ceiling" in result.stdout and "synchronous grpc.server" in result.stdout
+
+
+def test_the_thread_settings_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "threads.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sampling_threads.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["quick"] is True
+    for model in ("digits", "scenes"):
+        for batch in (1, 64):
+            settings = figures[f"{model}_batch{batch}"]
+            assert set(settings) == {"default", "one", "spinning"}
+            assert settings["default"]["wall_vs_default"] == 1.0 and settings["default"]["cpu_vs_default"] == 1.0
+            for name, r in settings.items():
+                assert r["p50_us"] > 0 and r["cpu_per_call_us"] > 0, (model, batch, name)
+    assert "x1.00 of default" in result.stdout
