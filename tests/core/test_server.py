@@ -8,6 +8,7 @@ SIGTERM/SIGINT in a subprocess).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -188,6 +189,47 @@ async def test_stop_drains_not_serving_first_and_lets_in_flight_rpcs_finish(sett
 
         refused = await rpc_error(unary(channel, "Echo")(Tensor()))
         assert refused.code is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_close_hook_that_never_returns_cannot_hang_the_stop(
+    settings: Settings, start_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook_started = asyncio.Event()
+
+    async def register(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+        async def stubborn_close() -> None:  # a bug: it waits forever and shrugs off cancellation
+            hook_started.set()
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    return  # ends only when cancelled, so that the test leaves no task behind
+
+        return stubborn_close
+
+    definition = dataclasses.replace(echo_service.definition(), register=register)
+    server = await start_server(settings, definition)
+    server.close_hook_seconds = 0.5
+    with caplog.at_level(logging.ERROR, logger="simulacra"):
+        await bounded(server.stop(grace=0.1))
+    assert hook_started.is_set()
+    assert any("close hook still running after" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_close_hook_that_fails_is_logged_and_the_stop_completes(
+    settings: Settings, start_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def register(server: grpc.aio.Server, settings: Settings) -> Callable[[], Awaitable[None]]:
+        async def failing_close() -> None:
+            raise RuntimeError("the close hook broke")
+
+        return failing_close
+
+    server = await start_server(settings, dataclasses.replace(echo_service.definition(), register=register))
+    with caplog.at_level(logging.ERROR, logger="simulacra"):
+        await bounded(server.stop(grace=0.1))
+    failed = [r for r in caplog.records if "close hook failed" in r.getMessage()]
+    assert failed and failed[0].exc_info and "the close hook broke" in str(failed[0].exc_info[1])
 
 
 async def test_rpcs_still_running_when_the_grace_period_ends_are_cancelled(settings: Settings, start_server: Any) -> None:

@@ -61,6 +61,9 @@ _log = logging.getLogger("simulacra.server")
 
 CloseHook = Callable[[], Awaitable[None]]
 
+CLOSE_HOOK_SECONDS = 120.0
+"""How long a stop waits for a service's close hook (after the RPCs' grace) before it gives up on it."""
+
 METRICS_OFF = -1
 """``ServiceServer(metrics_port=METRICS_OFF)``: no metrics endpoint."""
 
@@ -143,6 +146,7 @@ class ServiceServer:
         self._interceptor: ServerInterceptor | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._close_hook: CloseHook | None = None
+        self.close_hook_seconds = CLOSE_HOOK_SECONDS
         self._port: int | None = None
         self._metrics_port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -268,13 +272,25 @@ class ServiceServer:
             await self._server.stop(grace)
         if self._close_hook is not None:
             hook, self._close_hook = self._close_hook, None
-            try:
-                await hook()
-            except Exception:
-                _log.exception("%s: close hook failed", self.definition.title)
+            await self._close(hook)
         if self._metrics_endpoint is not None:
             endpoint, self._metrics_endpoint = self._metrics_endpoint, None
             await asyncio.to_thread(endpoint.stop)
+
+    async def _close(self, hook: CloseHook) -> None:
+        """Run the service's close hook, for at most ``close_hook_seconds``: a hook that never
+        returns (a bug) is logged and left behind, so that a shutdown never hangs on it."""
+        task = asyncio.ensure_future(hook())
+        done, _ = await asyncio.wait({task}, timeout=self.close_hook_seconds)
+        if not done:
+            task.cancel()
+            _log.error(
+                "%s: close hook still running after %.0f s; stopping without waiting for it",
+                self.definition.title, self.close_hook_seconds,
+                extra={FIELDS: {"service": self.definition.title, "close_hook_seconds": self.close_hook_seconds}},
+            )
+        elif not task.cancelled() and task.exception() is not None:
+            _log.error("%s: close hook failed", self.definition.title, exc_info=task.exception())
 
     async def wait_for_termination(self) -> None:
         """Return once the server has stopped. Cancelling the wait leaves the server alone."""
