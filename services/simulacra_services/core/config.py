@@ -69,7 +69,12 @@ class Settings:
     stream_pack_max_bytes: int = _setting("SIMULACRA_STREAM_PACK_MAX_BYTES", 2 * 1024 * 1024 * 1024, "Largest stream pack the annotation-store builds (the version's FULL stream in bytes, about its image bytes); a larger version is always streamed item by item.")
     job_lease_seconds: float = _setting("SIMULACRA_JOB_LEASE_SECONDS", 30.0, "How long a replica's claim on a running job lasts unless renewed (renewed every third of it); the jobs of a replica that died are taken over once it has run out.")
     job_runner_id: str = _setting("SIMULACRA_JOB_RUNNER_ID", "", "Stable identity of this replica's job runner (e.g. its pod name): restarted with the same id it recovers its own jobs at once instead of after the lease. Default: unique per process.")
-    shutdown_grace_seconds: float = _setting("SIMULACRA_SHUTDOWN_GRACE_SECONDS", 10.0, "Time in-flight RPCs get to finish on SIGTERM/SIGINT.")
+    shutdown_grace_seconds: float = _setting(
+        "SIMULACRA_SHUTDOWN_GRACE_SECONDS", 10.0,
+        "Time in-flight RPCs get to finish on SIGTERM/SIGINT. After them the service's close hook runs (unloading generators, "
+        "stopping job workers) for at most 120 s (`server.CLOSE_HOOK_SECONDS`); a hook still running then is logged as an error "
+        "and left behind, so a stop never hangs.",
+    )
     log_level: str = _setting("SIMULACRA_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_format: str = _setting("SIMULACRA_LOG_FORMAT", "json", "Log format: 'json' (one object a line) or 'text'.")
 
