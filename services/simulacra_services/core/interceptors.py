@@ -13,7 +13,7 @@ One ``grpc.aio.ServerInterceptor`` wraps each method handler so that, in order:
 
 A handler may also return or yield a response already serialized (``bytes``):
 it is sent as it is. A request message larger than ``LARGE_REQUEST_BYTES`` is
-parsed in a worker thread rather than by grpc on the event loop (parsing a
+parsed in a worker thread (``message_codec``) rather than by grpc on the event loop (parsing a
 batch of large images is a copy of every image).
 
 The wrapper replaces the handler's behaviour rather than using a
@@ -36,8 +36,18 @@ from typing import Any
 
 import grpc
 
-from simulacra_services.core.errors import InvalidArgument, SimulacraError, Unauthenticated
+from simulacra_services.core.errors import SimulacraError, Unauthenticated
 from simulacra_services.core.logging import FIELDS
+from simulacra_services.core.message_codec import (
+    LARGE_REQUEST_BYTES,
+    Deferred,
+    Undecodable,
+    decoded,
+    decoded_stream,
+    parsed,
+    passing_bytes,
+    tolerant,
+)
 from simulacra_services.core.metrics import RpcMetrics
 from simulacra_services.core.status import domain_error_status, error_status
 
@@ -46,9 +56,6 @@ AUTHORIZATION = "authorization"
 
 _log = logging.getLogger("simulacra.rpc")
 _errors_log = logging.getLogger("simulacra.errors")
-
-LARGE_REQUEST_BYTES = 1024 * 1024
-"""Request messages above this size are parsed in a worker thread, not on the event loop."""
 
 # Server-side faults: logged at ERROR. Every other code is the caller's business.
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
@@ -315,8 +322,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }[kind]
         return make(
             behaviour,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=_passing_bytes(handler.response_serializer),
+            request_deserializer=tolerant(handler.request_deserializer),
+            response_serializer=passing_bytes(handler.response_serializer),
         )
 
     @contextlib.asynccontextmanager
@@ -350,9 +357,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     self._authorize(call, context)
                     if kind == "client_stream":
-                        request = _decoded_stream(request)
-                    elif isinstance(request, (_Deferred, _Undecodable)):
-                        request = await _parsed(request)
+                        request = decoded_stream(request)
+                    elif isinstance(request, (Deferred, Undecodable)):
+                        request = await parsed(request)
                     if coroutine:
                         return await inner(request, context)
                     return await _run_unary(inner, request, context)
@@ -372,7 +379,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._rpc(site, context):
-                    async for response in inner(await _decoded(request, kind), context):
+                    async for response in inner(await decoded(request, kind), context):
                         yield response
 
             return generator
@@ -381,7 +388,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # does), or a plain function: stay a writer so the two never mix.
         async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
             async with self._rpc(site, context):
-                await _run_writer(inner, await _decoded(request, kind), context)
+                await _run_writer(inner, await decoded(request, kind), context)
 
         return writer
 
@@ -392,93 +399,6 @@ _KINDS = {
     (True, False): "client_stream",
     (True, True): "bidi_stream",
 }
-
-
-class _Undecodable:
-    """Stands in for a request message whose bytes did not parse, so that the
-    RPC can fail with a domain error (grpc itself would answer UNKNOWN with
-    the parser's own text)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def refusal(self) -> SimulacraError:
-        return InvalidArgument(
-            "UNDECODABLE_REQUEST",
-            "the request message could not be parsed as the method's request type "
-            "(a client built from another contract, or corrupted bytes)",
-            {"problem": type(self.error).__name__},
-        )
-
-
-class _Deferred:
-    """The bytes of a large request message, to be parsed in a worker thread (``_decoded``)."""
-
-    __slots__ = ("data", "parse")
-
-    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
-        self.data: bytes | None = data
-        self.parse = parse
-
-    def parsed(self) -> Any:
-        data, self.data = self.data, None  # the raw bytes are freed in the thread, not on the loop
-        assert data is not None
-        return self.parse(data)
-
-
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """The handler's deserializer, made to return ``_Undecodable`` rather than raise, and to leave
-    messages above ``LARGE_REQUEST_BYTES`` unparsed (``_Deferred``): grpc calls it on the event loop."""
-    if deserialize is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as error:  # noqa: BLE001 - any parser failure is the client's bad bytes
-            return _Undecodable(error)
-
-    def parse_small(data: bytes) -> Any:
-        return _Deferred(data, parse) if len(data) > LARGE_REQUEST_BYTES else parse(data)
-
-    return parse_small
-
-
-def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """The handler's serializer, except that a response already serialized (``bytes``) goes out as it is.
-
-    A handler that sends stored encodings (the annotation-store's StreamItems) joins the
-    response's wire bytes itself rather than building a message only to serialize it again.
-    """
-    if serialize is None:
-        return None
-
-    def encode(response: Any) -> bytes:
-        return response if isinstance(response, bytes) else serialize(response)
-
-    return encode
-
-
-async def _decoded(request: Any, kind: str) -> Any:
-    """The request, or for client streams an iterator over them, refusing undecodable messages."""
-    if kind in ("client_stream", "bidi_stream"):
-        return _decoded_stream(request)
-    return await _parsed(request)
-
-
-async def _decoded_stream(requests: Any) -> AsyncIterator[Any]:
-    async for request in requests:
-        yield await _parsed(request)
-
-
-async def _parsed(request: Any) -> Any:
-    if isinstance(request, _Deferred):
-        request = await asyncio.to_thread(request.parsed)
-    if isinstance(request, _Undecodable):
-        raise request.refusal()
-    return request
 
 
 async def _run_unary(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
