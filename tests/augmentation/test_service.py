@@ -15,7 +15,7 @@ from simulacra_client.api.annotation.v1 import annotation_pb2
 from simulacra_client.api.augmentation.v1 import augmentation_service_pb2 as pb
 from simulacra_client.api.augmentation.v1 import pipeline_pb2
 from simulacra_client.augmentation import AugmentationClient, ItemInput, Pipeline
-from simulacra_client.errors import SimulacraRpcError, from_rpc_error
+from simulacra_client.errors import NotFoundError, SimulacraRpcError, from_rpc_error
 from simulacra_services.annotation.api.convert import annotation_from_proto, annotation_to_proto
 from simulacra_services.augmentation.engine import Augmenter, Item, parse_spec
 from simulacra_services.augmentation.service import DEFINITION
@@ -296,6 +296,9 @@ async def test_sdk_numpy_in_and_out(augmentation) -> None:
             streamed = list(client.stream([ItemInput(img, key) for img, key in zip(images, "abc")], pipeline, seed=2, batch_size=2))
             grey = client.augment([photo(channels=1).astype(np.float32) / 255], pipeline, keys=["g"])
             png = client.preview(images[0], pipeline, count=2)
+            with pytest.raises(NotFoundError) as missing:  # the SDK's typed error, from bytes it serialized itself
+                client.augment(images[:1], "pipelines/missing")
+            assert missing.value.reason == "PIPELINE_NOT_FOUND"
             return out, streamed, grey, png
 
     out, streamed, grey, png = await asyncio.to_thread(use_sdk)

@@ -90,6 +90,21 @@ def test_stream_requests_are_the_bytes_protobuf_writes(image: np.ndarray) -> Non
     assert np.array_equal(sent.reshape(tuple(parsed.items[0].image.shape)).squeeze(), image.squeeze())
 
 
+@pytest.mark.parametrize("categories", [[], [annotation_pb2.Category(category_id=1, display_name="face", keypoint_names=["l", "r"], flip_pairs=[annotation_pb2.KeypointPair(first=0, second=1)])]])
+@pytest.mark.parametrize("pipeline", [pb.PipelineSource(pipeline_name="pipelines/p"), pb.PipelineSource()])
+def test_batch_requests_are_the_bytes_protobuf_writes(categories: list[annotation_pb2.Category], pipeline: pb.PipelineSource) -> None:
+    # AugmentBatchRequest's items (field 3) sit between pipeline and seed (1, 2) and categories (4):
+    # the SDK's augment() writes a head, the items, then a tail.
+    inputs = [ItemInput(photo(20, 30), "datasets/d/items/1", [annotation(1)]), ItemInput(photo(8, 9, channels=1), "", [], seed=5)]
+    for seed in (0, 7, 2**64 - 1):
+        expected = pb.AugmentBatchRequest(pipeline=pipeline, seed=seed, items=[i.to_proto() for i in inputs], categories=categories)
+        got = wire.message(
+            wire.BATCH_REQUEST_ITEMS, [i.encoded() for i in inputs], pb.AugmentBatchRequest(categories=categories),
+            head=pb.AugmentBatchRequest(pipeline=pipeline, seed=seed),
+        )
+        assert got == expected.SerializeToString()
+
+
 def test_images_of_other_types_are_refused() -> None:
     with pytest.raises(ValueError, match="uint8 or float32"):
         ItemInput(np.zeros((4, 4, 3), np.int16), "k").encoded()

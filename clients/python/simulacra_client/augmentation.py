@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 
@@ -38,6 +39,7 @@ from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client import augmentation_wire as wire
 from simulacra_client.albumentations_import import from_albumentations
 from simulacra_client.annotation import JobCancelledError, JobFailedError, dataset_name, version_name
+from simulacra_client.errors import from_rpc_error
 from simulacra_client.raw import RawClient, ServiceClient, _responses
 
 __all__ = ["AugmentationClient", "AugmentedImage", "Pipeline", "from_albumentations", "load_pipeline"]
@@ -193,7 +195,9 @@ class ItemInput:
         return wire.item(self.key, self.image, rest)
 
 
-_STREAM_METHOD = "/{}/AugmentStream".format(rpc.DESCRIPTOR.services_by_name["AugmentationService"].full_name)
+_SERVICE = rpc.DESCRIPTOR.services_by_name["AugmentationService"].full_name
+_STREAM_METHOD = f"/{_SERVICE}/AugmentStream"
+_BATCH_METHOD = f"/{_SERVICE}/AugmentBatch"
 
 
 def _serialize(request: rpc.AugmentStreamRequest | bytes) -> bytes:
@@ -246,13 +250,19 @@ class AugmentationClient(ServiceClient):
     ) -> list[AugmentedImage]:
         """Augment images (or ``ItemInput`` with annotations), in batches of at most 256, in order."""
         items = self._items(images, keys)
-        source = self._source(pipeline)
+        # Each request is serialized here with the pixels copied once (augmentation_wire): the
+        # same bytes as AugmentBatchRequest(...).SerializeToString(), sent as they are.
+        head = rpc.AugmentBatchRequest(pipeline=self._source(pipeline), seed=seed)
+        tail = rpc.AugmentBatchRequest(categories=list(categories))
+        call = self._raw.channel.unary_unary(_BATCH_METHOD, request_serializer=None, response_deserializer=rpc.AugmentBatchResponse.FromString)
         out: list[AugmentedImage] = []
         for start in range(0, len(items), MAX_BATCH_ITEMS):
-            request = rpc.AugmentBatchRequest(
-                pipeline=source, seed=seed, items=[i.to_proto() for i in items[start : start + MAX_BATCH_ITEMS]], categories=list(categories)
-            )
-            out.extend(_augmented(m) for m in self._raw.call("AugmentBatch", request).items)
+            data = wire.message(wire.BATCH_REQUEST_ITEMS, [i.encoded() for i in items[start : start + MAX_BATCH_ITEMS]], tail, head=head)
+            try:
+                response = call(data, timeout=self._raw.timeout)
+            except grpc.RpcError as error:
+                raise from_rpc_error(error) from None
+            out.extend(_augmented(m) for m in response.items)
         return out
 
     def stream(

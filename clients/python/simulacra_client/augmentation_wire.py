@@ -95,12 +95,13 @@ def item(key: str, image: np.ndarray, rest: Message) -> Encoded:
     return size + len(image_head) + image_size + len(tail), parts
 
 
-def message(items_tag: bytes, items: Sequence[Encoded], rest: Message | None = None) -> bytes:
-    """A request or response: each of ``items`` as an ``items`` field (``items_tag``), then ``rest`` serialized.
+def message(items_tag: bytes, items: Sequence[Encoded], rest: Message | None = None, *, head: Message | None = None) -> bytes:
+    """A request or response: ``head`` serialized, each of ``items`` as an ``items`` field
+    (``items_tag``), then ``rest`` serialized.
 
-    ``rest`` must have no field numbered below ``items``' (checked by the callers' tests: the bytes
-    equal ``SerializeToString`` of the same message)."""
-    parts: list[Any] = []
+    ``head`` holds only fields numbered below ``items``' and ``rest`` only fields above (checked by
+    the callers' tests: the bytes equal ``SerializeToString`` of the same message)."""
+    parts: list[Any] = [] if head is None else [head.SerializeToString()]
     for size, pieces in items:
         parts.append(items_tag + varint(size))
         parts += pieces
@@ -111,4 +112,5 @@ def message(items_tag: bytes, items: Sequence[Encoded], rest: Message | None = N
 
 STREAM_REQUEST_ITEMS = _len_tag(rpc.AugmentStreamRequest, "items")
 STREAM_RESPONSE_ITEMS = _len_tag(rpc.AugmentStreamResponse, "items")
+BATCH_REQUEST_ITEMS = _len_tag(rpc.AugmentBatchRequest, "items")
 BATCH_RESPONSE_ITEMS = _len_tag(rpc.AugmentBatchResponse, "items")
