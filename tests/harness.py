@@ -40,6 +40,7 @@ seeds give distinct bytes) and ``solid_png`` (one colour, tiny at any size).
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -241,3 +242,22 @@ def solid_png(width: int, height: int, colour: tuple[int, int, int] | int = (0, 
 def jpeg(width: int = 16, height: int = 12, *, seed: int = 0) -> bytes:
     """A small JPEG with deterministic pseudo-random pixels."""
     return _encode(pixels(width, height, seed=seed), "RGB", "JPEG")
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks in their quick mode
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick_benchmark(script: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run ``bench/<script> --quick <args> --json FILE`` from the repository root: the figures it
+    wrote and what it printed. Fails the test, with the output's tail, if the benchmark fails."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args, "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text()), result.stdout

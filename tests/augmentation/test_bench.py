@@ -5,22 +5,13 @@ Nothing here looks at a timing (speed is the benchmark's business, not the tests
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.harness import run_quick_benchmark
 
 
 def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "augmentation.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    figures, stdout = run_quick_benchmark("augmentation.py", tmp_path)
     assert figures["quick"] is True
     for key in ("ours_images_per_s", "ours_op_by_op_images_per_s", "albumentations_images_per_s", "kornia_images_per_s", "ratio_to_albumentations", "ratio_to_kornia"):
         assert figures["one_thread"][key] > 0, key
@@ -39,6 +30,6 @@ def test_augmentation_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
     split = stream["stream_engine_process"]
     assert split["engine_process_cpu_ms_per_batch"] > 0 and split["server_cpu_ms_per_batch"] > 0 and stream["ratio_engine_process_to_in_process"] > 0
     assert stream["engine_process_ceiling_one_core_per_process"] > 0
-    assert "ceiling from CPU" in result.stdout
+    assert "ceiling from CPU" in stdout
     assert figures["job"]["items_written"] == figures["job"]["items"] == 200 and figures["job"]["items_per_s"] > 0
-    assert "Summary" in result.stdout and "ratio" in result.stdout
+    assert "Summary" in stdout and "ratio" in stdout

@@ -4,22 +4,13 @@ No timing is judged here (speed is the benchmark's business, not the tests')."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.harness import run_quick_benchmark
 
 
 def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "sampling.py"), "--quick", "--no-mlserver", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    figures, stdout = run_quick_benchmark("sampling.py", tmp_path, "--no-mlserver")
     assert figures["quick"] is True
     for model, shape in (("digits", [1, 28, 28]), ("scenes", [3, 64, 64])):
         f = figures[model]
@@ -41,18 +32,12 @@ def test_the_sampling_benchmark_runs_and_reports_every_figure(tmp_path: Path) ->
         assert b["stages_p50_us"]["ONNX Runtime run, batch 1"] > 0
         for key in ("core_interceptor_p50_us", "overhead_p50_us", "overhead_above_floor_p50_us", "unexplained_p50_us", "unary_server_cpu_per_call_us"):
             assert key in b, key
-    assert "Summary" in result.stdout and "32 clients" in result.stdout and "Where one unary call goes" in result.stdout
-    assert "ceiling" in result.stdout and "synchronous grpc.server" in result.stdout
+    assert "Summary" in stdout and "32 clients" in stdout and "Where one unary call goes" in stdout
+    assert "ceiling" in stdout and "synchronous grpc.server" in stdout
 
 
 def test_the_thread_settings_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "threads.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "sampling_threads.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    figures, stdout = run_quick_benchmark("sampling_threads.py", tmp_path)
     assert figures["quick"] is True
     for model in ("digits", "scenes"):
         for batch in (1, 64):
@@ -61,4 +46,4 @@ def test_the_thread_settings_benchmark_runs_and_reports_every_figure(tmp_path: P
             assert settings["default"]["wall_vs_default"] == 1.0 and settings["default"]["cpu_vs_default"] == 1.0
             for name, r in settings.items():
                 assert r["p50_us"] > 0 and r["cpu_per_call_us"] > 0, (model, batch, name)
-    assert "x1.00 of default" in result.stdout
+    assert "x1.00 of default" in stdout
