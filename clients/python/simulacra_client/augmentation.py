@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import grpc
 import numpy as np
 from google.protobuf import json_format
 
@@ -39,7 +38,6 @@ from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client import augmentation_wire as wire
 from simulacra_client.albumentations_import import from_albumentations
 from simulacra_client.annotation import JobCancelledError, JobFailedError, dataset_name, version_name
-from simulacra_client.errors import from_rpc_error
 from simulacra_client.raw import RawClient, ServiceClient, _responses
 
 __all__ = ["AugmentationClient", "AugmentedImage", "Pipeline", "from_albumentations", "load_pipeline"]
@@ -254,15 +252,10 @@ class AugmentationClient(ServiceClient):
         # same bytes as AugmentBatchRequest(...).SerializeToString(), sent as they are.
         head = rpc.AugmentBatchRequest(pipeline=self._source(pipeline), seed=seed)
         tail = rpc.AugmentBatchRequest(categories=list(categories))
-        call = self._raw.channel.unary_unary(_BATCH_METHOD, request_serializer=None, response_deserializer=rpc.AugmentBatchResponse.FromString)
         out: list[AugmentedImage] = []
         for start in range(0, len(items), MAX_BATCH_ITEMS):
             data = wire.message(wire.BATCH_REQUEST_ITEMS, [i.encoded() for i in items[start : start + MAX_BATCH_ITEMS]], tail, head=head)
-            try:
-                response = call(data, timeout=self._raw.timeout)
-            except grpc.RpcError as error:
-                raise from_rpc_error(error) from None
-            out.extend(_augmented(m) for m in response.items)
+            out.extend(_augmented(m) for m in self._raw.call_serialized(_BATCH_METHOD, data, rpc.AugmentBatchResponse).items)
         return out
 
     def stream(

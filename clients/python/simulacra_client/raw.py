@@ -148,6 +148,15 @@ class RawClient(_RawBase[StubT]):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
+    def call_serialized(self, path: str, data: bytes, response_type: type[Message], *, timeout: float | None = _UNSET) -> Any:
+        """``call`` for a request already serialized (``data``, e.g. joined by ``augmentation_wire``):
+        ``path`` is the method's full path, "/package.Service/Method"."""
+        call = self.channel.unary_unary(path, request_serializer=None, response_deserializer=response_type.FromString)
+        try:
+            return call(data, timeout=self._deadline(timeout))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
     def stream(self, method: str, request: Message, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()) -> Iterator[Any]:
         """A server stream's responses; no deadline unless given. Stopping early cancels the call."""
         return _responses(self._method(method)(with_request_id(request), timeout=timeout, metadata=metadata or None))
