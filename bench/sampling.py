@@ -170,11 +170,13 @@ def service(data_dir: Path, **env: str) -> Iterator[str]:
 # ---- in-process baselines -----------------------------------------------------------------------
 
 
-def ort_session(onnx: bytes) -> ort.InferenceSession:
-    """The session the service makes by default (GeneratorSession): same threads, no spinning."""
+def ort_session(onnx: bytes, *, intra_op_threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
+    """The session the service makes by default (GeneratorSession): same threads, no spinning;
+    the keywords as SIMULACRA_SAMPLING_INTRA_OP_THREADS / _SPINNING (bench/sampling_threads.py)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
 

@@ -30,27 +30,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sampling import DIGITS, SCENES, export  # noqa: E402  (also puts services/ and the SDK on the path)
+from sampling import DIGITS, SCENES, export, ort_session  # noqa: E402  (also puts services/ and the SDK on the path)
 
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort  # noqa: E402  (the version goes into the figures)
 
 from simulacra_services.sampling.runtime import noise  # noqa: E402
 
 SETTINGS = {"default": (0, False), "one": (1, False), "spinning": (0, True)}
 
 
-def session(onnx: bytes, intra: int, spinning: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = intra
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def measure(onnx: bytes, latent_dim: int, batch: int, rounds: int, calls: int) -> dict[str, dict[str, float]]:
-    sessions = {name: session(onnx, *setting) for name, setting in SETTINGS.items()}
+    sessions = {name: ort_session(onnx, intra_op_threads=intra, spinning=spin) for name, (intra, spin) in SETTINGS.items()}
     feed = {"z": noise.latents(1, np.arange(batch), latent_dim), "labels": np.zeros(batch, np.int64)}
     walls: dict[str, list[float]] = {name: [] for name in sessions}
     cpus: dict[str, list[float]] = {name: [] for name in sessions}
