@@ -22,8 +22,12 @@ def _box(x: float) -> pb.Annotation:
     return pb.Annotation(category_id=1, box=pb.Box(x=x, y=1, w=2, h=3))
 
 
-async def _stage(annotation: Annotations, parent: str, staging_id: str, uploads: list, request_id: str = "") -> api.UploadItemsResponse:
-    request = api.UploadItemsRequest(parent=parent, request_id=request_id or str(uuid.uuid4()), items=uploads, staging_id=staging_id)
+async def _stage(
+    annotation: Annotations, parent: str, staging_id: str, uploads: list, request_id: str = "", categories: tuple = ()
+) -> api.UploadItemsResponse:
+    request = api.UploadItemsRequest(
+        parent=parent, request_id=request_id or str(uuid.uuid4()), items=uploads, staging_id=staging_id, categories=categories
+    )
 
     async def one():  # noqa: ANN202
         yield request
@@ -151,3 +155,95 @@ async def test_a_category_deleted_after_staging_fails_the_commit_and_nothing_is_
     done = await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="s"))
     listed = await stub.ListCategories(api.ListCategoriesRequest(parent=done.version.name))
     assert [c.category_id for c in listed.categories] == [1, 2] and done.version.annotation_count == 1
+
+
+DEER = pb.Category(category_id=3, display_name="deer", keypoint_names=["left_ear", "right_ear"])
+
+
+def _deer(x: float) -> pb.Annotation:
+    return pb.Annotation(category_id=3, box=pb.Box(x=x, y=1, w=2, h=3))
+
+
+async def _names(annotation: Annotations, parent: str) -> list[str]:
+    return [c.display_name for c in (await annotation.stub.ListCategories(api.ListCategoriesRequest(parent=parent))).categories]
+
+
+async def test_staged_categories_reach_the_version_and_never_the_working_state(annotation: Annotations) -> None:
+    stub = annotation.stub
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    # The first batch stages the category its items use; a later batch may use it too, or repeat it unchanged.
+    await _stage(annotation, dataset.name, "job", [item_upload("a", annotations=[_deer(1), _box(2)])], request_id="open", categories=(DEER,))
+    await _stage(annotation, dataset.name, "job", [item_upload("b", annotations=[_deer(3)])], categories=(DEER,))
+    await _stage(annotation, dataset.name, "job", [item_upload("c", annotations=[_deer(4)])])
+    assert await _names(annotation, dataset.name) == ["car"]
+    # The working state may not use it (it has no such category), and a new category cannot take its id.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await annotation.upload(dataset.name, [[item_upload("w", annotations=[_deer(1)])]])
+    assert rpc_error(raised.value).reason == "UNKNOWN_CATEGORY"
+    # The working state moves on: a category of its own, under another id and name.
+    await stub.CreateCategory(api.CreateCategoryRequest(parent=dataset.name, category=pb.Category(category_id=4, display_name="bus")))
+    done = await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="job"))
+    assert done.version.item_count == 3 and done.version.annotation_count == 4
+    assert await _names(annotation, done.version.name) == ["car", "deer", "bus"]
+    listed = (await stub.ListCategories(api.ListCategoriesRequest(parent=done.version.name))).categories
+    assert [list(c.keypoint_names) for c in listed if c.category_id == 3] == [["left_ear", "right_ear"]]
+    assert await _names(annotation, dataset.name) == ["car", "bus"]
+    # A replayed batch answers as the first time, even though its staging is committed now.
+    replay = await _stage(annotation, dataset.name, "job", [item_upload("a", annotations=[_deer(1), _box(2)])], request_id="open", categories=(DEER,))
+    assert replay.replayed and [n.rsplit("/", 1)[1] for n in replay.item_names] == ["a"]
+
+
+async def test_a_discarded_staging_takes_its_categories_with_it(annotation: Annotations) -> None:
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    await _stage(annotation, dataset.name, "job", [item_upload("a", annotations=[_deer(1)])], categories=(DEER,))
+    await annotation.stub.DiscardStaging(api.DiscardStagingRequest(parent=dataset.name, staging_id="job"))
+    # The same staging id starts afresh: another definition of category 3 is no conflict now.
+    moose = pb.Category(category_id=3, display_name="moose")
+    await _stage(annotation, dataset.name, "job", [item_upload("a", annotations=[_deer(1)])], categories=(moose,))
+    done = await annotation.stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="job"))
+    assert await _names(annotation, done.version.name) == ["car", "moose"]
+    assert await _names(annotation, dataset.name) == ["car"]
+
+
+@pytest.mark.parametrize(
+    ("categories", "staging_id", "code", "reason", "field"),
+    [
+        ((pb.Category(category_id=1, display_name="truck"),), "job", grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_CONFLICT", "categories[0]"),
+        ((DEER, pb.Category(category_id=5, display_name="car")), "job", grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_CONFLICT", "categories[1]"),
+        ((pb.Category(category_id=3, display_name="deer"),), "staged", grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_CONFLICT", "categories[0]"),
+        ((pb.Category(category_id=0, display_name="x"),), "job", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CATEGORY", "categories[0].category_id"),
+        ((DEER, DEER), "job", grpc.StatusCode.INVALID_ARGUMENT, "DUPLICATE_CATEGORY", "categories[1].category_id"),
+        ((DEER,), "", grpc.StatusCode.INVALID_ARGUMENT, "CATEGORIES_NEED_STAGING", "categories"),
+    ],
+)
+async def test_bad_staged_categories_get_a_precise_status_and_write_nothing(
+    annotation: Annotations, categories: tuple, staging_id: str, code: grpc.StatusCode, reason: str, field: str
+) -> None:
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    await _stage(annotation, dataset.name, "staged", [item_upload("s", annotations=[_deer(1)])], categories=(DEER,))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _stage(annotation, dataset.name, staging_id, [item_upload("a", annotations=[_box(1)])], categories=categories)
+    error = rpc_error(raised.value)
+    assert (raised.value.code(), error.reason, error.metadata["field"]) == (code, reason, field)
+    assert await annotation.list_all(dataset.name) == [] and await _names(annotation, dataset.name) == ["car"]
+    if staging_id == "job":  # the refused batch opened no staging
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await annotation.stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="job"))
+        assert rpc_error(raised.value).reason == "STAGING_NOT_FOUND"
+    done = await annotation.stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="staged"))
+    assert await _names(annotation, done.version.name) == ["car", "deer"]
+
+
+async def test_a_working_category_that_takes_a_staged_name_fails_the_commit(annotation: Annotations) -> None:
+    stub = annotation.stub
+    dataset = await annotation.create_dataset(categories=CATEGORIES)
+    await _stage(annotation, dataset.name, "job", [item_upload("a", annotations=[_deer(1)])], categories=(DEER,))
+    other = await stub.CreateCategory(api.CreateCategoryRequest(parent=dataset.name, category=pb.Category(category_id=7, display_name="deer")))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="job"))
+    error = rpc_error(raised.value)
+    assert (raised.value.code(), error.reason, error.metadata["category_id"]) == (grpc.StatusCode.FAILED_PRECONDITION, "CATEGORY_CONFLICT", "7")
+    assert (await stub.GetDataset(api.GetDatasetRequest(name=dataset.name))).dataset.latest_version == 0
+    await stub.DeleteCategory(api.DeleteCategoryRequest(name=other.category.name))
+    done = await stub.CommitStagedVersion(api.CommitStagedVersionRequest(parent=dataset.name, staging_id="job"))
+    assert await _names(annotation, done.version.name) == ["car", "deer"]

@@ -30,7 +30,7 @@ from simulacra_services.annotation.domain import names
 from simulacra_services.annotation.domain.prepare import check_request_id
 from simulacra_services.annotation.domain.records import BatchResult, ItemChanges, ItemRecord
 from simulacra_services.annotation.persistence.blobs import MAX_BLOB_BYTES, READ_CHUNK_BYTES
-from simulacra_services.annotation.persistence.staging import Stagings, check_staging_id
+from simulacra_services.annotation.persistence.staging import Stagings, check_staged_categories, check_staging_id
 from simulacra_services.annotation.persistence.store import AnnotationStore
 from simulacra_services.core import errors
 from simulacra_services.core.api import blobs as blob_api
@@ -170,8 +170,21 @@ class AnnotationServicer(api_grpc.AnnotationServiceServicer):
         policy = convert.box_bounds_policy(request.box_bounds_policy)
         if request.staging_id:  # invisible until CommitStagedVersion (annotation/persistence/staging.py)
             check_staging_id(request.staging_id)  # before any blob is stored
-            prepared = self.store.prepare_batch(dataset_id, new_items, policy=policy)
-            return self.stagings.write_batch(dataset_id, request.staging_id, prepared, request_id=request.request_id, payload_digest=digest)
+            replay = self.stagings.replayed_batch(dataset_id, request.staging_id, request.request_id, digest)
+            if replay is not None:  # before the checks against categories that may have changed since
+                return replay
+            categories = [convert.category_from_proto(c) for c in request.categories]
+            check_staged_categories(categories)
+            known = self.stagings.known_categories(dataset_id, request.staging_id, categories)
+            prepared = self.store.prepare_batch(dataset_id, new_items, policy=policy, extra_categories=known)
+            return self.stagings.write_batch(
+                dataset_id, request.staging_id, prepared, request_id=request.request_id, payload_digest=digest, categories=categories
+            )
+        if request.categories:
+            raise errors.InvalidArgument(
+                "CATEGORIES_NEED_STAGING", "categories: only a staged batch (staging_id set) carries categories; "
+                "create categories of the working state with CreateCategory", {"field": "categories"},
+            )
         return self.store.write_batch(
             dataset_id, new_items, request_id=request.request_id, payload_digest=digest, policy=policy,
         )

@@ -104,17 +104,23 @@ class ItemWriter:
         return self.commit(dataset_id, prepared, request_id=request_id, payload_digest=payload_digest)
 
     def prepare_batch(
-        self, dataset_id: str, new_items: Sequence[NewItem], *, policy: BoxBoundsPolicy = BoxBoundsPolicy.REJECT, path: str = "items"
+        self,
+        dataset_id: str,
+        new_items: Sequence[NewItem],
+        *,
+        policy: BoxBoundsPolicy = BoxBoundsPolicy.REJECT,
+        path: str = "items",
+        extra_categories: Sequence[Category] = (),
     ) -> list[PreparedItem]:
-        """``prepare`` of one uploaded batch (of the working state or of a staging): at most
-        ``MAX_ITEMS_PER_BATCH`` items (TOO_MANY_ITEMS)."""
+        """``prepare`` of one uploaded batch (of the working state or of a staging, whose categories
+        are ``extra_categories``): at most ``MAX_ITEMS_PER_BATCH`` items (TOO_MANY_ITEMS)."""
         if len(new_items) > MAX_ITEMS_PER_BATCH:
             raise errors.InvalidArgument(
                 "TOO_MANY_ITEMS",
                 f"{path}: {len(new_items)} items in one batch, at most {MAX_ITEMS_PER_BATCH}",
                 {"field": path, "count": len(new_items), "limit": MAX_ITEMS_PER_BATCH},
             )
-        return self.prepare(dataset_id, new_items, policy=policy, path=path)
+        return self.prepare(dataset_id, new_items, policy=policy, path=path, extra_categories=extra_categories)
 
     def commit(
         self,

@@ -1,8 +1,9 @@
 """Staging areas: items uploaded invisibly, then committed as a version at once, or discarded.
 
 A staging (``UploadItemsRequest.staging_id``) is a row of ``annotation_stagings``;
-its id ``n`` gives its items and, at commit, a copy of the working state's
-categories, the sequence interval [-n, -n + 1): visible at seq -n only, so in
+its id ``n`` gives its items, its staged categories (``UploadItemsRequest.categories``)
+and, at commit, a copy of the working state's categories of other ids, the
+sequence interval [-n, -n + 1): visible at seq -n only, so in
 no working state (``removed_seq`` is set) and in no version until the commit
 writes the version row with seq -n (``tables.py``). The version is then read
 by every existing path (items, streams, statistics) like any other; the
@@ -22,13 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from simulacra_services.annotation.domain import names
+from simulacra_services.annotation.domain import identifiers, names
+from simulacra_services.annotation.domain.model import Category
 from simulacra_services.annotation.domain.prepare import PINNED_VERSION_NAME, PreparedItem, check_request_id
 from simulacra_services.annotation.domain.records import BatchResult, VersionRecord
-from simulacra_services.annotation.persistence import queries
 from simulacra_services.annotation.persistence.blobs import SHA256_HEX
 from simulacra_services.annotation.persistence.item_writes import ItemWriter
-from simulacra_services.annotation.persistence.row_codec import annotation_rows, encoded_item, item_row, version_of
+from simulacra_services.annotation.persistence.row_codec import (
+    annotation_rows, category_of, category_row, encoded_item, item_row, version_of,
+)
 from simulacra_services.annotation.persistence.rows import MAX_DESCRIPTION, categories_at, content_digest, dataset_row, insert_items
 from simulacra_services.annotation.persistence.tables import annotations, datasets, items, request_scope, stagings, versions
 from simulacra_services.annotation.persistence.tables import categories as categories_table
@@ -37,6 +40,7 @@ from simulacra_services.core import errors
 from simulacra_services.core.db import idempotency, transaction, utcnow
 
 STAGING_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_STAGED_CATEGORIES = 10_000  # per request, as a dataset's categories at creation
 
 
 def _scope(dataset_id: str, staging_id: str) -> str:
@@ -83,6 +87,43 @@ def check_derived_from(source_version: str, pipeline_digest: str) -> None:
         )
 
 
+def check_staged_categories(categories: Sequence[Category]) -> None:
+    """The categories of one staged batch: at most ``MAX_STAGED_CATEGORIES``, each valid, ids and names unique."""
+    if len(categories) > MAX_STAGED_CATEGORIES:
+        raise errors.InvalidArgument(
+            "TOO_MANY_CATEGORIES", f"categories: {len(categories)} given, at most {MAX_STAGED_CATEGORIES}",
+            {"field": "categories", "limit": MAX_STAGED_CATEGORIES},
+        )
+    identifiers.validate_categories(categories, "categories")
+
+
+def _staged_categories(conn: Connection, dataset_pk: int, seq: int) -> dict[int, Category]:
+    rows = conn.execute(sa.select(categories_table).where(categories_table.c.dataset == dataset_pk, categories_table.c.added_seq == seq))
+    return {int(row.category_id): category_of(row) for row in rows}
+
+
+def _new_categories(dataset_id: str, wanted: Sequence[Category], live: dict[int, Category], staged: dict[int, Category]) -> list[Category]:
+    """The categories of ``wanted`` the staging lacks. Each must agree with the staging's or the working
+    state's category of its id (the staging's first), and take no other id's name: CATEGORY_CONFLICT."""
+    known = live | staged
+    names_to_ids = {c.display_name: c.category_id for c in known.values()}
+    new = []
+    for index, category in enumerate(wanted):
+        existing = known.get(category.category_id)
+        if (existing is not None and not identifiers.categories_agree(existing, category)) or (
+            names_to_ids.get(category.display_name, category.category_id) != category.category_id
+        ):
+            raise errors.FailedPrecondition(
+                "CATEGORY_CONFLICT",
+                f"categories[{index}]: category {category.category_id} {category.display_name!r} differs from dataset "
+                f"{dataset_id!r}'s category with the same id or name (in the working state or already staged)",
+                {"field": f"categories[{index}]", "category_id": category.category_id},
+            )
+        if category.category_id not in staged:
+            new.append(category)
+    return new
+
+
 class Stagings:
     """Staged uploads, their commit as a version, and their discard, on the store's tables."""
 
@@ -96,11 +137,40 @@ class Stagings:
             sa.select(stagings).where(stagings.c.dataset == dataset.id, stagings.c.staging_id == staging_id)
         ).first()
 
+    def replayed_batch(self, dataset_id: str, staging_id: str, request_id: str, payload_digest: str) -> BatchResult | None:
+        """The result of an earlier batch of this staging with ``request_id``, if any (REQUEST_ID_REUSED on a different payload)."""
+        if not request_id:
+            return None
+        check_request_id(request_id)
+        with self.engine.connect() as conn:
+            dataset_row(conn, dataset_id)
+            response = idempotency.recorded_response(conn, _scope(dataset_id, staging_id), request_id, payload_digest)
+        return None if response is None else BatchResult(list(response["item_ids"]), True)
+
+    def known_categories(self, dataset_id: str, staging_id: str, wanted: Sequence[Category]) -> list[Category]:
+        """The categories a batch of this staging may use besides the working state's: those staged
+        before and ``wanted`` (checked: CATEGORY_CONFLICT), for ``ItemWriter.prepare_batch``."""
+        with self.engine.connect() as conn:
+            dataset = dataset_row(conn, dataset_id)
+            staging = self._row(conn, dataset, staging_id)
+            staged = {} if staging is None else _staged_categories(conn, dataset.id, -int(staging.id))
+            live = {c.category_id: c for c in categories_at(conn, dataset.id, None)}
+        _new_categories(dataset_id, wanted, live, staged)
+        return [*staged.values(), *wanted]
+
     def write_batch(
-        self, dataset_id: str, staging_id: str, prepared: Sequence[PreparedItem], *, request_id: str = "", payload_digest: str = ""
+        self,
+        dataset_id: str,
+        staging_id: str,
+        prepared: Sequence[PreparedItem],
+        *,
+        request_id: str = "",
+        payload_digest: str = "",
+        categories: Sequence[Category] = (),
     ) -> BatchResult:
-        """Insert a batch checked against the working state's categories, its blobs stored
-        (``ItemWriter.prepare_batch``; check the staging id before, ``check_staging_id``), invisibly."""
+        """Insert a batch checked against the working state's and the staging's categories, its blobs
+        stored (``ItemWriter.prepare_batch``; check the staging id before, ``check_staging_id``), invisibly.
+        ``categories`` (``check_staged_categories``) are staged with it: the version's, never the working state's."""
         check_staging_id(staging_id)
         if request_id:
             check_request_id(request_id)
@@ -119,10 +189,15 @@ class Stagings:
             if staging.version is not None:
                 raise _committed(dataset_id, staging_id, int(staging.version))
             seq = -int(staging.id)
-            live = {c.category_id for c in categories_at(conn, dataset.id, None)}
+            live = {c.category_id: c for c in categories_at(conn, dataset.id, None)}
+            staged = _staged_categories(conn, dataset.id, seq)
+            new = _new_categories(dataset_id, categories, live, staged)
+            if new:
+                conn.execute(categories_table.insert(), [category_row(dataset.id, c, seq) | {"removed_seq": seq + 1} for c in new])
+            known = set(live) | set(staged) | {c.category_id for c in new}
             for item in prepared:
                 for index, annotation in enumerate(item.annotations):
-                    if annotation.category_id and annotation.category_id not in live:
+                    if annotation.category_id and annotation.category_id not in known:
                         field = f"{item.path}.annotations[{index}].category_id"
                         raise errors.InvalidArgument(
                             "UNKNOWN_CATEGORY", f"{field}: category {annotation.category_id} does not exist in the dataset (any more)",
@@ -158,7 +233,7 @@ class Stagings:
     def commit(
         self, dataset_id: str, staging_id: str, description: str = "", *, source_version: str = "", pipeline_digest: str = ""
     ) -> tuple[VersionRecord, bool]:
-        """The staging's items (and the working state's categories) as the next version; once only."""
+        """The staging's items and categories (and the working state's categories of other ids) as the next version; once only."""
         check_staging_id(staging_id)
         check_derived_from(source_version, pipeline_digest)
         if len(description) > MAX_DESCRIPTION:
@@ -178,12 +253,21 @@ class Stagings:
                 return version_of(dataset_id, row), False
             seq = -int(staging.id)
             staged = sa.select(items.c.id).where(items.c.dataset == dataset.id, items.c.added_seq == seq)
-            live = sa.select(categories_table.c.category_id).where(
-                categories_table.c.dataset == dataset.id, queries.visible(categories_table, None)
-            )
+            staged_categories = _staged_categories(conn, dataset.id, seq)
+            working = [c for c in categories_at(conn, dataset.id, None) if c.category_id not in staged_categories]
+            taken = {c.display_name: c.category_id for c in staged_categories.values()}
+            clash = next((c for c in working if c.display_name in taken), None)
+            if clash is not None:
+                raise errors.FailedPrecondition(
+                    "CATEGORY_CONFLICT",
+                    f"category {clash.category_id} {clash.display_name!r} of dataset {dataset_id!r} was created after the staging "
+                    f"staged category {taken[clash.display_name]} with that name: rename one of them or discard the staging",
+                    {"dataset": f"datasets/{dataset_id}", "category_id": clash.category_id, "staging_id": staging_id},
+                )
+            usable = [*staged_categories, *(c.category_id for c in working)]
             missing = conn.execute(
                 sa.select(annotations.c.category_id).where(
-                    annotations.c.item_row.in_(staged), annotations.c.category_id != 0, annotations.c.category_id.not_in(live)
+                    annotations.c.item_row.in_(staged), annotations.c.category_id != 0, annotations.c.category_id.not_in(usable)
                 ).limit(1)
             ).scalar()
             if missing is not None:
@@ -193,14 +277,8 @@ class Stagings:
                     "create it again or discard the staging",
                     {"dataset": f"datasets/{dataset_id}", "category_id": int(missing), "staging_id": staging_id},
                 )
-            copies = [
-                {k: v for k, v in row._mapping.items() if k != "id"} | {"added_seq": seq, "removed_seq": seq + 1}
-                for row in conn.execute(
-                    sa.select(categories_table).where(categories_table.c.dataset == dataset.id, queries.visible(categories_table, None))
-                )
-            ]
-            if copies:
-                conn.execute(categories_table.insert(), copies)
+            if working:
+                conn.execute(categories_table.insert(), [category_row(dataset.id, c, seq) | {"removed_seq": seq + 1} for c in working])
             item_count = conn.execute(sa.select(sa.func.count()).select_from(staged.subquery())).scalar_one()
             annotation_count = conn.execute(
                 sa.select(sa.func.count()).select_from(annotations).where(annotations.c.item_row.in_(staged))

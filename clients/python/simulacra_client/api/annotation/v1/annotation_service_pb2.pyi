@@ -462,6 +462,7 @@ class UploadItemsRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     BOX_BOUNDS_POLICY_FIELD_NUMBER: _builtins.int
     STAGING_ID_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"datasets/{dataset}"; the same in every message of the stream."""
     request_id: _builtins.str
@@ -479,6 +480,17 @@ class UploadItemsRequest(_message.Message):
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadItemsRequest.ItemUpload]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[_annotation_pb2.Category]:
+        """With staging_id only (INVALID_ARGUMENT, CATEGORIES_NEED_STAGING without):
+        categories the staged items may use that the working state lacks, for
+        the committed version alone; the working state never gets them. At most
+        10,000. One the working state or the staging already has must agree with
+        it (FAILED_PRECONDITION, CATEGORY_CONFLICT); the staging keeps the first
+        definition of an id. The version holds these and the working state's
+        categories of other ids.
+        """
+
     def __init__(
         self,
         *,
@@ -487,10 +499,11 @@ class UploadItemsRequest(_message.Message):
         items: _abc.Iterable[Global___UploadItemsRequest.ItemUpload] | None = ...,
         box_bounds_policy: _annotation_pb2.BoxBoundsPolicy.ValueType = ...,
         staging_id: _builtins.str = ...,
+        categories: _abc.Iterable[_annotation_pb2.Category] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_bounds_policy", b"box_bounds_policy", "items", b"items", "parent", b"parent", "request_id", b"request_id", "staging_id", b"staging_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_bounds_policy", b"box_bounds_policy", "categories", b"categories", "items", b"items", "parent", b"parent", "request_id", b"request_id", "staging_id", b"staging_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

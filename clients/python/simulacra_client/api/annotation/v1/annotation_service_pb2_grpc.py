@@ -348,8 +348,10 @@ class AnnotationServiceServicer:
         """Commits the items uploaded with UploadItemsRequest.staging_id as the next
         version, atomically, without touching the working state: until then they
         are invisible (in no state, no version, no listing). The version holds
-        exactly the staged items and the working state's categories. Committing a
-        staging twice returns the same version (created false). NOT_FOUND,
+        exactly the staged items, the staged categories
+        (UploadItemsRequest.categories) and the working state's categories of
+        other ids. Committing a staging twice returns the same version (created
+        false). NOT_FOUND,
         STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

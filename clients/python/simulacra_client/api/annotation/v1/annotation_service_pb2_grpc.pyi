@@ -116,8 +116,10 @@ class AnnotationServiceStub:
     """Commits the items uploaded with UploadItemsRequest.staging_id as the next
     version, atomically, without touching the working state: until then they
     are invisible (in no state, no version, no listing). The version holds
-    exactly the staged items and the working state's categories. Committing a
-    staging twice returns the same version (created false). NOT_FOUND,
+    exactly the staged items, the staged categories
+    (UploadItemsRequest.categories) and the working state's categories of
+    other ids. Committing a staging twice returns the same version (created
+    false). NOT_FOUND,
     STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
     """
     DiscardStaging: _grpc.UnaryUnaryMultiCallable[_annotation_service_pb2.DiscardStagingRequest, _annotation_service_pb2.DiscardStagingResponse]
@@ -233,8 +235,10 @@ class AnnotationServiceAsyncStub(AnnotationServiceStub):
     """Commits the items uploaded with UploadItemsRequest.staging_id as the next
     version, atomically, without touching the working state: until then they
     are invisible (in no state, no version, no listing). The version holds
-    exactly the staged items and the working state's categories. Committing a
-    staging twice returns the same version (created false). NOT_FOUND,
+    exactly the staged items, the staged categories
+    (UploadItemsRequest.categories) and the working state's categories of
+    other ids. Committing a staging twice returns the same version (created
+    false). NOT_FOUND,
     STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
     """
     DiscardStaging: _aio.UnaryUnaryMultiCallable[_annotation_service_pb2.DiscardStagingRequest, _annotation_service_pb2.DiscardStagingResponse]  # type: ignore[assignment]
@@ -455,8 +459,10 @@ class AnnotationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Commits the items uploaded with UploadItemsRequest.staging_id as the next
         version, atomically, without touching the working state: until then they
         are invisible (in no state, no version, no listing). The version holds
-        exactly the staged items and the working state's categories. Committing a
-        staging twice returns the same version (created false). NOT_FOUND,
+        exactly the staged items, the staged categories
+        (UploadItemsRequest.categories) and the working state's categories of
+        other ids. Committing a staging twice returns the same version (created
+        false). NOT_FOUND,
         STAGING_NOT_FOUND for a staging id never uploaded to (or discarded).
         """
 
