@@ -24,6 +24,7 @@ from simulacra_client.annotation import (
     version_name,
 )
 from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
+from simulacra_client.api.annotation.v1 import annotation_service_pb2 as rpc
 from simulacra_client.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
 
 from simulacra_services.annotation.service import DEFINITION
@@ -123,6 +124,28 @@ async def test_upload_items_in_bounded_batches_and_a_rejected_batch_keeps_the_ea
     assert caught.value.reason == "UNKNOWN_CATEGORY"
     count = await asyncio.to_thread(lambda: sum(1 for _ in client.list_items("items", page_size=50)))
     assert count == 70 + 16  # the two batches before the bad one were acknowledged and stay
+
+
+async def test_a_staged_upload_brings_its_categories_into_the_committed_version_only(client: AnnotationClient) -> None:
+    await asyncio.to_thread(client.create_dataset, "staged", categories=[pb.Category(category_id=1, display_name="thing")])
+    deer = pb.Category(category_id=2, display_name="deer")
+    label = pb.Annotation(category_id=2, class_label=pb.ClassLabel())
+    events: list[ProgressEvent] = []
+    names = await asyncio.to_thread(
+        client.upload_items, "staged", [item(i, annotations=[label]) for i in range(3)],
+        batch_size=2, staging_id="job-1", categories=[deer], progress=events.append,
+    )
+    assert len(names) == 3 and [e.done for e in events] == [2, 3]
+    committed = await asyncio.to_thread(client.commit_staged, "staged", "job-1")
+    assert (committed.version.item_count, committed.version.annotation_count) == (3, 3)
+
+    def category_names(parent: str) -> list[str]:
+        return [c.display_name for c in client.stub.ListCategories(rpc.ListCategoriesRequest(parent=parent)).categories]
+
+    assert await asyncio.to_thread(category_names, committed.version.name) == ["thing", "deer"]
+    assert await asyncio.to_thread(category_names, "datasets/staged") == ["thing"]
+    with pytest.raises(ValueError, match="staging_id"):
+        await asyncio.to_thread(client.upload_items, "staged", [item(9)], categories=[deer])
 
 
 async def test_stream_items_resumes_from_a_cursor_exactly(client: AnnotationClient) -> None:

@@ -17,7 +17,9 @@ one ``JobCancelledError``. Only grpcio, protobuf and numpy are needed.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -213,11 +215,15 @@ class AnnotationClient(BlobCalls, JobCalls, ServiceClient):
         box_bounds_policy: int = pb.BOX_BOUNDS_POLICY_REJECT,
         progress: ProgressCallback | None = None,
         staging_id: str = "",
+        categories: Sequence[pb.Category] = (),
     ) -> list[str]:
         """Upload items (``Item`` or ``(item_id, Item)``) in batches over one stream.
 
         With ``staging_id`` the items go to that staging area of the dataset,
-        invisible until ``commit_staged`` (or removed by ``discard_staging``).
+        invisible until ``commit_staged`` (or removed by ``discard_staging``);
+        ``categories`` (with ``staging_id`` only) are staged first, for the
+        committed version alone: the items may use them, the working state never
+        gets them.
 
         At most ``max_in_flight`` batches are sent ahead of their acknowledgement,
         so memory stays bounded whatever the number of items. Returns the created
@@ -225,11 +231,14 @@ class AnnotationClient(BlobCalls, JobCalls, ServiceClient):
         acknowledged before it stays written (see ``UploadItems`` in the contract).
         """
         check_batching(batch_size, max_in_flight)
+        if categories and not staging_id:
+            raise ValueError("categories: only a staged upload (staging_id) carries categories; use create_category for the working state")
         slots = threading.Semaphore(max_in_flight)
         stop = threading.Event()
+        head = [rpc.UploadItemsRequest(parent=dataset_name(dataset), request_id=str(uuid.uuid4()), categories=categories)] if categories else []
 
         def batches() -> Iterator[rpc.UploadItemsRequest]:
-            for request in item_batches(dataset, items, batch_size, box_bounds_policy):
+            for request in itertools.chain(head, item_batches(dataset, items, batch_size, box_bounds_policy)):
                 if not _acquire(slots, stop):
                     return
                 request.staging_id = staging_id
@@ -240,7 +249,8 @@ class AnnotationClient(BlobCalls, JobCalls, ServiceClient):
             for ack in self.stub.UploadItems(batches()):
                 names.extend(ack.item_names)
                 slots.release()
-                _notify(progress, ProgressEvent("items", len(names), 0, "items"))
+                if ack.item_names:  # not for the categories' item-less batch
+                    _notify(progress, ProgressEvent("items", len(names), 0, "items"))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         finally:
