@@ -261,6 +261,40 @@ async def test_a_job_into_its_source_dataset_commits_a_version_and_leaves_the_wo
     assert got.lineage.augmented.copy_index == 0 and got.lineage.augmented.pipeline_digest == done.pipeline_digest
 
 
+async def test_a_job_into_an_existing_dataset_brings_the_source_categories_into_its_version_only(services: Services) -> None:
+    source = await asyncio.to_thread(make_source, services)
+
+    def categories(parent: str) -> list[tuple[int, str]]:
+        with services.client() as client:
+            listed = client.stub.ListCategories(arpc.ListCategoriesRequest(parent=parent)).categories
+            return [(c.category_id, c.display_name) for c in listed]
+
+    # "cars" has the source's category 1 and one of its own, but not the source's "bike" (2).
+    await asyncio.to_thread(create_target, services, "cars", [apb.Category(category_id=1, display_name="car"), apb.Category(category_id=5, display_name="truck")])
+    stopped = (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=64, target_dataset="datasets/cars")))).augment_dataset_job
+    await services.stub.CancelAugmentDatasetJob(pb.CancelAugmentDatasetJobRequest(name=stopped.name))
+    assert (await finish(services, stopped.name)).state == common_pb2.JOB_STATE_CANCELLED
+    assert await asyncio.to_thread(categories, "datasets/cars") == [(1, "car"), (5, "truck")]
+    done = await finish(services, (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, copies_per_item=1, target_dataset="datasets/cars")))).augment_dataset_job.name)
+    assert done.state == common_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert await asyncio.to_thread(categories, done.output_dataset_version) == [(1, "car"), (2, "bike"), (5, "truck")]
+    assert await asyncio.to_thread(categories, "datasets/cars") == [(1, "car"), (5, "truck")]
+    # A target whose category 2 is another class refuses the job, precisely, and is left as it was.
+    await asyncio.to_thread(create_target, services, "lorries", [apb.Category(category_id=2, display_name="lorry")])
+    refused = await finish(services, (await services.stub.CreateAugmentDatasetJob(pb.CreateAugmentDatasetJobRequest(
+        augment_dataset_job=job(source, target_dataset="datasets/lorries")))).augment_dataset_job.name)
+    assert (refused.state, refused.error.code, refused.error.reason) == (
+        common_pb2.JOB_STATE_FAILED, grpc.StatusCode.FAILED_PRECONDITION.value[0], "CATEGORY_CONFLICT"), refused.error
+    assert await asyncio.to_thread(categories, "datasets/lorries") == [(2, "lorry")]
+
+
+def create_target(services: Services, dataset: str, categories: list[apb.Category]) -> None:
+    with services.client() as client:
+        client.create_dataset(dataset, categories=categories)
+
+
 def _nested(depth: int) -> dict:
     node: dict = {"horizontal_flip": {}}
     for _ in range(depth):

@@ -147,23 +147,26 @@ class AnnotationStoreGateway:
     # -- writing ---------------------------------------------------------------------
 
     def prepare_target(self, target: str, categories: Sequence[Category], job_id: str) -> None:
-        """Create the target (labelled ``augment_job``: ``job_id``) with ``categories``, or add the missing ones."""
-        messages = [category_message(c) for c in categories]
+        """Create the target (labelled ``augment_job``: ``job_id``) with ``categories`` when it does not exist.
+
+        An existing target is left as it is: the categories it lacks go into the job's staging
+        (``open_staging``), so they reach the committed version and never its working state."""
         try:
             self._client.get_dataset(target)
         except NotFoundError:
+            messages = [category_message(c) for c in categories]
             self._call(f"creating {target}", self._client.create_dataset, target, labels={"augment_job": job_id}, categories=messages)
-            return
         except SimulacraRpcError as error:
             raise domain_error(error, f"reading {target}") from None
-        present = {c.category_id for c in self.categories(target)}
-        for message in messages:
-            if message.category_id not in present:
-                self._call(f"adding category {message.category_id} to {target}", self._client.create_category, target, message)
 
-    def open_staging(self, target: str, staging_id: str) -> None:
-        """Create the job's staging in ``target`` (an empty batch), so that even a job that writes nothing commits."""
-        self._upload(f"staging in {target}", rpc.UploadItemsRequest(parent=target, request_id=f"{staging_id}-open", staging_id=staging_id))
+    def open_staging(self, target: str, staging_id: str, categories: Sequence[Category] = ()) -> None:
+        """Create the job's staging in ``target`` with ``categories`` staged (an item-less batch), so that even a
+        job that writes nothing commits, and the version has the source's categories. CATEGORY_CONFLICT when
+        the target has another category under one of their ids or names."""
+        request = rpc.UploadItemsRequest(
+            parent=target, request_id=f"{staging_id}-open", staging_id=staging_id, categories=[category_message(c) for c in categories]
+        )
+        self._upload(f"staging in {target}", request)
 
     def upload(self, target: str, items: Sequence[NewItem], staging_id: str, batch_index: int) -> None:
         """Upload batch ``batch_index`` into the job's staging of ``target``: invisible until ``commit``.

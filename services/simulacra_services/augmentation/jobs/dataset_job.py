@@ -124,7 +124,7 @@ class AugmentDatasetHandler:
             version = store.version(source)
             categories = store.categories(source)
             store.prepare_target(target, categories, job.job_id)
-            store.open_staging(target, staging)
+            store.open_staging(target, staging, categories)
             selection = selection_filter(spec["splits"], spec["filter"])
             ctx.progress_sync(0, 0, "planning", force=True)
             counted = store.object_counts(version, selection)
