@@ -59,3 +59,42 @@ async def test_wait_set_propagates_a_plain_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not event._waiters  # type: ignore[attr-defined]
+
+
+async def test_stop_task_ends_the_task_and_consumes_its_outcome() -> None:
+    async def failing() -> None:
+        raise RuntimeError("boom")
+
+    broken = asyncio.ensure_future(failing())
+    await asyncio.sleep(0)
+    await aio.stop_task(broken)  # the task's own error is not the caller's
+    assert broken.done() and isinstance(broken.exception(), RuntimeError)
+    running = asyncio.ensure_future(asyncio.sleep(30))
+    await aio.stop_task(running)
+    assert running.cancelled()
+
+
+async def test_stop_task_never_swallows_a_cancel_of_its_caller() -> None:
+    # A stream's cleanup stops its reader task; the stream is cancelled again while the reader
+    # is still ending. `suppress(BaseException)` around `await reader` swallowed that second cancel.
+    release = asyncio.Event()
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await release.wait()
+            raise
+
+    helper = asyncio.ensure_future(slow_to_end())
+    await asyncio.sleep(0)
+    caller = asyncio.ensure_future(aio.stop_task(helper))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not caller.done()
+    caller.cancel()
+    (outcome,) = await asyncio.gather(caller, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    release.set()
+    await asyncio.gather(helper, return_exceptions=True)
+    assert helper.cancelled()

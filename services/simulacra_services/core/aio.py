@@ -5,6 +5,10 @@
 finishes (CPython gh-86296): the caller's ``Task.cancel()`` is lost, and a loop that relies on
 being cancelled (a batcher's worker, a job runner's tick, a watch stream) runs on and whoever
 awaits it hangs. A sampling-service shutdown hung that way in CI.
+
+``stop_task`` replaces ``task.cancel()`` followed by ``await task`` inside
+``contextlib.suppress(BaseException)``: that idiom also swallows a cancellation of the *caller*
+that arrives while it waits (a stream's cleanup cancelled a second time), which then runs on.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-__all__ = ["wait_set"]
+__all__ = ["stop_task", "wait_set"]
 
 
 async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
@@ -51,3 +55,13 @@ async def _bounded_by_wait(event: asyncio.Event, timeout: float) -> bool:
 
 
 _wait_bounded = _bounded_by_timeout if sys.version_info >= (3, 11) else _bounded_by_wait
+
+
+async def stop_task(task: asyncio.Future) -> None:
+    """Cancel ``task`` and wait until it has ended; its own outcome (cancelled, or the error it
+    raised) is consumed. A cancellation of the caller while it waits propagates."""
+    task.cancel()
+    if not task.done():
+        await asyncio.wait({task})  # never raises the task's outcome; the caller's cancel goes through
+    if not task.cancelled():
+        task.exception()  # retrieved, so no "exception was never retrieved" at garbage collection

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,6 +20,7 @@ from simulacra_services.augmentation.engine.pipeline import MAX_IMAGE_PIXELS
 from simulacra_services.augmentation.jobs.dataset_job import KIND
 from simulacra_services.augmentation.persistence.pipelines import PipelineRepository, check_pipeline_id
 from simulacra_services.core import errors
+from simulacra_services.core.aio import stop_task
 from simulacra_services.core.api import pagination
 from simulacra_services.core.jobs import JobRunner
 
@@ -185,9 +185,7 @@ class AugmentationServicer(pb_grpc.AugmentationServiceServicer):
                     slots.release()
                 yield response
         finally:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            await stop_task(reader)
             while not ordered.empty():
                 pending = ordered.get_nowait()
                 if pending is not None:

@@ -8,10 +8,10 @@ Cancelling the consumer (client gone, deadline) cancels the batches still being 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from simulacra_services.core.aio import stop_task
 from simulacra_services.sampling.serving.generator import LoadedGenerator
 from simulacra_services.sampling.serving.sampler import SampleBatch, produce
 from simulacra_services.sampling.serving.spec import CheckedSpec, shard_indices
@@ -60,9 +60,7 @@ async def stream_batches(generator: LoadedGenerator, checked: CheckedSpec, plan:
             slots.release()
             yield batch
     finally:
-        producer.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
+        await stop_task(producer)
         while not queue.empty():
             pending = queue.get_nowait()
             if pending is not None:
