@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from simulacra_client.api.common.v1 import common_pb2
 from simulacra_client.errors import SimulacraRpcError
 
 from .conftest import Annotations
-from .jobs_support import KEYPOINTS, sdk, write_coco
+from .jobs_support import KEYPOINTS, coco_document, sdk, write_coco
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"), pytest.mark.timeout(180)]
 
@@ -89,6 +90,22 @@ async def test_running_the_same_import_again_skips_every_image(annotation: Annot
     assert full.coco.annotations.size_bytes == annotations_path.stat().st_size
     assert all(f.size_bytes == (images_dir / f.path).stat().st_size for f in full.coco.images)
     assert full.result == again.result
+
+
+async def test_imported_item_ids_follow_the_files_in_every_dataset_and_run(annotation: Annotations, tmp_path: Path) -> None:
+    annotations_path, images_dir, _ = write_coco(tmp_path)
+    ids = []
+    with sdk(annotation) as client:
+        for name in ("ids-a", "ids-b"):
+            await asyncio.to_thread(client.create_dataset, name)
+            await asyncio.to_thread(client.import_coco, name, annotations_path, images_dir)
+            items = await asyncio.to_thread(lambda: list(client.list_items(name)))
+            ids.append({item.file_name: item.name.rsplit("/", 1)[1] for item in items})
+        # The same files get the same ids in any dataset, in every run: sha256(file name, NUL, content sha256).
+        assert ids[0] == ids[1] and len(ids[0]) == 3
+        for file_name, item_id in ids[0].items():
+            content = hashlib.sha256((images_dir / file_name).read_bytes()).hexdigest()
+            assert item_id == hashlib.sha256(f"{file_name}\0{content}".encode()).hexdigest()[:32]
 
 
 async def test_a_bad_annotation_fails_the_job_naming_the_record_and_writes_nothing(annotation: Annotations, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from simulacra_client.api.annotation.v1 import annotation_pb2 as pb
 
 from simulacra_services.annotation.domain import identifiers, names
 from simulacra_services.annotation.domain.model import AnnotationKind, BoxBoundsPolicy
-from simulacra_services.annotation.formats import exporters, importers
+from simulacra_services.annotation.formats import exporters, import_run, importers
 from simulacra_services.annotation.formats.exporters import ExportOutput
 from simulacra_services.annotation.persistence import blobs as blob_rules
 from simulacra_services.core import errors
@@ -55,7 +55,7 @@ class JobOptions:
 
 
 class WorkContext:
-    """What ``importers.run_import`` and ``exporters.run_export`` see of their job, from a worker thread."""
+    """What ``import_run.run_import`` and ``exporters.run_export`` see of their job, from a worker thread."""
 
     def __init__(self, ctx: JobContext, dataset_id: str, options: JobOptions) -> None:
         self.ctx = ctx
@@ -163,7 +163,7 @@ class ImportHandler(_ThreadedHandler):
     REQUEST = pb.ImportJob
 
     def work(self, request: pb.ImportJob, context: WorkContext) -> pb.ImportResult:
-        summary = importers.run_import(
+        summary = import_run.run_import(
             self.store, context, import_source(request), POLICIES[request.box_bounds_policy],
             chunk_size=self.options.chunk_size, workers=self.options.prepare_workers,
         )

@@ -38,7 +38,7 @@ from typing import Any
 from simulacra_services.annotation.domain.model import AnnotationKind, Box, Category, ImageSize
 from simulacra_services.annotation.domain.records import ItemRecord, ItemSlice
 from simulacra_services.annotation.formats import coco, yolo
-from simulacra_services.annotation.formats.importers import JobContext
+from simulacra_services.annotation.formats.import_run import JobContext
 
 BlobWriter = Callable[[bytes], str]
 """Store bytes as a blob, return its sha256 (``store.blobs.put``)."""

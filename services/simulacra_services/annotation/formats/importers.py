@@ -1,8 +1,8 @@
-"""Imports: COCO, YOLO and MNIST sources planned, checked and written.
+"""Imports: COCO, YOLO and MNIST sources planned and checked (``import_run`` writes them).
 
 Planning (``plan_import``) reads the uploaded files (blobs), parses and
 validates them and decides, for every image, the item to create, without
-writing anything. ``run_import`` (called by a job, ``jobs.py``) then prepares
+writing anything. ``import_run.run_import`` (called by a job, ``jobs.py``) then prepares
 the items in chunks (image decoding and checks, with progress and
 cancellation between chunks) and only then writes them, chunk by chunk. So a
 bad record anywhere in the input fails the job before the dataset changes.
@@ -27,28 +27,27 @@ Mapping decisions:
   item ``mnist/NNNNN.png`` (its index) with one ClassLabel annotation and
   attribute ``mnist_index``.
 - Items whose ``(file_name, image sha256)`` the working state already has are
-  skipped (counted in ``ImportResult.items_skipped``), so running the same
-  import again writes nothing twice.
+  skipped (counted in ``ImportResult.items_skipped``),
+  so running the same import again writes nothing twice. An imported item's id
+  derives from that pair (``imported_item_id``): the same files get the same
+  ids in every run.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
 from simulacra_services.annotation.domain import identifiers
 from simulacra_services.annotation.domain.model import Annotation, BoxBoundsPolicy, Category, ClassLabel, ImageSize
-from simulacra_services.annotation.domain.prepare import PreparedItem, prepare
 from simulacra_services.annotation.domain.records import ImageInput, Lineage, NewItem
 from simulacra_services.annotation.formats import coco, mnist, yolo
 from simulacra_services.core import errors
@@ -102,6 +101,11 @@ class MnistSource:
 ImportSource = Union[CocoSource, YoloSource, MnistSource]
 
 
+def imported_item_id(file_name: str, sha256: str) -> str:
+    """An imported item's id: 32 hex digits of sha256(file name, NUL, image sha256)."""
+    return hashlib.sha256(f"{file_name}\0{sha256}".encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class PlannedItem:
     """An item to create; ``path`` names its record in errors (``images[3]``);
@@ -119,6 +123,17 @@ class ImportPlan:
     items: list[PlannedItem]
     skipped: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    def new_file(self, file_name: str, sha256: str, live_files: set[tuple[str, str]]) -> str | None:
+        """The item id for an image file (name, content sha256) the working state does not have yet;
+        None, counted as skipped, for one it has. (Within one source the file names are unique: the
+        COCO, YOLO and MNIST planners refuse or never make a repeated one.) The id derives from the
+        name and the content, so importing the same files gives the same ids in every run: item order,
+        seeds keyed by item id, and whatever is trained on them, repeat exactly."""
+        if (file_name, sha256) in live_files:
+            self.skipped += 1
+            return None
+        return imported_item_id(file_name, sha256)
 
     @property
     def annotation_count(self) -> int:
@@ -247,10 +262,11 @@ def plan_coco(source: CocoSource, read_blob: BlobReader, live_files: set[tuple[s
                 f"{source.annotations.path}: {path}.file_name {image.file_name!r} has no uploaded file; add it to the import's images",
                 {"field": f"{path}.file_name", "file": source.annotations.path, "file_name": image.file_name},
             )
-        if (image.file_name, sha256) in live_files:
-            plan.skipped += 1
+        item_id = plan.new_file(image.file_name, sha256, live_files)
+        if item_id is None:
             continue
         item = NewItem(
+            item_id=item_id,
             image=ImageInput(sha256=sha256),
             split=split,
             attributes={"coco_image_id": str(image.image_id)},
@@ -294,8 +310,8 @@ def plan_yolo(source: YoloSource, read_blob: BlobReader, live_files: set[tuple[s
         path = f"yolo.images[{index}]"
         split = identifiers.normalize_split(entry.split)
         file_name = yolo_file_name(entry.image.path, entry.split)
-        if (file_name, entry.image.sha256) in live_files:
-            plan.skipped += 1
+        item_id = plan.new_file(file_name, entry.image.sha256, live_files)
+        if item_id is None:
             continue
         annotations: tuple[Annotation, ...] = ()
         if entry.labels is not None:
@@ -304,6 +320,7 @@ def plan_yolo(source: YoloSource, read_blob: BlobReader, live_files: set[tuple[s
             boxes = yolo.parse_labels(read_blob(entry.labels.sha256), size, len(categories), entry.labels.path)
             annotations = tuple(Annotation(b.box, category_id=b.class_index + 1, score=b.score) for b in boxes)
         item = NewItem(
+            item_id=item_id,
             image=ImageInput(sha256=entry.image.sha256),
             split=split,
             annotations=annotations,
@@ -332,11 +349,12 @@ def plan_mnist(source: MnistSource, read_blob: BlobReader, live_files: set[tuple
     for index in chosen.tolist():
         png = mnist.encode_png(images[index])
         file_name = f"mnist/{index:05d}.png"
-        if (file_name, hashlib.sha256(png).hexdigest()) in live_files:
-            plan.skipped += 1
+        item_id = plan.new_file(file_name, hashlib.sha256(png).hexdigest(), live_files)
+        if item_id is None:
             continue
         label = int(labels[index])
         item = NewItem(
+            item_id=item_id,
             image=ImageInput(data=png),
             split=split,
             attributes={"mnist_index": str(index)},
@@ -367,157 +385,3 @@ def check_declared_size(planned: PlannedItem, width: int, height: int) -> None:
             f"{planned.path}: the source says {planned.item.file_name!r} is {declared.width}x{declared.height}, the image is {width}x{height}",
             {"field": planned.path, "file_name": planned.item.file_name, "declared_width": declared.width, "declared_height": declared.height, "width": width, "height": height},
         )
-
-
-
-# ---------------------------------------------------------------------------
-# Running an import (in a job's worker thread)
-# ---------------------------------------------------------------------------
-
-
-class JobContext(Protocol):
-    """What a running job offers its work: where it writes, progress, and the stop check."""
-
-    job_id: str
-    dataset_id: str
-
-    def checkpoint(self, phase: str, chunk: int) -> None:
-        """Called between chunks; raises when the job must stop (cancelled, service stopping)."""
-
-    def progress(self, done: int, total: int, message: str, *, force: bool = False) -> None: ...
-
-
-@dataclass(frozen=True)
-class ImportSummary:
-    items_created: int
-    annotations_created: int
-    categories_created: int
-    items_skipped: int
-    warnings: tuple[str, ...]
-
-
-def run_import(store: Any, context: JobContext, source: ImportSource, policy: BoxBoundsPolicy, *, chunk_size: int = 256, workers: int = 4) -> ImportSummary:
-    """Plan, check every item, then write.
-
-    ``store`` is the ``AnnotationStore``. Checking (decoding images, storing
-    them as blobs, validating annotations) is the long part; writing is one
-    short transaction per chunk, each with the request id ``{job}-{chunk}``
-    (a retried chunk is never written twice; the new categories go with the
-    first chunk), so ``store.import_writes`` knows exactly what the job wrote
-    and ``store.discard_import`` removes it when the job stops, fails or its
-    process dies (the job runner calls it). ``progress.done`` counts each item
-    half when checked and half when written, so it reaches ``total`` (the
-    item count) only when everything is in the database.
-    """
-    dataset_id = context.dataset_id
-    context.progress(0, 0, "reading and checking the input files", force=True)
-    plan = plan_import(source, store.blobs.read, store.live_files(dataset_id), policy)
-    existing = store.list_categories(dataset_id)
-    missing = check_categories(plan.categories, existing)
-    known = {c.category_id: c for c in [*existing, *missing]}
-    context.progress(0, len(plan.items), f"checking {len(plan.items)} images", force=True)
-    prepared = _prepare_all(store, context, plan.items, known, policy, chunk_size, workers)
-    context.checkpoint("checked", 0)
-    _write(store, context, plan, prepared, missing, chunk_size)
-    return ImportSummary(
-        items_created=len(prepared),
-        annotations_created=sum(len(p.annotations) for p in prepared),
-        categories_created=len(missing),
-        items_skipped=plan.skipped,
-        warnings=tuple(plan.warnings),
-    )
-
-
-def _prepare_all(
-    store: Any, context: JobContext, planned: Sequence[PlannedItem], known: dict[int, Category], policy: BoxBoundsPolicy, chunk_size: int, workers: int
-) -> list[PreparedItem]:
-    """Prepare every item, ``workers`` chunks at a time, keeping their order.
-
-    Preparing is dominated by storing each image as a blob (a durable write,
-    or a round trip to S3) and decoding it, which wait on I/O or release the
-    GIL, so a few threads go several times faster. At most two chunks per
-    worker are queued ahead, so that a cancel is honoured quickly.
-    """
-    total = len(planned)
-    starts = iter(range(0, total, chunk_size))
-    prepared: list[PreparedItem] = []
-    pending: collections.deque[concurrent.futures.Future[list[PreparedItem]]] = collections.deque()
-    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"prepare-{context.job_id}")
-
-    def submit_next() -> None:
-        start = next(starts, None)
-        if start is not None:
-            pending.append(pool.submit(_prepare_chunk, store, planned[start : start + chunk_size], known, policy))
-
-    try:
-        for _ in range(2 * workers):
-            submit_next()
-        while pending:
-            context.checkpoint("check", len(prepared) // chunk_size)
-            prepared.extend(pending.popleft().result())
-            submit_next()
-            context.progress(len(prepared) // 2, total, f"checked {len(prepared)} of {total} images")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return prepared
-
-
-def _prepare_chunk(store: Any, chunk: Sequence[PlannedItem], known: dict[int, Category], policy: BoxBoundsPolicy) -> list[PreparedItem]:
-    try:
-        prepared = prepare(
-            [p.item for p in chunk], known, store.blobs, policy=policy, path="item", first_index=0,
-            max_image_pixels=store.max_image_pixels, decode_budget=store.decode_budget,
-        )
-    except errors.SimulacraError as error:
-        offset = error.metadata.get("item_index", "")
-        if not (offset.isdigit() and int(offset) < len(chunk)):
-            raise
-        planned = chunk[int(offset)]
-        _check_real_size(store, planned)  # an annotation misfitting a wrongly declared size: say that instead
-        raise _at_record(error, planned, f"item[{offset}]") from None
-    for planned, item in zip(chunk, prepared):
-        check_declared_size(planned, item.image.width, item.image.height)
-    return prepared
-
-
-def _check_real_size(store: Any, planned: PlannedItem) -> None:
-    if planned.declared_size is None:
-        return
-    try:
-        size = image_size(planned.item.image.data or store.blobs.read(planned.item.image.sha256), planned.path)
-    except errors.SimulacraError:
-        return  # the image itself is the problem: the original error says so
-    check_declared_size(planned, size.width, size.height)
-
-
-def _at_record(error: errors.SimulacraError, planned: PlannedItem, prefix: str) -> errors.SimulacraError:
-    """An error of the prepare step, renamed to the source record (``images[12]``) and its file."""
-    message = error.message.replace(prefix, planned.path, 1)
-    metadata = dict(error.metadata)
-    if metadata.get("field", "").startswith(prefix):
-        metadata["field"] = planned.path + metadata["field"][len(prefix) :]
-    metadata.pop("item_index", None)
-    metadata["record"] = planned.path
-    if planned.item.file_name:
-        metadata["file_name"] = planned.item.file_name
-        message = f"{planned.item.file_name}: {message}"
-    return type(error)(error.reason, message, metadata)
-
-
-def _write(store: Any, context: JobContext, plan: ImportPlan, prepared: list[PreparedItem], missing: list[Category], chunk_size: int) -> None:
-    """Items chunk by chunk, the missing categories with the first chunk (or alone when no item is new)."""
-    dataset_id, total = context.dataset_id, len(prepared)
-    context.progress(total // 2, total, f"writing {total} items", force=True)
-    starts = list(range(0, total, chunk_size)) or ([0] if missing else [])
-    written = 0
-    for number, start in enumerate(starts):
-        context.checkpoint("write", number)
-        batch = prepared[start : start + chunk_size]
-        digest = hashlib.sha256("\n".join(p.content_sha256 for p in batch).encode()).hexdigest()
-        result = store.commit_items(
-            dataset_id, batch, request_id=f"{context.job_id}-{number}", payload_digest=digest, scope="import",
-            categories=plan.categories if number == 0 and missing else (),
-        )
-        written += len(result.item_ids)
-        # Forced: one small update per chunk, so that progress never lags what is in the database.
-        context.progress((total + written) // 2, total, f"wrote {written} of {total} items", force=True)
