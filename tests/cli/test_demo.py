@@ -72,6 +72,21 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(data_dir: Path) -
     assert "stopping the suite" in out
 
 
+def test_the_quick_demo_repeats_exactly_from_fresh_data(tmp_path: Path) -> None:
+    # Two suites, two fresh data directories, the same digits: every figure and picture is the same
+    # (imported items get ids from their files, so every stage sees its data in the same order).
+    runs = [demo(tmp_path / name, "--out", str(tmp_path / name / "report")) for name in ("first", "second")]
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    accuracies = [re.findall(r"seed 0: test accuracy (\d+\.\d)%", run.stdout) for run in runs]
+    assert len(accuracies[0]) == 8 and accuracies[0] == accuracies[1]
+    reports = [re.sub(r"\(\d+\.\d+ s\)|in \d+ s|\d{2}:\d{2}:\d{2}", "", (tmp_path / name / "report" / "report.md").read_text())
+               for name in ("first", "second")]
+    assert reports[0] == reports[1]
+    for picture in ("augmented-scarce.png", "synthetic.png", "classifier-loss-biased.png"):
+        assert (tmp_path / "first" / "report" / picture).read_bytes() == (tmp_path / "second" / "report" / picture).read_bytes(), picture
+
+
 def test_a_stage_that_cannot_run_says_so_and_its_arms_report_no_number(data_dir: Path) -> None:
     first = demo(data_dir, "--generator", "models/missing/versions/1", "--out", str(data_dir / "first"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
