@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from simulacra_services.core import errors
-from simulacra_services.core.aio import wait_set
+from simulacra_services.core.aio import stop_task, wait_set
 from simulacra_services.core.jobs.model import (
     CANCELLED,
     CANCELLING,
@@ -238,8 +238,7 @@ class JobRunner:
         """Stop claiming, ask running jobs to stop, wait for them up to ``stop_timeout`` seconds."""
         self._closing = True
         if self._main is not None:
-            self._main.cancel()
-            await asyncio.gather(self._main, return_exceptions=True)
+            await stop_task(self._main)
         for ctx in self._running.values():
             ctx._request("stop")
         tasks = list(self._tasks.values())

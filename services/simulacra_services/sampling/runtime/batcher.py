@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulacra_services.core.aio import wait_set
+from simulacra_services.core.aio import stop_task, wait_set
 
 RunFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 BatchObserver = Callable[[int, list[float], float], None]
@@ -259,8 +259,7 @@ class DynamicBatcher:
         self._closed = True
         self._arrived.set()
         if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            await stop_task(self._worker)
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         while self._queue:

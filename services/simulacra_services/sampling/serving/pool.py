@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from simulacra_services.core import errors
+from simulacra_services.core.aio import stop_task
 from simulacra_services.core.registry import LATEST, ModelRegistry, ModelVersionRecord, parse_model_version_name
 from simulacra_services.sampling.config import SamplingConfig
 from simulacra_services.sampling.runtime.session import GeneratorSession, SessionOptions, choose_providers
@@ -65,8 +66,7 @@ class GeneratorPool:
 
     async def close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+            await stop_task(self._poller)
         generators = list(self._loaded.values())
         self._loaded.clear()
         for generator in generators:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from simulacra_services.core.aio import stop_task
 from simulacra_services.training.worker import protocol
 
 WORKER_MODULE = "simulacra_services.training.worker"
@@ -81,8 +82,7 @@ async def run_worker(
         await process.wait()
         raise
     finally:
-        stopper.cancel()
-        await asyncio.gather(stopper, return_exceptions=True)
+        await stop_task(stopper)
     if returncode not in (0, protocol.FAILED_EXIT):
         last = None  # killed or crashed, whatever it said before
     return WorkerExit(returncode, last)
